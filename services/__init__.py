@@ -1,0 +1,1 @@
+"""The roles of sftrl: environments, verifiers, rollout and learner (one package each)."""

@@ -1,0 +1,134 @@
+"""What every sftrl environment shares: spaces for text/image observations, prompt styles,
+option validation, and the expert interface used to write SFT demonstrations.
+
+Environments know nothing of models: an action is the raw answer text a policy produced, and an
+observation's ``"text"`` is always the content of the next user turn (the first prompt after
+``reset``, then the feedback or the next observation after each ``step``). Callers keep the
+conversation history.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import gymnasium as gym
+import numpy as np
+from pydantic import BaseModel
+
+from sftrl.config import ConfigError, StrictModel, build
+
+PromptStyle = Literal["default", "compact", "diverse"]
+
+
+class FreeText(gym.Space[str]):
+    """Any string up to ``max_length`` characters (gymnasium's ``Text`` only admits a fixed charset)."""
+
+    def __init__(self, max_length: int = 65536, seed: int | None = None):
+        super().__init__(shape=None, dtype=None, seed=seed)
+        self.max_length = max_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        length = int(self.np_random.integers(0, 32))
+        letters = 'abcdefghijklmnopqrstuvwxyz {}":,0123456789+-*/()='
+        return "".join(letters[i] for i in self.np_random.integers(0, len(letters), size=length))
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and len(x) <= self.max_length
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"FreeText(max_length={self.max_length})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FreeText) and other.max_length == self.max_length
+
+
+class OptionalImage(gym.Space[Any]):
+    """An RGB ``uint8`` image of a fixed shape, or ``None`` in text mode."""
+
+    def __init__(self, height: int, width: int, enabled: bool, seed: int | None = None):
+        super().__init__(shape=(height, width, 3) if enabled else None, dtype=np.uint8, seed=seed)
+        self.enabled = enabled
+        self.height, self.width = height, width
+
+    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray | None:
+        if not self.enabled:
+            return None
+        return self.np_random.integers(0, 256, size=(self.height, self.width, 3), dtype=np.uint8)
+
+    def contains(self, x: Any) -> bool:
+        if not self.enabled:
+            return x is None
+        return isinstance(x, np.ndarray) and x.shape == (self.height, self.width, 3) and x.dtype == np.uint8
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"OptionalImage({self.height}x{self.width}, enabled={self.enabled})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OptionalImage) and (other.height, other.width, other.enabled) == (
+            self.height,
+            self.width,
+            self.enabled,
+        )
+
+
+def observation_space(image_hw: tuple[int, int], image_mode: bool) -> gym.spaces.Dict:
+    return gym.spaces.Dict(
+        {"text": FreeText(), "image": OptionalImage(image_hw[0], image_hw[1], enabled=image_mode)}
+    )
+
+
+class EnvOptions(StrictModel):
+    """Options every environment takes; each environment extends this model."""
+
+    prompt_style: PromptStyle = "default"
+
+
+OptionsT = TypeVar("OptionsT", bound=EnvOptions)
+
+
+def pick_template(templates: dict[str, Any], style: PromptStyle, rng: np.random.Generator) -> Any:
+    """Choose the template for ``style``: ``"diverse"`` draws one of the ``"diverse"`` paraphrases."""
+    if style == "diverse":
+        choices = templates["diverse"]
+        return choices[int(rng.integers(len(choices)))]
+    return templates[style]
+
+
+class SftrlEnv(gym.Env, Generic[OptionsT]):
+    """Base of the sftrl environments: validated options and the expert interface.
+
+    Subclasses set ``options_model`` and implement ``reset``/``step`` plus the two expert methods,
+    which the demonstration writer uses (they read the current state, never a model).
+    """
+
+    metadata = {"render_modes": ["rgb_array", "ansi"]}
+    options_model: ClassVar[type[EnvOptions]] = EnvOptions
+
+    def __init__(self, render_mode: str | None = None, **options: Any):
+        self.options: OptionsT = self.parse_options(options)  # type: ignore[assignment]
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(
+                f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}"
+            )
+        self.render_mode = render_mode
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> BaseModel:
+        return build(cls.options_model, options, source=f"options for {cls.__name__}")
+
+    @abstractmethod
+    def expert_answer(self) -> str:
+        """The answer text an expert gives at the current state (always correct)."""
+
+    @abstractmethod
+    def wrong_answer(self, rng: np.random.Generator) -> str:
+        """A plausible but wrong answer at the current state (for revision demonstrations)."""

@@ -1,0 +1,139 @@
+"""Typed configuration: pydantic models loaded from YAML and overridden from the command line.
+
+Every run writes the resolved config beside its outputs (:func:`write_resolved_config`) so that a
+result can always be traced back to the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value (``3`` -> int, ``[1,2]`` -> list)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. learner.lr=1e-6)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the literal string
+    path = key.split(".")
+    if any(not part for part in path):
+        raise ConfigError(f"override key {key!r} has an empty part")
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted ``key=value`` overrides applied (creating sections)."""
+    result = json.loads(json.dumps(data, default=str)) if data else {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every kind of failure into a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    lines = [f"invalid {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def build(model_cls: type[ModelT], data: Mapping[str, Any], source: str = "config") -> ModelT:
+    """Validate ``data`` into ``model_cls``; errors become one readable :class:`ConfigError`."""
+    try:
+        return model_cls.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(
+    model_cls: type[ModelT], path: str | Path | None = None, overrides: Iterable[str] = ()
+) -> ModelT:
+    """Load ``model_cls`` from an optional YAML file, then apply ``key=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    return build(model_cls, data, source=str(path) if path else "config")
+
+
+def write_resolved_config(config: BaseModel, out_dir: str | Path, name: str = RESOLVED_CONFIG_NAME) -> Path:
+    """Write the fully resolved config (defaults included) as YAML into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / name
+    payload = config.model_dump(mode="json")
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+# -- run configs shared across commands ---------------------------------------------------------
+
+
+class EnvSpec(StrictModel):
+    """Which environment, with which options (validated by the environment itself)."""
+
+    id: str = "sftrl/GeneralPoints-v0"
+    options: dict[str, Any] = {}
+
+
+class SFTDataConfig(StrictModel):
+    """``sftrl data sft``: expert demonstrations for supervised fine-tuning."""
+
+    env: EnvSpec = EnvSpec()
+    episodes: int = 1000
+    seed: int = 0
+    revision_fraction: float = 0.3
+    formats: list[Literal["llava", "chat"]] = ["llava", "chat"]
+    out: str = "data/sft.json"
