@@ -297,5 +297,48 @@ def models_list() -> None:
     print_models(console)
 
 
+# -- training ----------------------------------------------------------------------------------
+
+
+@main.command("train")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Run config (YAML); see configs/.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the run's last complete checkpoint.")
+@click.argument("overrides", nargs=-1)
+def train_cmd(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Train: stages of SFT and RL, evaluated on ID and OOD suites, checkpointed.
+
+    Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`.
+    """
+    from deploy.train import Trainer, load_train_config
+
+    try:
+        config = load_train_config(config_path, list(overrides))
+        trainer = Trainer(config, resume=resume, console=console)
+        result = trainer.run()
+        console.print(f"run folder: {trainer.run_dir}\ncurves: {result}")
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+@main.command("quickstart")
+@click.option("--output-dir", default="runs", show_default=True)
+@click.option("--fresh", is_flag=True, help="Start over even if runs/quickstart exists.")
+@click.argument("overrides", nargs=-1)
+def quickstart_cmd(output_dir: str, fresh: bool, overrides: tuple[str, ...]) -> None:
+    """The main job on this machine: tiny model, SFT then PPO on GeneralPoints, ID vs OOD table."""
+    from sftrl.commands.quickstart import run_quickstart
+
+    try:
+        run_quickstart(output_dir, fresh, list(overrides), console)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ class Turn(BaseModel):
     terminated: bool = False
     truncated: bool = False
     policy_version: int = 0
+    num_images: int = 0  # images in this turn's prompt: the first ``num_images`` of the episode's images
     info: dict[str, Any] = Field(default_factory=dict)  # success, errors, feedback, recognized_correctly...
 
     @model_validator(mode="after")
@@ -64,6 +65,7 @@ class Trajectory(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
     logprobs: Literal["raw", "processed"] = "raw"  # raw: log-softmax of the model's logits at T = 1
     messages: list[dict[str, Any]] = Field(default_factory=list)  # the conversation, text only
+    images: list[str] = Field(default_factory=list)  # base64 PNG, in the order the prompts show them
     turns: list[Turn] = Field(default_factory=list)
     success: bool = False
     meta: dict[str, Any] = Field(default_factory=dict)
@@ -79,6 +81,15 @@ class Trajectory(BaseModel):
     @property
     def num_generated_tokens(self) -> int:
         return sum(len(t.response_ids) for t in self.turns)
+
+    def decoded_images(self, count: int | None = None) -> list[Any]:
+        """The first ``count`` images (all by default) as PIL images."""
+        import base64
+        import io
+
+        from PIL import Image
+
+        return [Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB") for b in self.images[:count]]
 
     def flatten(self) -> tuple[list[int], list[int], list[float]]:
         """The whole conversation as one token sequence with its loss mask and log-probs.

@@ -101,6 +101,14 @@ def test_same_seed_same_trajectories(worker):
     assert [t.turns[0].response_ids for t in a] == [t.turns[0].response_ids for t in b]
 
 
+def test_large_seeded_batch_of_long_prompts(worker):
+    # Regression: with chunked prefill, vLLM-CPU crashed on seeded requests ("CPU Generator does not
+    # use offset") once a batch's prefills no longer fitted in one step.
+    specs = episode_specs("sftrl/VIRL-v0", {}, 48, seed=100)  # default style: long prompts
+    trajs = worker.play(specs, SamplingConfig(temperature=1.0, max_tokens=8, seed=5))
+    assert len(trajs) == 48 and all(t.turns for t in trajs)
+
+
 def test_update_weights_changes_generations_and_restores_them_exactly(worker, tiny_model):
     specs = episode_specs("sftrl/GeneralPoints-v0", {"prompt_style": "compact", "verify_iter": 1}, 4, seed=7)
     greedy = SamplingConfig(temperature=0.0, max_tokens=16)
@@ -157,3 +165,34 @@ def test_tiny_vl_plays_general_points_image_episodes(tiny_vl_model):
         assert first.prompt_ids.count(image_token) > 1  # the placeholder was expanded into image tokens
         assert "recognized_correctly" in first.info
         traj.flatten()
+
+
+@pytest.mark.parametrize("mode", ["--in-process", "--env-actors=1"])
+def test_sftrl_rollout_command(tiny_model, tmp_path, mode):
+    from click.testing import CliRunner
+
+    from sftrl.cli import main
+
+    out = tmp_path / "run" / "traj.parquet"
+    args = ["rollout", "--model", str(tiny_model), "--env", "sftrl/GeneralPoints-v0", "--episodes", "6",
+            "--samples-per-task", "2", "--max-tokens", "16", "--out", str(out), mode, "--prompt-style", "compact",
+            "--verify-iter", "2", "--set", "rollout.engine.max_model_len=2048"]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "success rate" in result.output and "tokens/s" in result.output
+    trajs = read_trajectories(out)
+    assert len(trajs) == 6 and len({t.group_id for t in trajs}) == 3
+    assert (out.parent / "traj.resolved_config.yaml").exists()
+
+
+def test_sftrl_rollout_command_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from sftrl.cli import main
+
+    result = CliRunner().invoke(main, ["rollout", "--model", str(tmp_path), "--env", "sftrl/GeneralPoints-v0",
+                                       "--out", str(tmp_path / "t.jsonl"), "--in-process"])  # fmt: skip
+    assert result.exit_code == 2 and "config.json" in result.output
+    result = CliRunner().invoke(main, ["rollout", "--env", "sftrl/GeneralPoints-v0", "--out", "x.jsonl",
+                                       "--set", "rollout.num_actors=0"])  # fmt: skip
+    assert result.exit_code == 2 and "num_actors" in result.output

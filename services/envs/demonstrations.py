@@ -104,6 +104,9 @@ class DemonstrationWriter:
 
     def __init__(self, llava_path: Path | None, chat_path: Path | None, image_dir: Path):
         self.llava_path, self.chat_path, self.image_dir = llava_path, chat_path, image_dir
+        for path in (llava_path, chat_path):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
         self._llava: list[dict[str, Any]] = []
         self._chat_tmp = chat_path.with_suffix(chat_path.suffix + ".tmp") if chat_path else None
         self._chat_file = self._chat_tmp.open("w", encoding="utf-8") if self._chat_tmp else None

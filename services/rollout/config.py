@@ -21,6 +21,9 @@ class EngineConfig(StrictModel):
     enforce_eager: bool = True
     enable_prefix_caching: bool = True  # turns of a conversation share their prefix
     max_num_seqs: int = Field(256, ge=1)
+    # vLLM-CPU cannot rewind a seeded request's generator when chunked prefill discards a token
+    # ("CPU Generator does not use offset"), so prefills are never split on CPU. None: off on CPU.
+    chunked_prefill: bool | None = None
     max_images_per_prompt: int = Field(1, ge=0)
     seed: int = 0
     cache_dir: str | None = None  # TMPDIR / VLLM_CACHE_ROOT / TORCHINDUCTOR_CACHE_DIR; default .cache/vllm

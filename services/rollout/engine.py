@@ -70,6 +70,10 @@ class VLLMEngine:
         }
         if config.max_images_per_prompt:
             kwargs["limit_mm_per_prompt"] = {"image": config.max_images_per_prompt}
+        chunked = config.chunked_prefill if config.chunked_prefill is not None else config.device != "cpu"
+        if not chunked:
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(config.max_model_len, 8192)
         if config.device == "cpu":
             kwargs["distributed_executor_backend"] = "uni"
         else:

@@ -32,6 +32,15 @@ class _Live:
     last_image: Any = None
 
 
+def _png_b64(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _as_pil(image: Any) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
 
@@ -75,6 +84,7 @@ def play_episodes(
 
     def retire(state: _Live, reason: str | None = None) -> None:
         state.traj.messages = state.conv.text_messages
+        state.traj.images = [_png_b64(img) for img in state.conv.images]  # the learner needs them (VLM RL)
         if reason:
             state.traj.meta["ended_by"] = reason
         finished[state.spec.episode_id] = state.traj
@@ -102,7 +112,8 @@ def play_episodes(
             turn = Turn(
                 prompt_ids=gen.prompt_ids, response_ids=gen.response_ids, response_logprobs=gen.response_logprobs,
                 response_text=gen.text, reward=reward, terminated=terminated, truncated=truncated,
-                policy_version=engine.policy_version, info=info | {"finish_reason": gen.finish_reason},
+                policy_version=engine.policy_version, num_images=len(state.conv.images),
+                info=info | {"finish_reason": gen.finish_reason},
             )  # fmt: skip
             state.traj.turns.append(turn)
             if info.get("success"):

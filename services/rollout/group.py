@@ -119,6 +119,10 @@ class RolloutGroup:
         self._ray.get([a.update_weights.remote(self._weights_ref, self._version) for a in self.actors])
         return self._version
 
+    def policy_versions(self) -> list[int]:
+        """The policy version each actor's engine holds now."""
+        return self._ray.get([a.policy_version.remote() for a in self.actors])
+
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
 

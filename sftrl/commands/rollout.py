@@ -67,15 +67,22 @@ def run_rollout(config: RolloutRunConfig, console: Console) -> dict[str, float]:
                 progress.advance(bar, len(specs[i : i + 16]))
             worker.shutdown()
         else:
+            import ray
+
             from services.rollout.group import RolloutGroup
             from sftrl.ray_setup import init_ray
 
+            owns_ray = not ray.is_initialized()
             init_ray(config.ray_address)
-            group = RolloutGroup(config.rollout, chunk_size=8)
-            status.stop()
-            start = time.perf_counter()
-            trajectories = group.play(specs, on_chunk=lambda chunk: progress.advance(bar, len(chunk)))
-            group.shutdown()
+            try:
+                group = RolloutGroup(config.rollout, chunk_size=8)
+                status.stop()
+                start = time.perf_counter()
+                trajectories = group.play(specs, on_chunk=lambda chunk: progress.advance(bar, len(chunk)))
+                group.shutdown()
+            finally:
+                if owns_ray:
+                    ray.shutdown()
         seconds = time.perf_counter() - start
     write_trajectories(trajectories, out)
     write_resolved_config(config, out.parent, f"{out.stem}.resolved_config.yaml")

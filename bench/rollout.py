@@ -1,0 +1,225 @@
+"""sftrl rollout (vLLM, multi-turn, shared prefixes) against a plain transformers ``generate`` loop
+playing the same multi-turn episodes, plus the in-place weight-update time.
+
+    python -m bench.rollout [--models tiny smollm2-135m] [--batches 16 64 256] [--quick]
+
+Each side runs in its own process (vLLM changes torch's thread settings in the process that hosts
+it). Both play the same GeneralPoints text episodes (same seeds, same prompts, same sampling
+settings, same number of attempts); tokens/s and episodes/s are compared as ratios, since these
+machines are shared and noisy. transformers runs at its faster dtype (probed: bf16 or fp32).
+Target (issue 3): sftrl at least 4x transformers at batch 64 with SmolLM2-135M.
+Writes bench/results/rollout.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.machine import write_result
+
+ENV_ID = "sftrl/GeneralPoints-v0"
+TARGET_RATIO = 4.0
+
+
+def _specs(batch: int, turns: int, style: str) -> list[Any]:
+    from services.rollout.group import episode_specs
+
+    return episode_specs(ENV_ID, {"prompt_style": style, "verify_iter": turns}, batch, seed=1000)
+
+
+# -- sftrl side -------------------------------------------------------------------------------------
+
+
+def run_sftrl(model: str, batches: list[int], max_tokens: int, turns: int, style: str) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    from services.rollout.config import RolloutConfig
+    from services.rollout.worker import RolloutWorker
+    from sftrl.models import resolve_model
+
+    kv = 4 if max(batches) > 64 else 2
+    config = RolloutConfig.model_validate({
+        "engine": {"model": model, "dtype": "bfloat16", "max_model_len": 4096, "kv_cache_gib": kv},
+        "sampling": {"temperature": 1.0, "max_tokens": max_tokens, "seed": 0},
+    })  # fmt: skip
+    t0 = time.perf_counter()
+    worker = RolloutWorker(config)
+    startup = time.perf_counter() - t0
+    worker.play(_specs(4, turns, style))  # warm-up
+    rows = []
+    for batch in batches:
+        specs = _specs(batch, turns, style)
+        t0 = time.perf_counter()
+        trajs = worker.play(specs)
+        dt = time.perf_counter() - t0
+        tokens = sum(t.num_generated_tokens for t in trajs)
+        rows.append({
+            "batch": batch, "seconds": round(dt, 2), "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / dt, 1), "episodes_per_s": round(batch / dt, 3),
+            "turns": sum(len(t.turns) for t in trajs), "success_rate": sum(t.success for t in trajs) / batch,
+        })  # fmt: skip
+        print(f"  sftrl {model} batch {batch}: {tokens / dt:,.0f} tok/s", file=sys.stderr, flush=True)
+    weights_file = os.path.join(resolve_model(model), "model.safetensors")
+    state = load_file(weights_file)
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        worker.update_weights({k: v.to(torch.bfloat16) for k, v in state.items()})
+        times.append(time.perf_counter() - t0)
+    worker.shutdown()
+    return {
+        "engine_startup_s": round(startup, 2), "runs": rows,
+        "weight_update": {"bytes": nbytes, "seconds_median": round(sorted(times)[1], 4),
+                          "seconds": [round(t, 4) for t in times],
+                          "gb_per_s": round(nbytes / sorted(times)[1] / 1e9, 3)},
+    }  # fmt: skip
+
+
+# -- transformers side ------------------------------------------------------------------------------
+
+
+def _hf_play(model: Any, tok: Any, specs: list[Any], max_tokens: int) -> tuple[int, int]:
+    """Plain multi-turn loop: every turn re-encodes each live conversation and calls generate."""
+    import gymnasium as gym
+    import torch
+
+    import services.envs  # noqa: F401
+
+    envs, convs = {}, {}
+    for s in specs:
+        env = gym.make(s.env_id, **s.env_options)
+        obs, _ = env.reset(seed=s.seed)
+        envs[s.episode_id] = env
+        convs[s.episode_id] = [{"role": "user", "content": obs["text"]}]
+    live, tokens, turns = [s.episode_id for s in specs], 0, 0
+    while live:
+        texts = [tok.apply_chat_template(convs[e], tokenize=False, add_generation_prompt=True) for e in live]
+        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                 max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id)  # fmt: skip
+        new = out[:, batch["input_ids"].shape[1] :]
+        still = []
+        for e, row in zip(live, new, strict=True):
+            ids = row.tolist()
+            if tok.eos_token_id in ids:
+                ids = ids[: ids.index(tok.eos_token_id) + 1]
+            tokens += len(ids)
+            turns += 1
+            answer = tok.decode(ids, skip_special_tokens=True)
+            obs, _, term, trunc, _ = envs[e].step(answer)
+            convs[e].append({"role": "assistant", "content": answer})
+            if not (term or trunc):
+                convs[e].append({"role": "user", "content": obs["text"]})
+                still.append(e)
+        live = still
+    return tokens, turns
+
+
+def run_hf(model_name: str, batches: list[int], max_tokens: int, turns: int, style: str) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftrl.models import resolve_model
+
+    torch.manual_seed(0)
+    path = resolve_model(model_name)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    probe = {}
+    for dtype in (torch.bfloat16, torch.float32):  # pick transformers' faster dtype on this machine
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        _hf_play(model, tok, _specs(2, 1, style), 8)
+        t0 = time.perf_counter()
+        n, _ = _hf_play(model, tok, _specs(16, 1, style), 32)
+        probe[str(dtype).removeprefix("torch.")] = n / (time.perf_counter() - t0)
+    best = max(probe, key=probe.get)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, best)).eval()
+    rows = []
+    for batch in batches:
+        t0 = time.perf_counter()
+        tokens, n_turns = _hf_play(model, tok, _specs(batch, turns, style), max_tokens)
+        dt = time.perf_counter() - t0
+        rows.append({"batch": batch, "seconds": round(dt, 2), "generated_tokens": tokens,
+                     "tokens_per_s": round(tokens / dt, 1), "episodes_per_s": round(batch / dt, 3), "turns": n_turns})  # fmt: skip
+        print(
+            f"  transformers {model_name} batch {batch}: {tokens / dt:,.0f} tok/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {"dtype": best, "dtype_probe_tokens_per_s": {k: round(v, 1) for k, v in probe.items()},
+            "threads": torch.get_num_threads(), "runs": rows}  # fmt: skip
+
+
+# -- driver ----------------------------------------------------------------------------------------------
+
+
+def _child(side: str, args: argparse.Namespace, model: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.rollout", "--child", side, "--models", model,
+           "--batches", *map(str, args.batches), "--max-tokens", str(args.max_tokens),
+           "--turns", str(args.turns), "--style", args.style]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    sys.stderr.write("".join(line + "\n" for line in proc.stderr.splitlines() if line.startswith("  ")))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} benchmark failed for {model}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[16, 64, 256])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=2, help="attempts per episode (verify_iter)")
+    parser.add_argument("--style", default="compact", choices=["default", "compact"])
+    parser.add_argument("--quick", action="store_true", help="tiny model, batches 4 and 8, 16 tokens")
+    parser.add_argument("--child", choices=["sftrl", "hf"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.batches, args.max_tokens = ["tiny"], [4, 8], 16
+    if args.child:
+        fn = run_sftrl if args.child == "sftrl" else run_hf
+        print(json.dumps(fn(args.models[0], args.batches, args.max_tokens, args.turns, args.style)))
+        return
+    results = {}
+    for model in args.models:
+        sftrl = _child("sftrl", args, model)
+        hf = _child("hf", args, model)
+        ratios = {}
+        for ours, theirs in zip(sftrl["runs"], hf["runs"], strict=True):
+            ratios[str(ours["batch"])] = {
+                "tokens_per_s": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 2),
+                "episodes_per_s": round(ours["episodes_per_s"] / theirs["episodes_per_s"], 2),
+            }
+        results[model] = {"sftrl": sftrl, "transformers": hf, "ratio_sftrl_over_transformers": ratios}
+        print(f"{model}: sftrl / transformers tokens/s by batch: "
+              + ", ".join(f"{b}: {r['tokens_per_s']}x" for b, r in ratios.items()))  # fmt: skip
+    target = results.get("smollm2-135m", {}).get("ratio_sftrl_over_transformers", {}).get("64")
+    payload = {
+        "benchmark": "rollout", "env": ENV_ID, "max_tokens": args.max_tokens, "attempts_per_episode": args.turns,
+        "prompt_style": args.style, "sampling": {"temperature": 1.0, "top_p": 1.0},
+        "target": {"case": "smollm2-135m batch 64, tokens/s ratio", "ratio": TARGET_RATIO,
+                   "measured": target and target["tokens_per_s"],
+                   "met": bool(target and target["tokens_per_s"] >= TARGET_RATIO)},
+        "results": results,
+    }  # fmt: skip
+    if not args.quick:
+        print(f"wrote {write_result('rollout', payload)}")
+    else:
+        print(json.dumps(payload["results"], indent=1)[:2000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Metrics of a run: one JSON line per record, TensorBoard scalars, and the curves as a PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl`` (the source of truth) and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, truncate_after_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if truncate_after_step is not None and self.path.exists():
+            # Resuming: records written after the checkpoint belong to a future that is replayed.
+            kept = [r for r in read_metrics(self.path) if r.get("global_step", 0) <= truncate_after_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+        if self._writer is not None:
+            step = int(record.get("global_step", 0))
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: Path) -> Path | None:
+    """Training curves and ID/OOD success against training compute, in the style of paper 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if not train and not evals:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for stage in dict.fromkeys(r["stage"] for r in train):
+        rows = [r for r in train if r["stage"] == stage]
+        key = "loss" if "loss" in rows[0] else "mean_reward"
+        axes[0].plot([r["global_step"] for r in rows], [r.get(key) for r in rows], label=f"{stage}: {key}")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training")
+    axes[0].legend()
+    suites = sorted({k.removeprefix("success/") for r in evals for k in r if k.startswith("success/")})
+    for suite in suites:
+        axes[1].plot(
+            [r["global_step"] for r in evals],
+            [r.get(f"success/{suite}") for r in evals],
+            marker="o",
+            label=suite,
+        )
+        axes[2].plot([r.get("flops", 0) / 1e9 for r in evals], [r.get(f"success/{suite}") for r in evals],
+                     marker="o", label=suite)  # fmt: skip
+    axes[1].set_xlabel("step")
+    axes[1].set_title("episode success")
+    axes[2].set_xlabel("training compute (GFLOPs)")
+    axes[2].set_title("success vs compute")
+    for ax in axes[1:]:
+        ax.set_ylim(-0.02, 1.02)
+        if suites:
+            ax.legend()
+    boundaries = [r["global_step"] for r in records if r.get("kind") == "stage_start"]
+    for b in boundaries[1:]:
+        for ax in axes[:2]:
+            ax.axvline(b, color="grey", linestyle=":", linewidth=1)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,317 @@
+"""The training loop behind `sftrl train`: stages of SFT and RL over Ray, evaluated and checkpointed.
+
+Each stage gets a fresh learner group (fresh optimizer and schedule, as in paper 1 where PPO starts
+from the SFT checkpoint), initialised from the previous stage's last checkpoint. One rollout group
+lives for the whole run and receives the learner's weights in place. Everything that decides what
+happens at step s (data order, task seeds, sampling seeds) is a function of (config, stage, s), so
+a resumed run replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from deploy.evaluation import evaluate, suite_metrics
+from deploy.metrics import MetricsLog, plot_run
+from deploy.train_config import RLStage, SFTStage, TrainConfig
+from services.envs import resolve_options
+from services.rollout.group import RolloutGroup, episode_specs
+from sftrl.config import read_yaml, write_resolved_config
+from sftrl.models import resolve_model
+
+STATE_FILE = "run_state.json"
+
+
+def _stage_seed(config: TrainConfig, stage_index: int, step: int, tasks: int) -> int:
+    """Training task seeds: disjoint per (stage, step), and below the evaluation seeds."""
+    return config.seed * 1_000_000 + stage_index * 100_000 + step * tasks
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, console: Console | None = None):
+        self.config = config
+        self.console = console or Console()
+        self.run_dir = Path(config.output_dir) / config.run_name
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.resume_state = self._load_state() if resume else None
+        if resume and self.resume_state is None:
+            self.console.print(
+                "[yellow]nothing to resume: no complete checkpoint; starting from the beginning[/]"
+            )
+        if not resume and (self.run_dir / "metrics.jsonl").exists():
+            raise ValueError(
+                f"{self.run_dir} already holds a run; use --resume, or another run_name / output_dir"
+            )
+        config.env.options = resolve_options(config.env.id, config.env.options)
+        write_resolved_config(config, self.run_dir)
+        # On resume, metrics written after the checkpoint are replayed, so they are dropped first.
+        keep_until = self.resume_state["global_step"] if self.resume_state else (0 if resume else None)
+        self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)
+        self.final_policy_version: int | None = None
+        self.flops = float(self.resume_state["flops"]) if self.resume_state else 0.0
+        self.global_step = int(self.resume_state["global_step"]) if self.resume_state else 0
+        self.rollout: RolloutGroup | None = None
+        self.learner: Any = None
+        self.params = 0
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any] | None:
+        from services.learner.checkpoint import CheckpointManager
+
+        latest = CheckpointManager(self.ckpt_root, keep=self.config.checkpoint.keep).latest()
+        if latest is None:
+            return None
+        state = json.loads((latest / "trainer_state.json").read_text()).get("extra", {})
+        state["path"] = str(latest)
+        return state
+
+    def _save(self, stage_index: int, step: int, final: bool) -> Path:
+        from services.learner.checkpoint import CheckpointManager
+
+        extra = {"stage_index": stage_index, "stage_step": step, "global_step": self.global_step,
+                 "flops": self.flops, "stage_final": final}  # fmt: skip
+        manager = CheckpointManager(self.ckpt_root, keep=self.config.checkpoint.keep)
+        path = manager.save(self.global_step, lambda target: self.learner.save_checkpoint(str(target), extra))
+        manager.prune()
+        return Path(path)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _push_weights(self) -> float:
+        t0 = time.perf_counter()
+        dtype = "float32" if self.config.rollout.engine.dtype == "float32" else "bfloat16"
+        weights = self.learner.policy_state_dict(dtype, as_ref=True)  # rank 0 -> actors, not via the driver
+        assert self.rollout is not None
+        self.rollout.update_weights(weights, version=self.global_step)
+        return time.perf_counter() - t0
+
+    def _evaluate(self, stage: str, stage_step: int) -> dict[str, float]:
+        ev = self.config.eval
+        t0 = time.perf_counter()
+        metrics, _ = evaluate(self.rollout, self.config.env.id, self.config.env.options, ev.suites, ev.episodes,
+                              ev.seed, ev.sampling)  # fmt: skip
+        record = {"kind": "eval", "stage": stage, "stage_step": stage_step, "global_step": self.global_step,
+                  "flops": self.flops, "eval_s": time.perf_counter() - t0, **metrics}  # fmt: skip
+        self.metrics.log(record)
+        shown = "  ".join(
+            f"{k.removeprefix('success/')} {v:.1%}" for k, v in metrics.items() if k.startswith("success/")
+        )
+        self.console.print(f"[bold]eval[/] {stage} step {stage_step}: success {shown}", highlight=False)
+        return metrics
+
+    def _new_learner(self, stage: SFTStage | RLStage, model_path: str) -> None:
+        from services.learner.group import LearnerGroup
+
+        rl = stage.rl if isinstance(stage, RLStage) else None
+        optim = stage.optim.model_copy(update={"total_steps": stage.steps})
+        cfg = self.config.learner.model_copy(
+            update={"model": model_path, "optim": optim, "seed": self.config.seed}
+        )
+        value_head = rl is not None and rl.algorithm in ("ppo", "ppo_token")  # both use GAE: a critic
+        reference = rl is not None and rl.kl_coef > 0
+        self.learner = LearnerGroup(cfg, rl=rl, value_head=value_head, reference=reference)
+        self.params = int(self.learner.flops_per_token() / 6)
+
+    # -- stages ----------------------------------------------------------------------------------------
+
+    def _sft_examples(self, stage: SFTStage, stage_index: int) -> list[Any]:
+        from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
+        from services.learner.sft_data import load_demonstrations, tokenize_sft
+
+        path = Path(stage.data.path) if stage.data.path else self.run_dir / "data" / f"{stage.name}.jsonl"
+        if not stage.data.path and not path.exists():
+            writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
+            for demo in generate_demonstrations(self.config.env.id, self.config.env.options, stage.data.episodes,
+                                                stage.data.seed, stage.data.revision_fraction):  # fmt: skip
+                writer.add(demo)
+            writer.close()
+        conversations = load_demonstrations(path)
+        model_path = resolve_model(self.config.model)
+        return tokenize_sft(conversations, _tokenizer_or_processor(model_path), stage.max_len)
+
+    def _run_sft(self, stage: SFTStage, stage_index: int, start: int, progress: Progress) -> None:
+        examples = self._sft_examples(stage, stage_index)
+        order_rng = np.random.default_rng(self.config.seed + 7919 * stage_index)
+        epochs = -(-stage.steps * stage.batch_size // len(examples)) + 1
+        order = np.concatenate([order_rng.permutation(len(examples)) for _ in range(epochs)])
+        bar = progress.add_task(stage.name, total=stage.steps, completed=start)
+        for step in range(start, stage.steps):
+            rows = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
+            t0 = time.perf_counter()
+            m = self.learner.sft_step(rows)
+            tokens = sum(len(r.input_ids) for r in rows)
+            self.flops += 6 * self.params * tokens
+            self.global_step += 1
+            self.metrics.log({"kind": "train", "stage": stage.name, "stage_step": step + 1,
+                              "global_step": self.global_step, "flops": self.flops,
+                              "learn_s": time.perf_counter() - t0, **m})  # fmt: skip
+            progress.update(
+                bar, advance=1, description=f"{stage.name} loss {m.get('loss', float('nan')):.3f}"
+            )
+            self._after_step(stage, stage_index, step + 1, push=False)
+
+    def _rl_specs(self, stage: RLStage, stage_index: int, step: int) -> list[Any]:
+        env = stage.env or self.config.env
+        options = resolve_options(env.id, env.options)
+        seed = _stage_seed(self.config, stage_index, step, stage.tasks_per_step)
+        specs = episode_specs(
+            env.id, options, stage.tasks_per_step, seed=seed, samples_per_task=stage.samples_per_task
+        )
+        return [type(s)(f"{stage.name}-{step}-{s.episode_id}", s.env_id, s.env_options, s.seed, f"{step}-{s.group_id}")
+                for s in specs]  # fmt: skip
+
+    def _run_rl(self, stage: RLStage, stage_index: int, start: int, progress: Progress) -> None:
+        from services.learner.batch import build_rl_batch
+
+        assert self.rollout is not None
+        tokenizer = _tokenizer(resolve_model(self.config.model))
+        sampling = self.config.rollout.sampling
+        bar = progress.add_task(stage.name, total=stage.steps, completed=start)
+        pool = ThreadPoolExecutor(max_workers=1) if self.config.off_policy else None
+        pending: Future | None = None
+        for step in range(start, stage.steps):
+            t0 = time.perf_counter()
+            if pending is not None:
+                trajs = pending.result()
+            else:
+                trajs = self.rollout.play(self._rl_specs(stage, stage_index, step), sampling)
+            rollout_s = time.perf_counter() - t0
+            if (
+                pool is not None and step + 1 < stage.steps
+            ):  # generate the next batch while the learner trains
+                pending = pool.submit(
+                    self.rollout.play, self._rl_specs(stage, stage_index, step + 1), sampling
+                )
+            t1 = time.perf_counter()
+            batch = build_rl_batch(trajs, tokenizer, stage.rl, tokenizer.pad_token_id, max_len=stage.max_len)
+            attach_images(batch, trajs)
+            m = self.learner.rl_step(batch)
+            learn_s = time.perf_counter() - t1
+            gen_tokens = sum(len(t.flatten()[0]) for t in trajs)
+            trained = int(batch.attention_mask.sum())
+            self.flops += 2 * self.params * gen_tokens + (6 * stage.rl.epochs + 2) * self.params * trained
+            self.global_step += 1
+            push_s = self._push_weights()
+            stats = suite_metrics(trajs)
+            staleness = [self.global_step - 1 - v for t in trajs for v in t.policy_versions]
+            self.metrics.log({
+                "kind": "train", "stage": stage.name, "stage_step": step + 1, "global_step": self.global_step,
+                "flops": self.flops, "mean_reward": stats["reward"], "success": stats["success"],
+                "response_tokens": stats["response_tokens"], "turns": stats["turns"],
+                "gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / max(rollout_s, 1e-9),
+                "rollout_s": rollout_s, "learn_s": learn_s, "push_s": push_s,
+                "staleness_max": max(staleness, default=0), **m,
+            })  # fmt: skip
+            progress.update(bar, advance=1, description=f"{stage.name} reward {stats['reward']:+.2f}")
+            self._after_step(stage, stage_index, step + 1, push=False)
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _after_step(self, stage: SFTStage | RLStage, stage_index: int, step: int, push: bool) -> None:
+        last = step == stage.steps
+        if step % self.config.eval.every == 0 or last:
+            if isinstance(stage, SFTStage):
+                self._push_weights()
+            self._evaluate(stage.name, step)
+        if step % self.config.checkpoint.every == 0 or last:
+            self.last_checkpoint = self._save(stage_index, step, last)
+
+    # -- run ---------------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        from services.rollout.config import RolloutConfig
+        from sftrl.ray_setup import init_ray
+
+        cfg = self.config
+        init_ray(cfg.ray_address)
+        model_path = resolve_model(cfg.model)
+        start_stage, start_step = 0, 0
+        if self.resume_state:
+            s = self.resume_state
+            start_stage, start_step = s["stage_index"], s["stage_step"]
+            if s.get("stage_final"):
+                start_stage, start_step = start_stage + 1, 0
+            model_path = s["path"]
+            self.console.print(f"resuming from {s['path']} (stage {start_stage}, step {start_step})")
+        rollout_cfg: RolloutConfig = cfg.rollout.model_copy(deep=True)
+        rollout_cfg.engine.model = model_path
+        self.rollout = RolloutGroup(
+            rollout_cfg, chunk_size=max(1, cfg.eval.episodes // rollout_cfg.num_actors)
+        )
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=self.console) as progress:
+                for index in range(start_stage, len(cfg.stages)):
+                    stage = cfg.stages[index]
+                    resuming_here = self.resume_state is not None and index == start_stage and start_step > 0
+                    self._new_learner(stage, model_path)
+                    if resuming_here:
+                        self.learner.load_checkpoint(self.resume_state["path"])
+                    if self.resume_state is not None and index == start_stage:
+                        self._push_weights()  # the engine must hold the checkpoint's weights
+                    self.metrics.log(
+                        {"kind": "stage_start", "stage": stage.name, "global_step": self.global_step}
+                    )
+                    if not resuming_here:
+                        self._evaluate(stage.name, 0)
+                    step0 = start_step if resuming_here else 0
+                    if isinstance(stage, SFTStage):
+                        self._run_sft(stage, index, step0, progress)
+                    else:
+                        self._run_rl(stage, index, step0, progress)
+                    model_path = str(self.last_checkpoint)
+                    self.learner.shutdown()
+                    self.learner = None
+            self.final_policy_version = self.rollout.policy_versions()
+        finally:
+            if self.learner is not None:
+                self.learner.shutdown()
+            self.rollout.shutdown()
+            self.metrics.close()
+        plot = plot_run(self.run_dir)
+        return plot or self.run_dir
+
+
+def attach_images(batch: Any, trajectories: list[Any]) -> None:
+    """Give each row the images its prompt shows (vision-language policies); text rows stay None."""
+    if not any(t.images for t in trajectories):
+        return
+    by_id = {t.episode_id: t for t in trajectories}
+    batch.images = [
+        by_id[eid].decoded_images(by_id[eid].turns[turn].num_images)
+        for eid, turn in zip(batch.episode_ids, batch.turn_index, strict=True)
+    ]
+
+
+def _tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def _tokenizer_or_processor(model_path: str) -> Any:
+    from transformers import AutoProcessor
+
+    try:
+        proc = AutoProcessor.from_pretrained(model_path)
+        if hasattr(proc, "image_processor"):
+            return proc
+    except (OSError, ValueError):
+        pass
+    return _tokenizer(model_path)
+
+
+def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
+    from sftrl.config import apply_overrides, build
+
+    data = read_yaml(path) if path else {}
+    return build(TrainConfig, apply_overrides(data, overrides), source=str(path or "config"))

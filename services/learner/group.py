@@ -1,0 +1,161 @@
+"""``world_size`` learner ranks as Ray actors in a placement group, driven as one learner.
+
+Rank 0's node address and a free port on it rendezvous the process group (gloo on CPU, NCCL on
+CUDA). Every call goes to all ranks at once with each rank's shard, and returns rank 0's answer:
+the ranks' metrics are already averaged across ranks, so they agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.learner.batch import RLBatch, shard_by_episode
+from services.learner.config import LearnerConfig, RLConfig
+from services.learner.sft_data import SFTExample
+from services.learner.worker import LearnerWorker
+
+
+def _master_address() -> tuple[str, int]:
+    """This node's IP and a port free on it now (run inside rank 0's bundle)."""
+    import socket
+
+    import ray
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+def shard_rows(n: int, world_size: int) -> list[list[int]]:
+    """Rows ``0..n-1`` in ``world_size`` contiguous, nearly equal, deterministic shards."""
+    if n < world_size:
+        raise ValueError(f"{n} rows cannot feed {world_size} learner ranks: give at least one row per rank")
+    return [chunk.tolist() for chunk in np.array_split(np.arange(n), world_size)]
+
+
+class LearnerGroup:
+    def __init__(
+        self,
+        config: LearnerConfig,
+        rl: RLConfig | None = None,
+        value_head: bool = False,
+        reference: bool = False,
+    ):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self._ray = ray
+        self.config, self.rl = config, rl
+        self.last_metrics: list[dict[str, float]] = []  # every rank's metrics of the last step
+        self.world_size = config.world_size
+        bundle: dict[str, float] = {"CPU": config.cpus_per_actor}
+        if config.gpus_per_actor:
+            bundle["GPU"] = config.gpus_per_actor
+        self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
+        ray.get(self.pg.ready(), timeout=600)
+
+        def strategy(index: int) -> Any:
+            return PlacementGroupSchedulingStrategy(
+                placement_group=self.pg, placement_group_bundle_index=index
+            )
+
+        probe = ray.remote(_master_address).options(
+            num_cpus=min(0.01, config.cpus_per_actor), scheduling_strategy=strategy(0)
+        )
+        self.master_addr, self.master_port = ray.get(probe.remote())
+        actor_cls = ray.remote(LearnerWorker)
+        tag = uuid.uuid4().hex[:6]
+        self.actors = [
+            actor_cls.options(
+                num_cpus=config.cpus_per_actor,
+                num_gpus=config.gpus_per_actor,
+                scheduling_strategy=strategy(rank),
+                name=f"sftrl-learner-{rank}-{tag}",
+            ).remote(
+                config, rl, rank, self.world_size, self.master_addr, self.master_port, value_head, reference
+            )
+            for rank in range(self.world_size)
+        ]
+        try:
+            ray.get([a.ping.remote() for a in self.actors])  # construction finishes only when all joined
+        except Exception:
+            self.shutdown()
+            raise
+
+    def _all(self, method: str, per_rank_args: Sequence[tuple[Any, ...]] | None = None) -> list[Any]:
+        args = per_rank_args or [()] * self.world_size
+        return self._ray.get([getattr(a, method).remote(*arg) for a, arg in zip(self.actors, args)])
+
+    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
+        """One optimizer step over ``examples``, split evenly across ranks; rank 0's metrics."""
+        shards = shard_rows(len(examples), self.world_size)
+        self.last_metrics = self._all("sft_step", [([examples[i] for i in rows],) for rows in shards])
+        return self.last_metrics[0]
+
+    def rl_step(self, batch: RLBatch) -> dict[str, float]:
+        """One RL update on ``batch``, sharded by episode (groups kept whole); rank 0's metrics."""
+        shards = shard_by_episode(batch, self.world_size)
+        if any(len(s) == 0 for s in shards):
+            raise ValueError(
+                f"the batch has too few episode groups ({len(set(batch.group_ids))}) for {self.world_size} ranks"
+            )
+        self.last_metrics = self._all("rl_step", [(s,) for s in shards])
+        return self.last_metrics[0]
+
+    def forward_logprobs(self, batch: RLBatch) -> Any:
+        """[B, T] token log-probs of the current policy, rows in ``batch`` order."""
+        import torch
+
+        shards = shard_by_episode(batch, self.world_size)
+        parts = self._all("forward_logprobs", [(s,) for s in shards])
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        where = {(e, t): i for i, (e, t) in enumerate(zip(batch.episode_ids, batch.turn_index))}
+        for shard, lp in zip(shards, parts):
+            for j, key in enumerate(zip(shard.episode_ids, shard.turn_index)):
+                out[where[key], : lp.shape[1]] = lp[j]
+        return out
+
+    def policy_state_dict(self, dtype: str | None = "bfloat16", as_ref: bool = False) -> Any:
+        """Rank 0's full policy state dict (HF naming); with ``as_ref`` its Ray object reference,
+        which ``RolloutGroup.update_weights`` takes without a copy through this process."""
+        refs = [a.policy_state_dict.remote(dtype) for a in self.actors]
+        self._ray.get(refs[1:])  # the other ranks only take part in gathering (ZeRO-3)
+        return refs[0] if as_ref else self._ray.get(refs[0])
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """All ranks write their DeepSpeed state; rank 0 the HF folder. ``path`` must be on storage
+        every rank's node sees (one machine, or a shared file system)."""
+        self._all("save_checkpoint", [(str(path), extra or {})] * self.world_size)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        return self._all("load_checkpoint", [(str(path),)] * self.world_size)[0]
+
+    def flops_per_token(self, training: bool = True) -> float:
+        """6 x policy parameters (training) or 2 x (forward only)."""
+        return self._ray.get(self.actors[0].flops_per_token.remote(training))
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        ray = self._ray
+        for actor in getattr(self, "actors", []):
+            try:
+                ray.get(actor.shutdown.remote(), timeout=60)
+            except Exception:  # a dead or stuck actor is killed below anyway
+                pass
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        self.actors = []
+        try:
+            remove_placement_group(self.pg)
+        except Exception:
+            pass

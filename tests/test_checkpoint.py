@@ -1,0 +1,177 @@
+"""Checkpoints: atomic writes, verification, retention, and an exact resume of a DeepSpeed learner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.learner.checkpoint import (
+    COMPLETE_NAME,
+    CheckpointManager,
+    atomic_checkpoint,
+    read_trainer_state,
+    temp_path,
+    verify,
+    write_trainer_state,
+)
+
+
+def fake_writer(step: int):
+    """A checkpoint with the files a real one has at the top (weights, config, state)."""
+    from safetensors.torch import save_file
+
+    def write(final: Path) -> None:
+        with atomic_checkpoint(final) as tmp:
+            save_file({"w": torch.full((4, 4), float(step))}, str(tmp / "model.safetensors"))
+            (tmp / "config.json").write_text("{}")
+            write_trainer_state(tmp, {"extra": {"step": step}})
+
+    return write
+
+
+def test_latest_skips_unfinished_and_corrupt_checkpoints(tmp_path, caplog):
+    manager = CheckpointManager(tmp_path, keep=5)
+    for step in (1, 2, 3):
+        manager.save(step, fake_writer(step))
+    assert manager.latest() == tmp_path / "step-000003"
+    # a writer killed mid-write: its temporary folder was never renamed
+    crashed = temp_path(tmp_path / "step-000004", pid=999999)
+    crashed.mkdir()
+    (crashed / "model.safetensors").write_bytes(b"partial")
+    assert manager.latest() == tmp_path / "step-000003"
+    # a step folder without the marker (e.g. copied by hand, interrupted)
+    (tmp_path / "step-000005").mkdir()
+    (tmp_path / "step-000005" / "config.json").write_text("{}")
+    # a complete one whose weights were damaged afterwards
+    weights = tmp_path / "step-000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with caplog.at_level(logging.WARNING):
+        assert manager.latest() == tmp_path / "step-000002"
+    assert "step-000005 is incomplete/corrupt: no COMPLETE marker" in caplog.text
+    assert "step-000003 is incomplete/corrupt: model.safetensors does not match its sha256" in caplog.text
+    with pytest.raises(
+        ValueError, match=r"step-000003 is incomplete/corrupt: model\.safetensors does not match"
+    ):
+        read_trainer_state(tmp_path / "step-000003")
+    assert read_trainer_state(tmp_path / "step-000002")["extra"] == {"step": 2}
+    # pruning removes the dead writer's temporary folder and broken ones older than the newest good
+    (tmp_path / COMPLETE_NAME).write_text("not a checkpoint")  # unrelated files are left alone
+    removed = manager.prune()
+    assert crashed in removed and tmp_path / "step-000003" not in removed  # newer than step 2: kept
+    assert not crashed.exists()
+
+
+def test_retention_keeps_the_newest(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=2)
+    for step in range(1, 6):
+        manager.save(step * 10, fake_writer(step))
+    assert [p.name for _, p in manager.steps()] == ["step-000040", "step-000050"]
+    # saving the same step again replaces it
+    manager.save(50, fake_writer(7))
+    assert read_trainer_state(manager.latest())["extra"] == {"step": 7}
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=2)
+    manager.save(1, fake_writer(1))
+
+    def broken(final: Path) -> None:
+        with atomic_checkpoint(final) as tmp:
+            (tmp / "config.json").write_text("{}")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        manager.save(2, broken)
+    assert manager.latest() == tmp_path / "step-000001" and not list(tmp_path.glob(".*"))
+    with pytest.raises(ValueError, match="incomplete/corrupt: no such folder"):
+        verify(tmp_path / "step-000002")
+
+
+# -- a real learner ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
+    from transformers import AutoModelForCausalLM
+
+    from services.envs.demonstrations import generate_demonstrations
+    from services.learner.config import LearnerConfig
+    from services.learner.sft_data import SFTConversation, load_tokenizer_or_processor, tokenize_sft
+    from services.learner.worker import LearnerWorker
+
+    demos = generate_demonstrations("sftrl/GeneralPoints-v0", {"prompt_style": "compact"}, 24)
+    tok = load_tokenizer_or_processor(str(tiny_model))
+    rows = tokenize_sft([SFTConversation(d.episode_id, d.messages) for d in demos], tok, 1024)
+    data = [rows[i : i + 6] for i in range(0, 24, 6)]
+    config = LearnerConfig.model_validate({
+        "model": str(tiny_model), "micro_batch_size": 4, "zero_stage": zero_stage,
+        "optim": {"lr": 2e-3, "warmup_steps": 2, "total_steps": 6, "min_lr_ratio": 0.1, "weight_decay": 0.01},
+    })  # fmt: skip
+
+    def make() -> LearnerWorker:
+        return LearnerWorker(config, None, 0, 1, "127.0.0.1", free_port(), value_head=True)
+
+    manager = CheckpointManager(tmp_path / "run", keep=1)
+    worker = make()
+    try:
+        for batch in data[:2]:
+            worker.sft_step(batch)
+        saved = worker.policy_state_dict(dtype="float32")
+        path = manager.save(2, lambda p: worker.save_checkpoint(p, {"step": 2, "data_position": 12}))
+        draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+        expected = [worker.sft_step(batch) for batch in data[2:]]
+        head = {k: v.clone() for k, v in worker.module.value_head.state_dict().items()}
+    finally:
+        worker.shutdown()
+    assert expected[1]["lr"] != expected[0]["lr"]  # the schedule moves: its state matters
+
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)  # noqa: B018
+    resumed = make()
+    try:
+        assert manager.latest() == path
+        extra = resumed.load_checkpoint(manager.latest())
+        assert extra == {"step": 2, "data_position": 12}
+        assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
+        state = resumed.policy_state_dict(dtype="float32")
+        assert all(torch.equal(state[k], saved[k]) for k in saved)
+        got = [resumed.sft_step(batch) for batch in data[2:]]
+        for a, b in zip(expected, got):
+            assert a["loss"] == b["loss"] and a["lr"] == b["lr"] and a["grad_norm"] == b["grad_norm"]
+        assert all(torch.equal(v, head[k]) for k, v in resumed.module.value_head.state_dict().items())
+    finally:
+        resumed.shutdown()
+
+    # the folder is an HF model (transformers loads it; the value head lies in its own folder)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert (path / "value_head" / "model.safetensors").is_file()
+    assert json.loads((path / "trainer_state.json").read_text())["extra"]["data_position"] == 12
+    assert (path / "chat_template.jinja").is_file() or "chat_template" in (
+        path / "tokenizer_config.json"
+    ).read_text()
+    # a load of a damaged checkpoint is a clear error, not a safetensors traceback
+    (path / "model.safetensors").write_bytes(b"\0" * 64)
+    broken = make()
+    try:
+        with pytest.raises(
+            ValueError, match="incomplete/corrupt: model.safetensors does not match its sha256"
+        ):
+            broken.load_checkpoint(path)
+    finally:
+        broken.shutdown()
