@@ -47,19 +47,32 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted ``key=value`` overrides applied (creating sections)."""
+    """Return a copy of ``data`` with dotted ``key=value`` overrides applied (creating sections).
+
+    A numeric part indexes a list: ``stages.0.steps=100`` sets the first stage's steps.
+    """
     result = json.loads(json.dumps(data, default=str)) if data else {}
     for item in overrides:
         path, value = parse_override(item)
-        node = result
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        node: Any = result
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {part!r} is not an index of a list of {len(node)}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {path[depth - 1]!r} is a value, not a section")
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return result
 
 

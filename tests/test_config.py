@@ -50,3 +50,12 @@ def test_resolved_config_round_trips(tmp_path):
     data = yaml.safe_load(path.read_text())
     assert data["episodes"] == 5 and data["revision_fraction"] == 0.3
     assert SFTDataConfig.model_validate(data) == cfg
+
+
+def test_list_index_overrides():
+    data = {"stages": [{"steps": 1}, {"steps": 2}]}
+    assert apply_overrides(data, ["stages.1.steps=7"])["stages"] == [{"steps": 1}, {"steps": 7}]
+    with pytest.raises(ConfigError, match="index"):
+        apply_overrides(data, ["stages.5.steps=7"])
+    with pytest.raises(ConfigError, match="index"):
+        apply_overrides(data, ["stages.x.steps=7"])

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from services.learner.config import RLConfig
+from services.verifier.answer_text import find_json_object
 from sftrl.trajectory import Trajectory
 
 _ROW_TENSORS = ("input_ids", "attention_mask", "action_mask", "token_weights", "rollout_logprobs")
@@ -111,19 +112,8 @@ _DECODER = json.JSONDecoder()
 
 def _first_json_object(text: str) -> tuple[int, int] | None:
     """(start, end) of the first decodable JSON object in ``text``, as the verifiers read it."""
-    start = text.find("{")
-    attempts = 0
-    while start != -1 and attempts < 16:
-        attempts += 1
-        try:
-            obj, end = _DECODER.raw_decode(text, start)
-        except (ValueError, RecursionError):
-            start = text.find("{", start + 1)
-            continue
-        if isinstance(obj, dict):
-            return start, end
-        start = text.find("{", start + 1)
-    return None
+    found = find_json_object(text)
+    return None if found is None else (found[1], found[2])
 
 
 def _value_end(text: str, pos: int) -> int:

@@ -13,6 +13,23 @@ MAX_ANSWER_CHARS = 8192
 _DECODER = json.JSONDecoder()
 
 
+def find_json_object(text: str, max_attempts: int = 16) -> tuple[dict[str, Any], int, int] | None:
+    """The first decodable JSON object in ``text`` with its (start, end) offsets, or None."""
+    start = text.find("{")
+    attempts = 0
+    while start != -1 and attempts < max_attempts:
+        attempts += 1
+        try:
+            obj, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(obj, dict):
+            return obj, start, end
+        start = text.find("{", start + 1)
+    return None
+
+
 def extract_json_object(text: object, max_chars: int = MAX_ANSWER_CHARS) -> tuple[dict[str, Any] | None, str]:
     """Find the first JSON object in ``text``.
 
@@ -25,19 +42,10 @@ def extract_json_object(text: object, max_chars: int = MAX_ANSWER_CHARS) -> tupl
         return None, f"the answer is too long ({len(text)} characters; at most {max_chars})"
     if "\x00" in text:
         return None, "the answer contains binary data"
-    start = text.find("{")
-    attempts = 0
-    while start != -1 and attempts < 16:
-        attempts += 1
-        try:
-            obj, _ = _DECODER.raw_decode(text, start)
-        except (ValueError, RecursionError):
-            start = text.find("{", start + 1)
-            continue
-        if isinstance(obj, dict):
-            return obj, ""
-        start = text.find("{", start + 1)
-    return None, "the answer is not a JSON object"
+    found = find_json_object(text)
+    if found is None:
+        return None, "the answer is not a JSON object"
+    return found[0], ""
 
 
 def get_str_field(obj: dict[str, Any], *names: str) -> str | None:
