@@ -321,7 +321,7 @@ def train_cmd(config_path: str | None, resume: bool, overrides: tuple[str, ...])
         config = load_train_config(config_path, list(overrides))
         trainer = Trainer(config, resume=resume, console=console)
         result = trainer.run()
-        console.print(f"run folder: {trainer.run_dir}\ncurves: {result}")
+        console.print(f"run folder: {trainer.run_dir}\ncurves: {result}", soft_wrap=True)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 

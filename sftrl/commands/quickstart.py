@@ -48,5 +48,5 @@ def run_quickstart(output_dir: str, fresh: bool, overrides: list[str], console: 
     trainer = Trainer(config, resume=resume, console=console)
     plot = trainer.run()
     console.print(results_table(trainer.run_dir))
-    console.print(f"curves: {plot}\nmetrics: {trainer.run_dir / 'metrics.jsonl'}")
+    console.print(f"curves: {plot}\nmetrics: {trainer.run_dir / 'metrics.jsonl'}", soft_wrap=True)
     return trainer.run_dir

@@ -96,5 +96,5 @@ def run_rollout(config: RolloutRunConfig, console: Console) -> dict[str, float]:
     table.add_row("mean turns", f"{stats['mean_turns']:.2f}")
     table.add_row("generated tokens/s", f"{stats['tokens_per_s']:,.0f}")
     console.print(table)
-    console.print(f"trajectories: {out}")
+    console.print(f"trajectories: {out}", soft_wrap=True)
     return stats
