@@ -123,9 +123,9 @@ class Trainer:
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def _sft_examples(self, stage: SFTStage, stage_index: int) -> list[Any]:
+    def _sft_examples(self, stage: SFTStage) -> list[Any]:
         from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
-        from services.learner.sft_data import load_demonstrations, tokenize_sft
+        from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
 
         path = Path(stage.data.path) if stage.data.path else self.run_dir / "data" / f"{stage.name}.jsonl"
         if not stage.data.path and not path.exists():
@@ -135,11 +135,10 @@ class Trainer:
                 writer.add(demo)
             writer.close()
         conversations = load_demonstrations(path)
-        model_path = resolve_model(self.config.model)
-        return tokenize_sft(conversations, _tokenizer_or_processor(model_path), stage.max_len)
+        return tokenize_sft(conversations, load_tokenizer_or_processor(self.config.model), stage.max_len)
 
     def _run_sft(self, stage: SFTStage, stage_index: int, start: int, progress: Progress) -> None:
-        examples = self._sft_examples(stage, stage_index)
+        examples = self._sft_examples(stage)
         order_rng = np.random.default_rng(self.config.seed + 7919 * stage_index)
         epochs = -(-stage.steps * stage.batch_size // len(examples)) + 1
         order = np.concatenate([order_rng.permutation(len(examples)) for _ in range(epochs)])
@@ -157,7 +156,7 @@ class Trainer:
             progress.update(
                 bar, advance=1, description=f"{stage.name} loss {m.get('loss', float('nan')):.3f}"
             )
-            self._after_step(stage, stage_index, step + 1, push=False)
+            self._after_step(stage, stage_index, step + 1)
 
     def _rl_specs(self, stage: RLStage, stage_index: int, step: int) -> list[Any]:
         env = stage.env or self.config.env
@@ -212,11 +211,11 @@ class Trainer:
                 "staleness_max": max(staleness, default=0), **m,
             })  # fmt: skip
             progress.update(bar, advance=1, description=f"{stage.name} reward {stats['reward']:+.2f}")
-            self._after_step(stage, stage_index, step + 1, push=False)
+            self._after_step(stage, stage_index, step + 1)
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def _after_step(self, stage: SFTStage | RLStage, stage_index: int, step: int, push: bool) -> None:
+    def _after_step(self, stage: SFTStage | RLStage, stage_index: int, step: int) -> None:
         last = step == stage.steps
         if step % self.config.eval.every == 0 or last:
             if isinstance(stage, SFTStage):
@@ -296,18 +295,6 @@ def _tokenizer(model_path: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path)
-
-
-def _tokenizer_or_processor(model_path: str) -> Any:
-    from transformers import AutoProcessor
-
-    try:
-        proc = AutoProcessor.from_pretrained(model_path)
-        if hasattr(proc, "image_processor"):
-            return proc
-    except (OSError, ValueError):
-        pass
-    return _tokenizer(model_path)
 
 
 def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:

@@ -105,25 +105,25 @@ class RayEnvPool:
             groups.setdefault(self._owner[key], []).append(i)
         return groups
 
-    def reset_many(self, specs: Sequence[EpisodeSpec]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        for spec in specs:
-            self._owner[spec.episode_id] = next(self._next)
-        groups = self._by_actor([s.episode_id for s in specs])
-        futures = {a: self.actors[a].reset_many.remote([specs[i] for i in idx]) for a, idx in groups.items()}
-        out: list[Any] = [None] * len(specs)
+    def _scatter(self, method: str, keys: Sequence[str], items: Sequence[Any]) -> list[Any]:
+        """Call ``method`` on each owning actor with its items; results come back in input order."""
+        groups = self._by_actor(keys)
+        futures = {
+            a: getattr(self.actors[a], method).remote([items[i] for i in idx]) for a, idx in groups.items()
+        }
+        out: list[Any] = [None] * len(items)
         for a, idx in groups.items():
             for i, result in zip(idx, self._ray.get(futures[a]), strict=True):
                 out[i] = result
         return out
 
+    def reset_many(self, specs: Sequence[EpisodeSpec]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        for spec in specs:
+            self._owner[spec.episode_id] = next(self._next)
+        return self._scatter("reset_many", [s.episode_id for s in specs], specs)
+
     def step_many(self, moves: Sequence[tuple[str, str]]) -> list[StepResult]:
-        groups = self._by_actor([m[0] for m in moves])
-        futures = {a: self.actors[a].step_many.remote([moves[i] for i in idx]) for a, idx in groups.items()}
-        out: list[Any] = [None] * len(moves)
-        for a, idx in groups.items():
-            for i, result in zip(idx, self._ray.get(futures[a]), strict=True):
-                out[i] = result
-        return out
+        return self._scatter("step_many", [m[0] for m in moves], moves)
 
     def release(self, episode_ids: Sequence[str]) -> None:
         groups = self._by_actor(list(episode_ids))
