@@ -193,10 +193,12 @@ HOSTILE = [
 
 @pytest.mark.parametrize("reply", HOSTILE, ids=range(len(HOSTILE)))
 @pytest.mark.parametrize("task", [INT, CHOICE, TEXT], ids=["number", "choice", "text"])
-def test_hostile_replies_never_raise_and_stay_fast(task: QATask, reply: str) -> None:
+def test_hostile_replies_never_raise_or_hang(task: QATask, reply: str) -> None:
+    # A hang guard against catastrophic regex backtracking, not a speed target (that is bench/envs.py):
+    # linear-time parsing takes milliseconds, a backtracking blow-up takes hours.
     start = time.perf_counter()
     verdict = verify_visual_qa(task, reply)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 30.0
     assert verdict.reward == 0.0 and not verdict.success
     assert len(verdict.errors) == 1
     assert len(verdict.feedback) < 300
