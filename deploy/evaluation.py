@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from services.rollout.config import SamplingConfig
+from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs
 from sftrl.trajectory import Trajectory
 
@@ -32,6 +33,16 @@ def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     return out
 
 
+def suite_specs(
+    name: str, env_id: str, options: dict[str, Any], episodes: int, seed: int
+) -> list[EpisodeSpec]:
+    """The episodes of one suite; ids carry the suite name (sampling seeds derive from episode ids)."""
+    specs = episode_specs(env_id, options, episodes, seed=seed)
+    return [
+        EpisodeSpec(f"eval-{name}-{s.episode_id}", s.env_id, s.env_options, s.seed, s.group_id) for s in specs
+    ]
+
+
 def evaluate(
     rollout: Any,
     env_id: str,
@@ -45,11 +56,7 @@ def evaluate(
     metrics: dict[str, float] = {}
     played: dict[str, list[Trajectory]] = {}
     for name, overrides in suites.items():
-        options = {**base_options, **overrides}
-        specs = episode_specs(env_id, options, episodes, seed=seed)
-        specs = [
-            type(s)(f"eval-{name}-{s.episode_id}", s.env_id, s.env_options, s.seed, s.group_id) for s in specs
-        ]
+        specs = suite_specs(name, env_id, {**base_options, **overrides}, episodes, seed)
         trajs = rollout.play(specs, sampling)
         played[name] = trajs
         for key, value in suite_metrics(trajs).items():

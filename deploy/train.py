@@ -9,6 +9,7 @@ a resumed run replays exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,11 +22,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from deploy.evaluation import evaluate, suite_metrics
 from deploy.metrics import MetricsLog, plot_run
+from deploy.registry_sync import RunRegistrar
 from deploy.train_config import RLStage, SFTStage, TrainConfig
 from services.envs import resolve_options
+from services.learner.checkpoint import step_of
 from services.rollout.group import RolloutGroup, episode_specs
 from sftrl.config import read_yaml, write_resolved_config
 from sftrl.models import resolve_model
+from sftrl.registry import RunRecord, open_registry
+from sftrl.registry.store import REGISTRY_ERRORS
 
 STATE_FILE = "run_state.json"
 
@@ -56,6 +61,8 @@ class Trainer:
         keep_until = self.resume_state["global_step"] if self.resume_state else (0 if resume else None)
         self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)
         self.final_policy_version: int | None = None
+        self.registrar: RunRegistrar | None = None
+        self.eval_at_step: dict[int, dict[str, float]] = {}
         self.flops = float(self.resume_state["flops"]) if self.resume_state else 0.0
         self.global_step = int(self.resume_state["global_step"]) if self.resume_state else 0
         self.rollout: RolloutGroup | None = None
@@ -78,11 +85,20 @@ class Trainer:
         from services.learner.checkpoint import CheckpointManager
 
         extra = {"stage_index": stage_index, "stage_step": step, "global_step": self.global_step,
-                 "flops": self.flops, "stage_final": final}  # fmt: skip
+                 "flops": self.flops, "stage_final": final,
+                 "stage_name": self.config.stages[stage_index].name}  # fmt: skip
         manager = CheckpointManager(self.ckpt_root, keep=self.config.checkpoint.keep)
-        path = manager.save(self.global_step, lambda target: self.learner.save_checkpoint(str(target), extra))
-        manager.prune()
-        return Path(path)
+        before = {folder for _, folder in manager.steps()}
+        path = Path(
+            manager.save(self.global_step, lambda target: self.learner.save_checkpoint(str(target), extra))
+        )
+        removed = before - {folder for _, folder in manager.steps()}  # pruned by save()
+        if self.registrar is not None:
+            self.registrar.checkpoint(path, self.eval_at_step.get(self.global_step))
+            for folder in removed:
+                if (gone := step_of(folder)) is not None:
+                    self.registrar.forget(gone)
+        return path
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -102,6 +118,7 @@ class Trainer:
         record = {"kind": "eval", "stage": stage, "stage_step": stage_step, "global_step": self.global_step,
                   "flops": self.flops, "eval_s": time.perf_counter() - t0, **metrics}  # fmt: skip
         self.metrics.log(record)
+        self.eval_at_step[self.global_step] = metrics
         shown = "  ".join(
             f"{k.removeprefix('success/')} {v:.1%}" for k, v in metrics.items() if k.startswith("success/")
         )
@@ -227,6 +244,35 @@ class Trainer:
     # -- run ---------------------------------------------------------------------------------------------
 
     def run(self) -> Path:
+        with contextlib.ExitStack() as stack:
+            self.registrar = self._open_registrar(stack)
+            status = "failed"
+            try:
+                result = self._run()
+                status = "finished"
+                return result
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                if self.registrar is not None:
+                    self.registrar.finish(status)
+
+    def _open_registrar(self, stack: contextlib.ExitStack) -> RunRegistrar | None:
+        """The run's registry writer; a registry that cannot be had is a warning, never a failed run."""
+        cfg = self.config
+        if not cfg.registry.enabled:
+            return None
+        run = RunRecord(run_id=cfg.run_name, run_dir=str(self.run_dir.resolve()), model=cfg.model,
+                        config=cfg.model_dump(mode="json"))  # fmt: skip
+        try:
+            registry = stack.enter_context(open_registry(cfg.registry.url))
+        except (RuntimeError, *REGISTRY_ERRORS) as exc:
+            self.console.print(f"[yellow]registry unavailable ({exc}); run `sftrl registry resync` later[/]")
+            return None
+        return RunRegistrar(registry, run, self.console)
+
+    def _run(self) -> Path:
         from services.rollout.config import RolloutConfig
         from sftrl.ray_setup import init_ray
 

@@ -63,8 +63,15 @@ class CheckpointConfig(StrictModel):
     keep: int = Field(3, ge=1)
 
 
+class RegistryConfig(StrictModel):
+    """Where runs and checkpoints are indexed (Redis). The run folder stays the truth either way."""
+
+    enabled: bool = True
+    url: str | None = Field(None, description="redis://...; default $REDIS_URL, else a local redis-server")
+
+
 class TrainConfig(StrictModel):
-    run_name: str = "run"
+    run_name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     output_dir: str = "runs"
     seed: int = 0
     model: str = "tiny"
@@ -77,3 +84,4 @@ class TrainConfig(StrictModel):
     off_policy: bool = Field(False, description="generate the next RL batch while the learner trains")
     ray_address: str | None = None
     tensorboard: bool = True
+    registry: RegistryConfig = RegistryConfig()

@@ -310,4 +310,9 @@ if failed or checks:
     sys.exit(1)
 PY
 
+# ---------------------------------------------------------------------------------------------
+# helm, kubectl and kubernetes-validate: the Helm chart's offline validation (tests/test_helm_chart.py).
+step "Kubernetes tools (helm, kubectl, kubernetes-validate)"
+SFTRL_VENV="$VENV" SFTRL_FORCE="${SFTRL_FORCE:-0}" bash "$SCRIPT_DIR/install_k8s_tools.sh"
+
 step "Done in $((SECONDS - START_SECONDS)) s: activate with  source ${VENV}/bin/activate"

@@ -340,5 +340,125 @@ def quickstart_cmd(output_dir: str, fresh: bool, overrides: tuple[str, ...]) -> 
         fail(str(exc))
 
 
+# -- registry, evaluation, endpoint -----------------------------------------------------------------
+
+
+@main.command("runs")
+def runs_cmd() -> None:
+    """List the registered runs (REDIS_URL, else the local registry)."""
+    from sftrl.commands.registry import print_runs
+    from sftrl.registry import REGISTRY_ERRORS, open_registry
+
+    try:
+        with open_registry() as registry:
+            print_runs(console, registry.list_runs())
+    except (RuntimeError, *REGISTRY_ERRORS) as exc:
+        fail(f"registry unavailable: {exc}")
+
+
+@main.command("checkpoints")
+@click.argument("run")
+def checkpoints_cmd(run: str) -> None:
+    """List the registered checkpoints of RUN, with the evaluation at each step."""
+    from sftrl.commands.registry import print_checkpoints
+    from sftrl.registry import REGISTRY_ERRORS, open_registry
+
+    try:
+        with open_registry() as registry:
+            if registry.get_run(run) is None:
+                fail(f"unknown run {run!r} (see `sftrl runs`)")
+            print_checkpoints(console, run, registry.list_checkpoints(run))
+    except (RuntimeError, *REGISTRY_ERRORS) as exc:
+        fail(f"registry unavailable: {exc}")
+
+
+@main.group("registry")
+def registry_group() -> None:
+    """Maintain the registry (the run folders are the truth)."""
+
+
+@registry_group.command("resync")
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+def registry_resync(roots: tuple[Path, ...]) -> None:
+    """Rebuild the records of the runs under ROOTS (default: ./runs) and of every registered run."""
+    from sftrl.commands.registry import resync_command
+    from sftrl.registry import REGISTRY_ERRORS, open_registry
+
+    try:
+        with open_registry() as registry:
+            resync_command(console, registry, list(roots) or [Path("runs")])
+    except (RuntimeError, *REGISTRY_ERRORS) as exc:
+        fail(f"registry unavailable: {exc}")
+
+
+@main.command("evaluate", context_settings=EXTRA_ARGS)
+@click.argument("checkpoint")
+@click.option("--suite", default=None, help="A suite of the checkpoint's run (id, ood_rule, ...).")
+@click.option(
+    "--env", "env_id", default=None, help="Or an environment id; its options follow as --name value."
+)
+@click.option("--episodes", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=10_000, show_default=True)
+@click.option("--temperature", type=float, default=None, help="Default: the run's evaluation sampling.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+@click.pass_context
+def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id: str | None, episodes: int,
+                 seed: int, temperature: float | None, max_tokens: int | None, device: str,
+                 threads: int | None) -> None:  # fmt: skip
+    """Evaluate CHECKPOINT (RUN@STEP, or RUN for its latest) in this process; stored in the registry."""
+    from deploy.checkpoint_eval import EvalInputError, EvalRequest
+    from sftrl.commands.evaluate import evaluate_command
+    from sftrl.registry import REGISTRY_ERRORS, SuiteSpec, open_registry
+
+    if (suite is None) == (env_id is None):
+        raise click.UsageError("give either --suite NAME or --env ID (with its options)")
+    if suite is not None and ctx.args:
+        raise click.UsageError("environment options go with --env, not --suite")
+    target: str | SuiteSpec = (
+        suite if suite is not None else SuiteSpec(env=env_id, options=parse_env_options(ctx.args))
+    )
+    sampling = None
+    if temperature is not None or max_tokens is not None:
+        sampling = {
+            k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None
+        }
+    try:
+        request = EvalRequest(
+            checkpoint=checkpoint, suite=target, episodes=episodes, seed=seed, sampling=sampling
+        )
+        overrides = {"device": device, **({"threads": threads} if threads else {})}
+        with open_registry() as registry:
+            evaluate_command(console, registry, request, overrides)
+    except EvalInputError as exc:
+        fail(str(exc))
+    except (RuntimeError, ConfigError, ValueError, *REGISTRY_ERRORS) as exc:
+        fail(str(exc))
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="Bearer token file (default: $SFTRL_API_TOKEN, else $SFTRL_HOME/api-token, created).")  # fmt: skip
+@click.option("--max-episodes", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--warm-models", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--address", default=None, help="Ray address to join (default: a local Ray).")
+def serve_cmd(host: str, port: int, token_file: str | None, max_episodes: int, warm_models: int, device: str,
+              address: str | None) -> None:  # fmt: skip
+    """Serve the evaluation endpoint (Ray Serve + FastAPI) until Ctrl-C."""
+    from sftrl.commands.serve import serve_command
+
+    settings = {"max_episodes": max_episodes, "warm_models": warm_models, "device": device}
+    if token_file:
+        settings["token_file"] = token_file
+    try:
+        serve_command(console, host, port, settings, address)
+    except (ConfigError, RuntimeError) as exc:
+        fail(str(exc))
+
+
 if __name__ == "__main__":
     main()

@@ -29,3 +29,31 @@ def tiny_vl_model() -> Path:
     from sftrl.models.testing import prepared_model
 
     return prepared_model("tiny-vl", TEST_MODELS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def registry_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server for the whole session (REDIS_URL), so runs never touch the user's registry."""
+    from sftrl.registry import LocalRedis
+
+    server = LocalRedis(tmp_path_factory.mktemp("redis"))
+    url = server.start()
+    previous = os.environ.get("REDIS_URL")
+    os.environ["REDIS_URL"] = url
+    yield url
+    if previous is None:
+        os.environ.pop("REDIS_URL", None)
+    else:
+        os.environ["REDIS_URL"] = previous
+    server.release(force=True)
+
+
+@pytest.fixture
+def registry(registry_server: str):
+    """The session's registry, emptied for this test."""
+    from sftrl.registry import Registry
+
+    reg = Registry(registry_server)
+    reg.redis.flushdb()
+    yield reg
+    reg.close()

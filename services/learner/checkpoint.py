@@ -46,6 +46,12 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def step_of(folder: Path) -> int | None:
+    """The step of a ``step-N`` folder, None for any other name."""
+    m = _STEP_RE.match(folder.name)
+    return int(m.group(1)) if m else None
+
+
 def temp_path(final: Path, pid: int | None = None) -> Path:
     """Where ``final`` is written before it is renamed into place."""
     return final.parent / f".{final.name}.tmp-{pid if pid is not None else os.getpid()}"

@@ -35,6 +35,7 @@ class LearnerConfig(StrictModel):
     gradient_checkpointing: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    threads: int | None = Field(None, ge=1, description="CPU threads per rank; default: the node's cores / ranks")
     optim: OptimConfig = OptimConfig()
     seed: int = 0
     rl_mini_batches: int = Field(

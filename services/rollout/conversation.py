@@ -39,6 +39,11 @@ class ChatFormatter:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def chat_prompt(self, messages: list[dict[str, str]]) -> PromptInput:
+        """A text-only chat (``{"role", "content"}`` messages) as the prompt of the assistant's reply."""
+        rendered = [self._message(m["role"], m["content"], with_image=False) for m in messages]
+        return PromptInput(self.encode(self.render(rendered, add_generation_prompt=True)))
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 

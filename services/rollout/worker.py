@@ -10,9 +10,10 @@ from typing import Any
 
 from services.rollout.config import RolloutConfig, SamplingConfig
 from services.rollout.conversation import ChatFormatter
-from services.rollout.engine import VLLMEngine
+from services.rollout.engine import Generation, VLLMEngine
 from services.rollout.env_pool import EnvPool, EpisodeSpec, LocalEnvs, RayEnvPool
 from services.rollout.episodes import play_episodes
+from sftrl.threads import apply_cpu_threads, cpu_threads
 from sftrl.trajectory import Trajectory
 
 
@@ -32,6 +33,8 @@ def build_formatter(model_path: str, tokenizer: Any) -> ChatFormatter:
 class RolloutWorker:
     def __init__(self, config: RolloutConfig):
         self.config = config
+        if config.engine.device == "cpu":
+            apply_cpu_threads(cpu_threads(config.engine.threads, config.num_actors))
         self.engine = VLLMEngine(config.engine)
         self.formatter = build_formatter(self.engine.model_path, self.engine.tokenizer)
         self.envs: EnvPool = RayEnvPool(config.env_actors) if config.env_actors > 0 else LocalEnvs()
@@ -45,6 +48,11 @@ class RolloutWorker:
             sampling or self.config.sampling,
             self.config.engine.model,
         )
+
+    def chat(self, messages: list[dict[str, str]], sampling: SamplingConfig) -> Generation:
+        """One reply to a text chat (the evaluation endpoint's chat completions)."""
+        prompt = self.formatter.chat_prompt(messages)
+        return self.engine.generate([prompt], self.engine.sampling_params(sampling, n=1))[0][0]
 
     def update_weights(self, weights: Any, version: int | None = None) -> int:
         new_version = self.engine.update_weights(weights)

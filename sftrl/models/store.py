@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from sftrl.config import StrictModel
+from sftrl.home import sftrl_home
 
 RECORD_NAME = "sftrl_model.json"
 TMP_MARK = ".tmp-"  # build folders are named ".<name>.tmp-<pid>-<random>"
@@ -93,9 +94,7 @@ def models_dir() -> Path:
     direct = os.environ.get("SFTRL_MODELS_DIR")
     if direct:
         return Path(direct).expanduser()
-    home = os.environ.get("SFTRL_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "sftrl"
-    return base / "models"
+    return sftrl_home() / "models"
 
 
 def utc_now() -> str:

@@ -1,0 +1,170 @@
+"""Evaluate a registered checkpoint on a suite: the one code path of `sftrl evaluate` (in process) and of
+the Serve endpoint's replicas, so both give the same numbers for the same seed.
+
+A suite is either a name defined by the checkpoint's run (``eval.suites``: ``id``, ``ood_rule``, ...),
+applied on top of the run's environment, or an explicit environment id and options.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field
+
+from deploy.evaluation import suite_metrics, suite_specs
+from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+from sftrl.config import ConfigError, StrictModel
+from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec
+from sftrl.registry.store import Registry, RegistryError
+
+CHUNK_EPISODES = 16  # progress is reported per chunk; chunking never changes results (per-episode seeds)
+
+
+class EvalInputError(ValueError):
+    """A request that names something that does not exist or cannot be played (a 4xx, not a 500)."""
+
+
+class UnknownCheckpoint(EvalInputError):
+    """The checkpoint named by a request is not in the registry (a 404)."""
+
+
+class EvalSampling(StrictModel):
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, le=4096)
+
+
+class EvalRequest(StrictModel):
+    checkpoint: str = Field(min_length=1, max_length=200, description="RUN@STEP, RUN@latest or RUN")
+    suite: str | SuiteSpec = Field(description="a suite name of the checkpoint's run, or {env, options}")
+    episodes: int = Field(32, ge=1, le=100_000)
+    seed: int = Field(10_000, ge=0, le=2**31 - 1)
+    sampling: EvalSampling | None = Field(None, description="default: the run's evaluation sampling")
+
+
+def resolve_suite(run_config: dict[str, Any], suite: str | SuiteSpec) -> SuiteSpec:
+    """The environment id and the full, validated options that ``suite`` plays."""
+    if isinstance(suite, str):
+        suites = (run_config.get("eval") or {}).get("suites") or {}
+        if suite not in suites:
+            known = ", ".join(sorted(suites)) or "none"
+            raise EvalInputError(f"unknown suite {suite!r}; the run defines: {known}")
+        env = run_config.get("env") or {}
+        spec = SuiteSpec(
+            name=suite, env=str(env.get("id", "")), options={**env.get("options", {}), **suites[suite]}
+        )
+    else:
+        spec = suite
+    try:
+        from services.envs import resolve_options
+
+        options = resolve_options(spec.env, spec.options)
+    except (ConfigError, ValueError) as exc:
+        raise EvalInputError(f"bad suite: {exc}") from None
+    return spec.model_copy(update={"options": options})
+
+
+def eval_sampling(run_config: dict[str, Any], requested: EvalSampling | None) -> SamplingConfig:
+    base = (run_config.get("eval") or {}).get("sampling") or {}
+    sampling = SamplingConfig.model_validate(base)
+    if requested is not None:
+        sampling = sampling.model_copy(update=requested.model_dump())
+    return sampling.model_copy(update={"n": 1})
+
+
+def engine_config(checkpoint_path: str, run_config: dict[str, Any], **overrides: Any) -> RolloutConfig:
+    """The run's rollout engine settings, pointed at the checkpoint (``overrides``: device, threads...)."""
+    engine = dict((run_config.get("rollout") or {}).get("engine") or {})
+    engine.update(model=checkpoint_path, **overrides)
+    return RolloutConfig(engine=EngineConfig.model_validate(engine))
+
+
+def run_evaluation(
+    player: Any,
+    suite: SuiteSpec,
+    episodes: int,
+    seed: int,
+    sampling: SamplingConfig,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Play ``episodes`` of ``suite`` with ``player.play(specs, sampling)``; returns suite metrics."""
+    specs = suite_specs(suite.name, suite.env, suite.options, episodes, seed)
+    played = []
+    for start in range(0, len(specs), CHUNK_EPISODES):
+        played.extend(player.play(specs[start : start + CHUNK_EPISODES], sampling))
+        if on_progress is not None:
+            on_progress(len(played))
+    return suite_metrics(played)
+
+
+# -- evaluations recorded in the registry (shared by `sftrl evaluate` and the Serve replicas) ----------
+
+
+def create_evaluation(
+    registry: Registry, request: EvalRequest, owner: str = "", max_episodes: int | None = None
+) -> EvaluationRecord:
+    """Validate ``request`` against the registry and store it as a queued evaluation.
+
+    Raises UnknownCheckpoint (404) or EvalInputError (400) with a message for the caller."""
+    if max_episodes is not None and request.episodes > max_episodes:
+        raise EvalInputError(f"episodes must be at most {max_episodes} (got {request.episodes})")
+    try:
+        ckpt = registry.resolve_checkpoint(request.checkpoint)
+    except RegistryError as exc:
+        raise UnknownCheckpoint(str(exc)) from None
+    run = registry.get_run(ckpt.run_id)
+    run_config = run.config if run is not None else {}
+    suite = resolve_suite(run_config, request.suite)
+    sampling = eval_sampling(run_config, request.sampling)
+    record = EvaluationRecord(
+        eval_id=f"eval-{uuid.uuid4().hex[:16]}",
+        checkpoint_id=ckpt.checkpoint_id,
+        suite=suite,
+        episodes=request.episodes,
+        seed=request.seed,
+        sampling=sampling.model_dump(mode="json"),
+        owner=owner,
+    )
+    registry.save_evaluation(record)
+    return record
+
+
+def load_player(ckpt: CheckpointRecord, run_config: dict[str, Any], **engine_overrides: Any) -> Any:
+    """A rollout worker (one in-process vLLM engine) on a verified checkpoint."""
+    from services.learner.checkpoint import verify
+    from services.rollout.worker import RolloutWorker
+
+    verify(ckpt.path)  # ValueError "incomplete/corrupt: ..." before vLLM sees the files
+    return RolloutWorker(engine_config(ckpt.path, run_config, **engine_overrides))
+
+
+def execute_evaluation(
+    registry: Registry,
+    eval_id: str,
+    get_player: Callable[[CheckpointRecord, dict[str, Any]], Any],
+    on_progress: Callable[[int], None] | None = None,
+) -> EvaluationRecord:
+    """Run a queued evaluation; its status, progress and metrics (or error) land in the registry."""
+    ev = registry.get_evaluation(eval_id)
+    if ev is None:
+        raise RegistryError(f"unknown evaluation {eval_id!r}")
+    registry.update_evaluation(eval_id, status="running")
+
+    def progress(done: int) -> None:
+        registry.update_evaluation(eval_id, episodes_done=done)
+        if on_progress is not None:
+            on_progress(done)
+
+    try:
+        ckpt = registry.resolve_checkpoint(ev.checkpoint_id)
+        run = registry.get_run(ckpt.run_id)
+        player = get_player(ckpt, run.config if run is not None else {})
+        sampling = SamplingConfig.model_validate(ev.sampling)
+        metrics = run_evaluation(player, ev.suite, ev.episodes, ev.seed, sampling, on_progress=progress)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported on the evaluation, not lost
+        return registry.update_evaluation(
+            eval_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+    return registry.update_evaluation(eval_id, status="done", metrics=metrics, episodes_done=ev.episodes)

@@ -1,0 +1,204 @@
+"""Keep the registry true to the run folders, which are the truth.
+
+A run folder (``<output_dir>/<run_name>/``) holds ``resolved_config.yaml``, ``metrics.jsonl`` and
+``checkpoints/step-*/``. ``resync`` rebuilds the registry's records of runs from their folders: every
+verified checkpoint is (re-)registered with the evaluation metrics logged at its step, and records
+of checkpoints that are gone (pruned, or corrupt) are dropped. The training loop writes through
+:class:`RunRegistrar`, which survives a lost Redis connection and resyncs once it is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.learner.checkpoint import CheckpointManager, read_trainer_state
+from sftrl.config import RESOLVED_CONFIG_NAME
+from sftrl.registry.records import CheckpointRecord, RunRecord, checkpoint_id
+from sftrl.registry.store import REGISTRY_ERRORS, Registry
+
+log = logging.getLogger(__name__)
+
+
+def eval_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
+    """The last evaluation logged at each global step (``metrics.jsonl``)."""
+    out: dict[int, dict[str, float]] = {}
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line after a crash
+        if isinstance(record, dict) and record.get("kind") == "eval":
+            out[int(record.get("global_step", 0))] = {
+                k: float(v)
+                for k, v in record.items()
+                if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+    return out
+
+
+def checkpoint_record(run_id: str, folder: Path, metrics: dict[str, float] | None = None) -> CheckpointRecord:
+    """The record of one verified checkpoint folder (ValueError when it is incomplete or corrupt)."""
+    extra = read_trainer_state(folder).get("extra", {})
+    step = int(extra.get("global_step", 0))
+    return CheckpointRecord(
+        checkpoint_id=checkpoint_id(run_id, step),
+        run_id=run_id,
+        step=step,
+        path=str(folder.resolve()),
+        stage=str(extra.get("stage_name", "")),
+        stage_index=int(extra.get("stage_index", 0)),
+        stage_step=int(extra.get("stage_step", 0)),
+        final=bool(extra.get("stage_final", False)),
+        flops=float(extra.get("flops", 0.0)),
+        metrics=metrics or {},
+    )
+
+
+def read_run(run_dir: Path) -> tuple[RunRecord, list[tuple[Path, CheckpointRecord]], list[str]]:
+    """A run folder's record, its verified checkpoints (folder, record), and why any was skipped."""
+    config = yaml.safe_load((run_dir / RESOLVED_CONFIG_NAME).read_text(encoding="utf-8")) or {}
+    run_id = str(config.get("run_name") or run_dir.name)
+    evals = eval_metrics_by_step(run_dir)
+    checkpoints, skipped = [], []
+    for _, folder in CheckpointManager(run_dir / "checkpoints").steps():
+        try:
+            record = checkpoint_record(run_id, folder)
+        except ValueError as exc:
+            skipped.append(str(exc))
+            continue
+        checkpoints.append((folder, record.model_copy(update={"metrics": evals.get(record.step, {})})))
+    last = checkpoints[-1][1] if checkpoints else None
+    stages = config.get("stages") or []
+    finished = last is not None and last.final and last.stage_index == len(stages) - 1
+    run = RunRecord(
+        run_id=run_id,
+        run_dir=str(run_dir.resolve()),
+        status="finished" if finished else "interrupted",
+        model=str(config.get("model", "")),
+        config=config,
+    )
+    return run, checkpoints, skipped
+
+
+@dataclass
+class SyncReport:
+    runs: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    dropped: list[str] = field(default_factory=list)  # registry records whose folder is gone
+    skipped: list[str] = field(default_factory=list)  # folders that are not valid checkpoints / runs
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """``root`` itself if it is a run folder, else the run folders directly below it."""
+    if (root / RESOLVED_CONFIG_NAME).is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / RESOLVED_CONFIG_NAME).is_file())
+
+
+def resync_run(registry: Registry, run_dir: Path, report: SyncReport | None = None) -> SyncReport:
+    report = report or SyncReport()
+    try:
+        run, checkpoints, skipped = read_run(run_dir)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        report.skipped.append(f"{run_dir}: not a readable run folder ({exc})")
+        return report
+    existing = registry.run_for_dir(run.run_dir)
+    if existing is not None and existing.status in ("running", "failed") and run.status != "finished":
+        run = run.model_copy(update={"status": existing.status})
+    run = registry.register_run(run)
+    keep = set()
+    for _, record in checkpoints:
+        record = record.model_copy(
+            update={"run_id": run.run_id, "checkpoint_id": checkpoint_id(run.run_id, record.step)}
+        )
+        registry.record_checkpoint(record)
+        keep.add(record.checkpoint_id)
+    for old in registry.list_checkpoints(run.run_id):
+        if old.checkpoint_id not in keep:
+            registry.forget_checkpoint(old.checkpoint_id)
+            report.dropped.append(old.checkpoint_id)
+    report.runs.append(run.run_id)
+    report.checkpoints += len(checkpoints)
+    report.skipped.extend(skipped)
+    return report
+
+
+def resync(registry: Registry, roots: list[Path]) -> SyncReport:
+    """Resync every run under ``roots`` plus every run the registry already knows."""
+    report = SyncReport()
+    dirs: dict[Path, None] = {}
+    for root in roots:
+        dirs.update(dict.fromkeys(p.resolve() for p in find_run_dirs(Path(root))))
+    for run in registry.list_runs():
+        folder = Path(run.run_dir)
+        if (folder / RESOLVED_CONFIG_NAME).is_file():
+            dirs.setdefault(folder.resolve(), None)
+        else:  # the whole run folder is gone
+            registry.delete_run(run.run_id)
+            report.dropped.append(run.run_id)
+    for folder in dirs:
+        resync_run(registry, folder, report)
+    return report
+
+
+class RunRegistrar:
+    """The training loop's writer: never fails the run over the registry, catches up when it can.
+
+    The run id is the registry's (``register_run`` may suffix a run name another folder holds)."""
+
+    def __init__(self, registry: Registry, run: RunRecord, console: Any = None):
+        self.registry = registry
+        self.run = run
+        self.console = console
+        self.dirty = False
+        self._call(self._register)
+
+    def _register(self, registry: Registry) -> None:
+        self.run = registry.register_run(self.run)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    def _warn(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[yellow]registry: {message}[/]", highlight=False)
+        else:
+            log.warning("registry: %s", message)
+
+    def _call(self, fn: Any) -> None:
+        """Run ``fn(registry)``; connection trouble is reported once and repaired on the next call."""
+        try:
+            if self.dirty:  # missed writes: rebuild this run's records from its folder first
+                resync_run(self.registry, Path(self.run.run_dir))
+                self.dirty = False
+                self._warn("connection back; records re-synced from the run folder")
+            fn(self.registry)
+        except REGISTRY_ERRORS as exc:
+            if not self.dirty:
+                self._warn(
+                    f"unreachable ({type(exc).__name__}: {exc}); training goes on, checkpoints are on disk"
+                )
+            self.dirty = True
+
+    def checkpoint(self, folder: Path, metrics: dict[str, float] | None) -> None:
+        self._call(lambda r: r.record_checkpoint(checkpoint_record(self.run_id, folder, metrics)))
+
+    def forget(self, step: int) -> None:
+        self._call(lambda r: r.forget_checkpoint(checkpoint_id(self.run_id, step)))
+
+    def finish(self, status: str) -> None:
+        self._call(lambda r: r.set_run_status(self.run_id, status))
+        if self.dirty:
+            self._warn("still out of date: run `sftrl registry resync` once Redis is reachable")

@@ -1,0 +1,267 @@
+"""The evaluation endpoint: a Ray Serve application with a FastAPI ingress.
+
+Two deployments: ``SftrlAPI`` (HTTP, auth, validation, the registry) and ``EvalReplica`` (vLLM
+engines on checkpoints, loaded on demand and kept warm up to a bound; autoscaled by the Serve
+config). ``build_app`` is the import path a Serve config names (``deploy.serve.app:build_app``).
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time).
+Bad requests get a 4xx with a message: 401 no/wrong token, 404 unknown checkpoint or evaluation,
+400/422 bad suite or body, 413 oversized body, 429 too many running evaluations, 503 registry down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from deploy.checkpoint_eval import (
+    EvalInputError,
+    EvalRequest,
+    UnknownCheckpoint,
+    create_evaluation,
+    execute_evaluation,
+    load_player,
+)
+from deploy.serve.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CheckpointList,
+    EvaluationCreated,
+    EvaluationStatus,
+    Health,
+)
+from deploy.serve.settings import ServeSettings, body_limit, set_body_limit
+from services.rollout.config import SamplingConfig
+from sftrl.registry import REGISTRY_ERRORS, CheckpointRecord, Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+EVAL_ID_PATTERN = r"^eval-[0-9a-f]{16}$"
+
+api = FastAPI(
+    title="sftrl evaluation endpoint",
+    version="1",
+    description="Registered checkpoints, their evaluations on ID/OOD suites, and chat completions.",
+    openapi_url=None,  # served below, behind the token like every route but /healthz
+    docs_url=None,
+    redoc_url=None,
+)
+
+
+# -- middleware and error handlers: registered before @serve.ingress captures the app -------------
+
+
+# Errors that are the caller's or the registry's, answered as such (never a 500).
+@api.exception_handler(RegistryError)
+async def _registry_error(_: Request, exc: RegistryError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _registry_down(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"registry unavailable: {type(exc).__name__}"}, status_code=503)
+
+
+for _kind in REGISTRY_ERRORS:
+    api.add_exception_handler(_kind, _registry_down)
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next: Any) -> Any:
+    """Refuse oversized bodies before parsing them (413), whether or not a length is declared."""
+    limit = body_limit()
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return JSONResponse({"detail": "bad Content-Length"}, status_code=400)
+        if int(declared) > limit:
+            return JSONResponse({"detail": f"body larger than {limit} bytes"}, status_code=413)
+    elif request.method in ("POST", "PUT", "PATCH"):
+        body = await request.body()  # chunked: read (Starlette caches it for the handler) and measure
+        if len(body) > limit:
+            return JSONResponse({"detail": f"body larger than {limit} bytes"}, status_code=413)
+    return await call_next(request)
+
+
+# -- the evaluation replicas -------------------------------------------------------------------------
+
+
+@serve.deployment(max_ongoing_requests=8)
+class EvalReplica:
+    """vLLM engines on checkpoints: loaded on demand, the ``warm_models`` most recent kept (LRU)."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.registry = Registry(settings.resolved_redis_url())
+        self.engines: OrderedDict[str, Any] = OrderedDict()
+        self.lock = threading.Lock()  # one engine call at a time: vLLM's offline engine is not re-entrant
+
+    def _player(self, ckpt: CheckpointRecord, run_config: dict[str, Any]) -> Any:
+        if ckpt.path in self.engines:
+            self.engines.move_to_end(ckpt.path)
+            return self.engines[ckpt.path]
+        while len(self.engines) >= self.settings.warm_models:
+            _, old = self.engines.popitem(last=False)
+            old.shutdown()
+        overrides: dict[str, Any] = {"device": self.settings.device}
+        if self.settings.threads:
+            overrides["threads"] = self.settings.threads
+        if self.settings.kv_cache_gib:
+            overrides["kv_cache_gib"] = self.settings.kv_cache_gib
+        player = load_player(ckpt, run_config, **overrides)
+        self.engines[ckpt.path] = player
+        return player
+
+    def _evaluate(self, eval_id: str) -> str:
+        with self.lock:
+            return execute_evaluation(self.registry, eval_id, self._player).status
+
+    async def evaluate(self, eval_id: str) -> str:
+        return await asyncio.to_thread(self._evaluate, eval_id)
+
+    def _chat(
+        self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
+    ) -> dict[str, Any]:
+        ckpt = self.registry.resolve_checkpoint(checkpoint)
+        run = self.registry.get_run(ckpt.run_id)
+        with self.lock:
+            player = self._player(ckpt, run.config if run is not None else {})
+            gen = player.chat(messages, SamplingConfig.model_validate(sampling))
+        return {"checkpoint": ckpt.checkpoint_id, "text": gen.text, "finish_reason": gen.finish_reason,
+                "prompt_tokens": len(gen.prompt_ids), "completion_tokens": len(gen.response_ids)}  # fmt: skip
+
+    async def chat(
+        self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self._chat, checkpoint, messages, sampling)
+
+
+# -- the HTTP ingress ----------------------------------------------------------------------------------
+
+
+def _owner(token: str) -> str:
+    """Evaluations record who asked by a hash of the token, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(api)
+class SftrlAPI:
+    def __init__(self, settings: ServeSettings, evaluator: Any):
+        self.settings = settings
+        self._token = settings.resolved_token().encode()
+        self.registry = Registry(settings.resolved_redis_url())
+        self.evaluator = evaluator
+        set_body_limit(settings.max_body_bytes)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # Dependencies and handlers are methods so that they see this replica's settings.
+
+    def authorize(self, request: Request) -> str:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return _owner(value.strip())
+
+    @api.get("/healthz", response_model=Health)
+    def healthz(self) -> Health:
+        try:
+            registry_ok = self.registry.ping()
+        except REGISTRY_ERRORS:
+            registry_ok = False
+        return Health(status="ok", registry=registry_ok)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        return JSONResponse(api.openapi())
+
+    @api.get("/v1/checkpoints", response_model=CheckpointList)
+    def checkpoints(
+        self,
+        request: Request,
+        run: str | None = Query(None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
+    ) -> CheckpointList:
+        self.authorize(request)
+        if run is not None and self.registry.get_run(run) is None:
+            raise HTTPException(404, f"unknown run {run!r}")
+        return CheckpointList(checkpoints=self.registry.list_checkpoints(run))
+
+    @api.post("/v1/evaluations", response_model=EvaluationCreated, status_code=202)
+    async def create(self, body: EvalRequest, request: Request) -> EvaluationCreated:
+        owner = self.authorize(request)
+        active = [e for e in self.registry.list_evaluations() if e.owner == owner and e.status in ACTIVE]
+        if len(active) >= self.settings.max_concurrent_evals_per_token:
+            raise HTTPException(
+                429, f"{len(active)} evaluations of this token are still running (limit "
+                f"{self.settings.max_concurrent_evals_per_token}); poll them and retry",
+            )  # fmt: skip
+        try:
+            record = create_evaluation(self.registry, body, owner, self.settings.max_episodes)
+        except UnknownCheckpoint as exc:
+            raise HTTPException(404, str(exc)) from None
+        except EvalInputError as exc:
+            raise HTTPException(400, str(exc)) from None
+        task = asyncio.create_task(self._track(record.eval_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return EvaluationCreated(
+            id=record.eval_id, status=record.status, url=f"/v1/evaluations/{record.eval_id}"
+        )
+
+    async def _track(self, eval_id: str) -> None:
+        """Run the evaluation on a replica; a replica that dies marks the evaluation failed."""
+        try:
+            await self.evaluator.evaluate.remote(eval_id)
+        except Exception as exc:  # noqa: BLE001 - reported on the evaluation record
+            log.warning("evaluation %s failed on its replica: %s", eval_id, exc)
+            try:
+                ev = self.registry.get_evaluation(eval_id)
+                if ev is not None and ev.status in ACTIVE:
+                    self.registry.update_evaluation(
+                        eval_id, status="failed", error=f"replica failed: {exc}"[:2000]
+                    )
+            except REGISTRY_ERRORS:
+                pass
+
+    @api.get("/v1/evaluations/{eval_id}", response_model=EvaluationStatus)
+    def status(self, request: Request, eval_id: str = Path(pattern=EVAL_ID_PATTERN)) -> EvaluationStatus:
+        self.authorize(request)
+        ev = self.registry.get_evaluation(eval_id)
+        if ev is None:
+            raise HTTPException(404, f"unknown evaluation {eval_id!r}")
+        return EvaluationStatus.from_record(ev)
+
+    @api.post("/v1/chat/completions", response_model=ChatResponse)
+    async def chat(self, body: ChatRequest, request: Request) -> ChatResponse:
+        self.authorize(request)
+        if body.max_tokens > self.settings.max_chat_tokens:
+            raise HTTPException(400, f"max_tokens must be at most {self.settings.max_chat_tokens}")
+        try:
+            ckpt = self.registry.resolve_checkpoint(body.model)
+        except RegistryError as exc:
+            raise HTTPException(404, str(exc)) from None
+        sampling = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.max_tokens,
+                    "seed": body.seed}  # fmt: skip
+        messages = [m.model_dump() for m in body.messages]
+        out = await self.evaluator.chat.remote(ckpt.checkpoint_id, messages, sampling)
+        return ChatResponse.build(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), out)
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """The Serve application (``import_path: deploy.serve.app:build_app``; ``args``: ServeSettings)."""
+    settings = ServeSettings.model_validate(args or {})
+    settings.resolved_token()  # fail at deploy time, not at the first request
+    settings.resolved_redis_url()
+    return SftrlAPI.bind(settings, EvalReplica.bind(settings))

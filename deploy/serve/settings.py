@@ -1,0 +1,74 @@
+"""Settings of the evaluation endpoint (the ``args`` of the Serve application)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from sftrl.config import ConfigError, StrictModel
+from sftrl.home import sftrl_home
+
+
+class ServeSettings(StrictModel):
+    redis_url: str | None = Field(None, description="default: $REDIS_URL")
+    token: SecretStr | None = Field(None, description="default: $SFTRL_API_TOKEN, else token_file")
+    token_file: str | None = Field(None, description="a file holding the bearer token")
+    max_episodes: int = Field(1024, ge=1, description="most episodes one evaluation may ask for")
+    max_concurrent_evals_per_token: int = Field(2, ge=1)
+    max_body_bytes: int = Field(65_536, ge=1024)
+    max_chat_tokens: int = Field(1024, ge=1)
+    warm_models: int = Field(2, ge=1, description="engines an evaluation replica keeps loaded (LRU)")
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = Field(None, ge=1, description="CPU threads of a replica's engine")
+    kv_cache_gib: float | None = Field(None, gt=0, description="default: the run's rollout setting")
+
+    def resolved_token(self) -> str:
+        """The bearer token: ``token``, ``$SFTRL_API_TOKEN`` or ``token_file``; ConfigError without one."""
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        env = os.environ.get("SFTRL_API_TOKEN", "")
+        if env:
+            return env
+        if self.token_file:
+            try:
+                value = Path(self.token_file).expanduser().read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the API token file {self.token_file}: {exc}") from None
+            if value:
+                return value
+            raise ConfigError(f"the API token file {self.token_file} is empty")
+        raise ConfigError("no API token: set SFTRL_API_TOKEN, or pass a token file")
+
+    def resolved_redis_url(self) -> str:
+        url = self.redis_url or os.environ.get("REDIS_URL")
+        if not url:
+            raise ConfigError("no registry: set REDIS_URL (sftrl serve starts a local Redis itself)")
+        return url
+
+
+# The ingress replica's body limit. Serve runs copies of the FastAPI app and of the deployment class in
+# each replica, so the limit lives in this module (imported, never copied) and is set by the replica.
+_BODY_LIMIT = {"bytes": ServeSettings.model_fields["max_body_bytes"].default}
+
+
+def set_body_limit(limit: int) -> None:
+    _BODY_LIMIT["bytes"] = limit
+
+
+def body_limit() -> int:
+    return _BODY_LIMIT["bytes"]
+
+
+def local_token_file() -> Path:
+    """``$SFTRL_HOME/api-token``, created with a random token (mode 0600) on first use."""
+    path = sftrl_home() / "api-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return path

@@ -1,0 +1,44 @@
+"""``sftrl evaluate CHECKPOINT``: evaluate a registered checkpoint in this process (no Ray).
+
+The same code path as the endpoint's replicas (deploy.checkpoint_eval), so a seed gives the same
+numbers here and over HTTP; the result is stored in the registry like the endpoint's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deploy.checkpoint_eval import EvalRequest, create_evaluation, execute_evaluation, load_player
+from sftrl.registry import EvaluationRecord, Registry
+
+
+def evaluate_command(
+    console: Console, registry: Registry, request: EvalRequest, engine_overrides: dict[str, Any]
+) -> EvaluationRecord:
+    record = create_evaluation(registry, request)
+    console.print(f"evaluation {record.eval_id}: {record.checkpoint_id} on {record.suite.name} "
+                  f"({record.suite.env}), {record.episodes} episodes, seed {record.seed}", highlight=False)  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("episodes", total=record.episodes)
+        done = execute_evaluation(
+            registry,
+            record.eval_id,
+            lambda ckpt, run_config: load_player(ckpt, run_config, **engine_overrides),
+            on_progress=lambda n: progress.update(task, completed=n),
+        )
+    if done.status != "done":
+        raise RuntimeError(f"evaluation {done.eval_id} failed: {done.error}")
+    table = Table(title=f"{done.checkpoint_id} on {done.suite.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(done.metrics.items()):
+        table.add_row(
+            key, f"{value:.1%}" if key.startswith(("success", "error_rate", "recog")) else f"{value:.3g}"
+        )
+    console.print(table)
+    return done

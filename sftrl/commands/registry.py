@@ -1,0 +1,66 @@
+"""``sftrl runs``, ``sftrl checkpoints RUN``, ``sftrl registry resync``: reading and repairing the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sftrl.registry import CheckpointRecord, Registry, RunRecord
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    shown = [
+        f"{k.removeprefix('success/')} {v:.1%}"
+        for k, v in sorted(metrics.items())
+        if k.startswith("success/")
+    ]
+    return "  ".join(shown) or "-"
+
+
+def print_runs(console: Console, runs: list[RunRecord]) -> None:
+    if not runs:
+        console.print("no runs registered (train one with `sftrl train`, or `sftrl registry resync DIR`)")
+        return
+    table = Table(title="runs")
+    for col in ("run", "status", "model", "created", "folder"):
+        table.add_column(col, overflow="fold")
+    for run in runs:
+        table.add_row(run.run_id, run.status, run.model, run.created, run.run_dir)
+    console.print(table)
+
+
+def print_checkpoints(console: Console, run_id: str, checkpoints: list[CheckpointRecord]) -> None:
+    if not checkpoints:
+        console.print(f"run {run_id!r} has no registered checkpoint")
+        return
+    table = Table(title=f"checkpoints of {run_id}")
+    for col in (
+        "checkpoint",
+        "stage",
+        "stage step",
+        "final",
+        "GFLOPs",
+        "success (eval at this step)",
+        "path",
+    ):
+        table.add_column(col, overflow="fold")
+    for c in checkpoints:
+        table.add_row(c.checkpoint_id, c.stage, str(c.stage_step), "yes" if c.final else "", f"{c.flops / 1e9:.3g}",
+                      _headline(c.metrics), c.path)  # fmt: skip
+    console.print(table)
+
+
+def resync_command(console: Console, registry: Registry, roots: list[Path]) -> None:
+    from deploy.registry_sync import resync
+
+    report = resync(registry, roots)
+    console.print(
+        f"re-synced {len(report.runs)} run(s), {report.checkpoints} checkpoint(s)"
+        + (f"; dropped {len(report.dropped)} record(s) whose files are gone" if report.dropped else "")
+    )
+    for line in report.dropped:
+        console.print(f"  dropped {line}", highlight=False)
+    for line in report.skipped:
+        console.print(f"  [yellow]skipped[/] {line}", highlight=False, soft_wrap=True)

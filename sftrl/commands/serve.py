@@ -1,0 +1,45 @@
+"""``sftrl serve``: the evaluation endpoint on this machine (local Ray, local Redis unless REDIS_URL)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rich.console import Console
+
+from deploy.serve.settings import ServeSettings, local_token_file
+from sftrl.registry.local_server import LocalRedis
+
+
+def serve_command(
+    console: Console, host: str, port: int, settings: dict[str, Any], address: str | None
+) -> None:
+    from ray import serve
+
+    from deploy.serve.app import build_app
+    from sftrl.ray_setup import init_ray
+
+    args = dict(settings)
+    if not (args.get("token_file") or os.environ.get("SFTRL_API_TOKEN")):
+        args["token_file"] = str(local_token_file())
+        console.print(f"API token: {args['token_file']} (or set SFTRL_API_TOKEN)", soft_wrap=True)
+    server = None
+    if not (args.get("redis_url") or os.environ.get("REDIS_URL")):
+        server = LocalRedis()
+        args["redis_url"] = server.start()
+    ServeSettings.model_validate(args).resolved_token()
+    init_ray(address)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(args), name="sftrl", route_prefix="/")
+        console.print(f"serving on http://{host}:{port}  (GET /healthz, /v1/checkpoints; POST /v1/evaluations, "
+                      "/v1/chat/completions; /openapi.json); Ctrl-C stops", soft_wrap=True)  # fmt: skip
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        serve.shutdown()
+        if server is not None:
+            server.release()

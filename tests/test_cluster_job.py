@@ -1,0 +1,99 @@
+"""`ray job submit` against a real local cluster (`ray start --head` on loopback): a short training
+job runs on the cluster, and its checkpoints are read back from the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftrl.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> str:
+    """A one-node Ray cluster started the way a user starts one; yields the job-submission address."""
+    temp_dir = Path("/tmp") / f"sftrl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    dash = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    start = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
+             "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(dash), "--temp-dir", str(temp_dir), "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=300)
+    try:
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_trains_and_registers_checkpoints(
+    cluster: str, tmp_path: Path, tiny_model: Path, registry: Registry, registry_server: str
+) -> None:
+    config = {
+        "run_name": "cluster-job",
+        "output_dir": str(tmp_path / "runs"),
+        "model": str(tiny_model),
+        "env": {"id": "sftrl/GeneralPoints-v0", "options": {"prompt_style": "compact", "verify_iter": 2}},
+        "stages": [
+            {
+                "kind": "sft",
+                "name": "sft",
+                "steps": 4,
+                "batch_size": 8,
+                "max_len": 512,
+                "data": {"episodes": 64},
+                "optim": {"lr": 1e-3, "warmup_steps": 1},
+            }
+        ],  # fmt: skip
+        "eval": {"every": 4, "episodes": 4, "sampling": {"temperature": 0.0, "max_tokens": 16}},
+        "checkpoint": {"every": 2, "keep": 2},
+        "learner": {"precision": "fp32", "micro_batch_size": 8},
+        "rollout": {"engine": {"dtype": "float32", "max_model_len": 1024}},
+        "tensorboard": False,
+    }
+    config_path = tmp_path / "job.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    runtime_env = {"env_vars": {"REDIS_URL": registry_server, "RAY_AUTH_MODE": "disabled"}}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    submit = [RAY, "job", "submit", "--address", cluster, "--no-wait", "--submission-id", "sftrl-test-job",
+              "--runtime-env-json", json.dumps(runtime_env), "--",
+              sys.executable, "-m", "sftrl.cli", "train", "--config", str(config_path)]  # fmt: skip
+    out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(cluster)
+    deadline = time.monotonic() + 900
+    while (status := client.get_job_status("sftrl-test-job")) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                                          JobStatus.STOPPED):  # fmt: skip
+        assert time.monotonic() < deadline, "the training job did not finish in 15 minutes"
+        time.sleep(2)
+    logs = client.get_job_logs("sftrl-test-job")
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+
+    run = registry.get_run("cluster-job")
+    assert run is not None and run.status == "finished", logs[-2000:]
+    assert run.config["stages"][0]["steps"] == 4
+    checkpoints = registry.list_checkpoints("cluster-job")
+    assert [c.step for c in checkpoints] == [2, 4]  # keep=2: both, as recorded while training
+    assert all(Path(c.path).is_dir() for c in checkpoints) and checkpoints[-1].final
+    assert "success/id" in checkpoints[-1].metrics  # the evaluation at the last step

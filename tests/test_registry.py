@@ -1,0 +1,193 @@
+"""The registry on a real redis-server: records, the local server's life cycle, resync from run folders,
+and a training run's writer surviving a Redis that goes away and comes back."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from deploy.checkpoint_eval import EvalInputError, EvalRequest, UnknownCheckpoint, create_evaluation
+from deploy.registry_sync import RunRegistrar, read_run, resync
+from sftrl.cli import main
+from sftrl.registry import (
+    LocalRedis,
+    Registry,
+    RegistryError,
+    RunRecord,
+    open_registry,
+    parse_checkpoint_ref,
+)
+from tests.run_folders import make_run_folder
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, tiny_model: Path) -> Path:
+    folder = tmp_path / "runs" / "gp-sft"
+    make_run_folder(folder, tiny_model, [10, 20, 30])
+    return folder
+
+
+# -- the local server --------------------------------------------------------------------------------
+
+
+def test_local_server_is_shared_stopped_by_the_last_user_and_persists(tmp_path: Path) -> None:
+    first = LocalRedis(tmp_path / "redis")
+    url = first.start()
+    second = LocalRedis(tmp_path / "redis")
+    assert second.start() == url  # attached, not a second server
+    reg = Registry(url)
+    reg.register_run(RunRecord(run_id="kept", run_dir="/data/kept"))
+    assert reg.ping()
+    assert first.release() is False  # another client (reg) is still connected
+    assert reg.ping()
+    reg.close()
+    assert second.release() is True
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    # A restart from the same folder replays the append-only file.
+    third = LocalRedis(tmp_path / "redis")
+    with Registry(third.start()) as again:
+        assert [r.run_id for r in again.list_runs()] == ["kept"]
+    assert third.release() is True
+
+
+def test_open_registry_without_redis_url_runs_a_local_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.setenv("SFTRL_HOME", str(tmp_path))
+    with open_registry() as reg:
+        reg.register_run(RunRecord(run_id="local", run_dir=str(tmp_path / "local")))
+        assert (tmp_path / "redis" / "server.json").exists()
+    assert not (tmp_path / "redis" / "server.json").exists()  # stopped: nobody else used it
+    assert (tmp_path / "redis" / "appendonly.aof").stat().st_size > 0
+    with open_registry() as reg:
+        assert reg.get_run("local") is not None
+
+
+# -- records -----------------------------------------------------------------------------------------
+
+
+def test_run_ids_are_stable_per_folder_and_never_collide(registry: Registry) -> None:
+    a = registry.register_run(RunRecord(run_id="exp", run_dir="/a/exp"))
+    b = registry.register_run(RunRecord(run_id="exp", run_dir="/b/exp"))
+    again = registry.register_run(RunRecord(run_id="exp", run_dir="/b/exp", status="finished"))
+    assert a.run_id == "exp" and b.run_id.startswith("exp-") and again.run_id == b.run_id
+    assert again.created == b.created and registry.get_run(b.run_id).status == "finished"
+    assert sorted(r.run_id for r in registry.list_runs()) == sorted(["exp", b.run_id])
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("run", ("run", None)),
+        ("run@latest", ("run", None)),
+        ("run@12", ("run", 12)),
+        ("a.b-c_d@0", ("a.b-c_d", 0)),
+    ],
+)
+def test_checkpoint_refs(ref: str, expected: tuple[str, int | None]) -> None:
+    assert parse_checkpoint_ref(ref) == expected
+
+
+@pytest.mark.parametrize(
+    "ref", ["", "@3", "run@", "run@-1", "run@x", "../etc@1", "run@1@2", "a b", "x" * 200]
+)
+def test_bad_checkpoint_refs_are_refused(ref: str) -> None:
+    with pytest.raises(ValueError, match="checkpoint reference"):
+        parse_checkpoint_ref(ref)
+
+
+def test_resync_registers_verified_checkpoints_with_their_metrics(registry: Registry, run_dir: Path) -> None:
+    report = resync(registry, [run_dir.parent])
+    assert report.runs == ["gp-sft"] and report.checkpoints == 3 and not report.skipped
+    ckpts = registry.list_checkpoints("gp-sft")
+    assert [c.step for c in ckpts] == [10, 20, 30]
+    assert ckpts[1].metrics == {"success/id": 0.02} and ckpts[2].final and not ckpts[0].final
+    assert Path(ckpts[0].path) == (run_dir / "checkpoints" / "step-000010").resolve()
+    assert registry.resolve_checkpoint("gp-sft").step == 30
+    assert registry.resolve_checkpoint("gp-sft@20").checkpoint_id == "gp-sft@20"
+    assert registry.get_run("gp-sft").status == "finished"
+    with pytest.raises(RegistryError, match="unknown checkpoint"):
+        registry.resolve_checkpoint("gp-sft@25")
+    with pytest.raises(RegistryError, match="no registered checkpoint"):
+        registry.resolve_checkpoint("nope")
+
+
+def test_resync_drops_what_is_gone_or_corrupt(registry: Registry, run_dir: Path) -> None:
+    resync(registry, [run_dir])
+    shutil.rmtree(run_dir / "checkpoints" / "step-000010")
+    weights = run_dir / "checkpoints" / "step-000030" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated after it was written
+    report = resync(registry, [])  # registered runs are re-read without naming them
+    assert sorted(report.dropped) == ["gp-sft@10", "gp-sft@30"]
+    assert any("does not match its sha256" in s for s in report.skipped)
+    assert [c.step for c in registry.list_checkpoints("gp-sft")] == [20]
+    shutil.rmtree(run_dir)
+    report = resync(registry, [])
+    assert report.dropped == ["gp-sft"] and registry.list_runs() == []
+
+
+def test_run_writer_survives_losing_redis_and_catches_up(tmp_path: Path, run_dir: Path) -> None:
+    server = LocalRedis(tmp_path / "redis-down")
+    url = server.start()
+    reg = Registry(url, timeout_s=1.0)
+    run, checkpoints, _ = read_run(run_dir)
+    registrar = RunRegistrar(reg, run)
+    registrar.checkpoint(checkpoints[0][0], {"success/id": 0.5})
+    server.release(force=True)  # Redis goes away mid-run
+    registrar.checkpoint(checkpoints[1][0], None)  # no exception: the run goes on
+    registrar.checkpoint(checkpoints[2][0], None)
+    assert registrar.dirty
+    LocalRedis(tmp_path / "redis-down", port=int(url.rsplit(":", 1)[1].split("/")[0])).start()
+    registrar.finish("finished")  # reconnects, resyncs from the folder, then records the status
+    assert not registrar.dirty
+    assert [c.step for c in reg.list_checkpoints(run.run_id)] == [10, 20, 30]
+    assert reg.get_run(run.run_id).status == "finished"
+    reg.close()
+    LocalRedis(tmp_path / "redis-down").release(force=True)
+
+
+# -- evaluation requests are validated against the registry -----------------------------------------------
+
+
+def test_evaluation_requests_are_checked(registry: Registry, run_dir: Path) -> None:
+    resync(registry, [run_dir])
+    ok = create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="ood_rule", episodes=4))
+    assert ok.checkpoint_id == "gp-sft@30" and ok.status == "queued"
+    assert ok.suite.options["face_cards"] == "as_11_12_13" and ok.suite.env == "sftrl/GeneralPoints-v0"
+    assert ok.sampling["temperature"] == 0.0  # the run's evaluation sampling
+    assert registry.list_evaluations("gp-sft@30")[0].eval_id == ok.eval_id
+    with pytest.raises(UnknownCheckpoint):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft@11", suite="id"))
+    with pytest.raises(EvalInputError, match="unknown suite 'visual'"):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="visual"))
+    with pytest.raises(EvalInputError, match="bad suite"):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite={"env": "sftrl/Nope-v0"}))
+    with pytest.raises(EvalInputError, match="bad suite"):
+        bad = {"env": "sftrl/GeneralPoints-v0", "options": {"face_cards": "as_99"}}
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite=bad))
+    with pytest.raises(EvalInputError, match="at most 8"):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=9), max_episodes=8)
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def test_runs_checkpoints_and_resync_commands(registry: Registry, run_dir: Path) -> None:
+    runner = CliRunner()
+    empty = runner.invoke(main, ["runs"])
+    assert empty.exit_code == 0 and "no runs registered" in empty.output
+    synced = runner.invoke(main, ["registry", "resync", str(run_dir.parent)])
+    assert synced.exit_code == 0, synced.output
+    assert "re-synced 1 run(s), 3 checkpoint(s)" in synced.output
+    listed = runner.invoke(main, ["runs"])
+    assert "gp-sft" in listed.output and "finished" in listed.output
+    ckpts = runner.invoke(main, ["checkpoints", "gp-sft"])
+    assert ckpts.exit_code == 0 and "gp-sft@20" in ckpts.output and "id 2.0%" in ckpts.output
+    unknown = runner.invoke(main, ["checkpoints", "nope"])
+    assert unknown.exit_code == 2 and "unknown run 'nope'" in unknown.output
