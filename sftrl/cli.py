@@ -431,9 +431,7 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
         overrides = {"device": device, **({"threads": threads} if threads else {})}
         with open_registry() as registry:
             evaluate_command(console, registry, request, overrides)
-    except EvalInputError as exc:
-        fail(str(exc))
-    except (RuntimeError, ConfigError, ValueError, *REGISTRY_ERRORS) as exc:
+    except (EvalInputError, RuntimeError, ConfigError, ValueError, *REGISTRY_ERRORS) as exc:
         fail(str(exc))
 
 

@@ -191,3 +191,21 @@ def test_runs_checkpoints_and_resync_commands(registry: Registry, run_dir: Path)
     assert ckpts.exit_code == 0 and "gp-sft@20" in ckpts.output and "id 2.0%" in ckpts.output
     unknown = runner.invoke(main, ["checkpoints", "nope"])
     assert unknown.exit_code == 2 and "unknown run 'nope'" in unknown.output
+
+
+def test_evaluate_command_refuses_bad_requests_before_loading_a_model(
+    registry: Registry, run_dir: Path
+) -> None:
+    resync(registry, [run_dir])
+    runner = CliRunner()
+    neither = runner.invoke(main, ["evaluate", "gp-sft"])
+    assert neither.exit_code == 2 and "either --suite NAME or --env ID" in neither.output
+    bad_suite = runner.invoke(main, ["evaluate", "gp-sft", "--suite", "visual"])
+    assert bad_suite.exit_code == 2 and "unknown suite 'visual'" in bad_suite.output
+    bad_option = runner.invoke(
+        main, ["evaluate", "gp-sft", "--env", "sftrl/GeneralPoints-v0", "--suits", "green"]
+    )
+    assert bad_option.exit_code == 2 and "bad suite" in bad_option.output
+    unknown = runner.invoke(main, ["evaluate", "gp-sft@7", "--suite", "id"])
+    assert unknown.exit_code == 2 and "unknown checkpoint 'gp-sft@7'" in unknown.output
+    assert registry.list_evaluations() == []  # nothing half-recorded
