@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from sftrl.registry import Registry
@@ -34,14 +37,35 @@ def cluster(tmp_path: Path) -> str:
     dash = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    start = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
+    # --block keeps `ray start` in the foreground: stopping its process group stops this cluster only
+    # (`ray stop` would stop every Ray on the machine, other users' included).
+    start = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
              "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dash), "--temp-dir", str(temp_dir), "--disable-usage-stats"]  # fmt: skip
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=300)
+    head = subprocess.Popen(
+        start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    address = f"http://127.0.0.1:{dash}"
     try:
-        yield f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + 300
+        while True:
+            assert head.poll() is None, "ray start --head exited"
+            try:
+                if requests.get(f"{address}/api/version", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up in 5 minutes"
+            time.sleep(1)
+        yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_trains_and_registers_checkpoints(
@@ -76,7 +100,11 @@ def test_ray_job_submit_trains_and_registers_checkpoints(
     submit = [RAY, "job", "submit", "--address", cluster, "--no-wait", "--submission-id", "sftrl-test-job",
               "--runtime-env-json", json.dumps(runtime_env), "--",
               sys.executable, "-m", "sftrl.cli", "train", "--config", str(config_path)]  # fmt: skip
-    out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+    for _ in range(40):  # the head's job agent may come up a little after its dashboard
+        out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
+        if out.returncode == 0 or "No available agent" not in out.stderr + out.stdout:
+            break
+        time.sleep(3)
     assert out.returncode == 0, out.stdout + out.stderr
 
     from ray.job_submission import JobStatus, JobSubmissionClient
