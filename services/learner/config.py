@@ -58,12 +58,6 @@ class RLConfig(StrictModel):
     gamma: float = Field(0.9, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     value_coef: float = Field(0.5, ge=0)
-    reward_scale: float = Field(
-        1.0,
-        gt=0,
-        description="ppo: rewards are multiplied by this before GAE, keeping the value head's targets near "
-        "unit scale (its loss shares the gradient-norm clip with the policy's)",
-    )
     value_clip: float | None = Field(
         None,
         ge=0,

@@ -92,12 +92,12 @@ def gae_advantages(batch: RLBatch, values: Tensor, cfg: RLConfig) -> tuple[Tenso
 
     ``delta_k = r_k + gamma * V_{k+1} * (1 - done_k) - V_k`` and
     ``A_k = delta_k + gamma * lam * (1 - done_k) * A_{k+1}``, with ``V = 0`` after the last turn
-    present; returns are ``A + V``; rewards are scaled by ``cfg.reward_scale``. Rows may come in any order.
+    present; returns are ``A + V``. Rows may come in any order.
     """
     vals = values.detach().float().reshape(-1).cpu().tolist()
     if len(vals) != len(batch):
         raise ValueError(f"{len(vals)} values for {len(batch)} rows")
-    rewards = [r * cfg.reward_scale for r in batch.rewards.float().cpu().tolist()]
+    rewards = batch.rewards.float().cpu().tolist()
     dones = batch.dones.float().cpu().tolist()
     adv = [0.0] * len(vals)
     for rows in _episodes(batch):
