@@ -70,8 +70,10 @@ def test_sft_lowers_loss_and_raises_id_success(sft_run):
 
 @pytest.mark.parametrize(
     ("algorithm", "tasks", "samples", "extra"),
-    [("ppo", 32, 1, ", optim: {lr: 1.0e-4, scheduler: constant}"),
-     ("grpo", 8, 4, ", optim: {lr: 1.0e-4, scheduler: constant}")],  # fmt: skip
+    [
+        ("ppo", 32, 1, ", optim: {lr: 1.0e-4, scheduler: constant}"),
+        ("grpo", 8, 4, ", optim: {lr: 1.0e-4, scheduler: constant}"),
+    ],  # fmt: skip
 )
 def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples, extra):
     ckpt = sorted((sft_run.run_dir / "checkpoints").glob("step-*"))[-1]
