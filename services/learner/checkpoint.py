@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sftrl.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 COMPLETE_NAME = "COMPLETE"
@@ -171,14 +173,6 @@ def read_trainer_state(folder: str | Path) -> dict[str, Any]:
 def write_trainer_state(folder: Path, state: dict[str, Any]) -> None:
     _write_json(folder / STATE_NAME, {"format": FORMAT, **state})
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -244,7 +238,7 @@ class CheckpointManager:
         if self.root.is_dir():
             for child in self.root.iterdir():
                 m = _TMP_RE.match(child.name)
-                if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
                     removed.append(child)
         for folder in removed:
             shutil.rmtree(folder, ignore_errors=True)

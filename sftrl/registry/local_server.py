@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from sftrl.home import sftrl_home
+from sftrl.processes import pid_alive
 
 
 def redis_server_binary() -> str:
@@ -46,14 +47,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -83,7 +76,7 @@ class LocalRedis:
             url, pid = str(state["url"]), int(state["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return None
         try:
             with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2) as client:
@@ -147,7 +140,7 @@ class LocalRedis:
                 return False
             state = json.loads(self.state_file.read_text())
             deadline = time.monotonic() + 10
-            while _pid_alive(int(state["pid"])) and time.monotonic() < deadline:
+            while pid_alive(int(state["pid"])) and time.monotonic() < deadline:
                 if self.process is not None:
                     self.process.poll()
                 time.sleep(0.05)
