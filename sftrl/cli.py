@@ -340,6 +340,89 @@ def quickstart_cmd(output_dir: str, fresh: bool, overrides: tuple[str, ...]) -> 
         fail(str(exc))
 
 
+# -- merges -----------------------------------------------------------------------------------------
+
+RAW_ARGS = {"ignore_unknown_options": True, "help_option_names": []}  # argparse parses (and helps)
+
+
+@main.command("merge", context_settings=RAW_ARGS, add_help_option=False)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def merge_cmd(argv: tuple[str, ...]) -> None:
+    """Merge models: --method linear|slerp|ties --models A B [...] --out DIR (see -h)."""
+    from sftrl.commands.merge import merge_command
+
+    try:
+        merge_command(console, list(argv))
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+@main.command("merge-sweep", context_settings=RAW_ARGS, add_help_option=False)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def merge_sweep_cmd(argv: tuple[str, ...]) -> None:
+    """Merge two models at several ratios and evaluate each (see -h)."""
+    from sftrl.commands.merge import sweep_command
+
+    try:
+        sweep_command(console, list(argv))
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+# -- difficulty levels ------------------------------------------------------------------------------
+
+
+@main.command("difficulty", context_settings=EXTRA_ARGS)
+@click.option("--model", required=True, help="A prepared name, a model folder or a checkpoint folder.")
+@click.option("--suite", default=None, help="A named suite (gp-l/id, virl-l/ood-rule, vqa/image, ...).")
+@click.option(
+    "--env", "env_id", default=None, help="Or an environment id; its options follow as --name value."
+)
+@click.option("--levels", "levels_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A tagged set: report MODEL's accuracy per level on it instead of tagging.")  # fmt: skip
+@click.option("--items", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Attempts per item when tagging (1 when reporting).")  # fmt: skip
+@click.option("--seed", type=int, default=20_000, show_default=True, help="First task seed.")
+@click.option("--temperature", type=float, default=None, help="Default 1.0 when tagging, 0 when reporting.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Tagged set (JSONL) or per-level results (JSON).")  # fmt: skip
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.pass_context
+def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: str | None, levels_file: Path | None,
+                   items: int, samples: int, seed: int, temperature: float | None, max_tokens: int,
+                   out: Path | None, device: str) -> None:  # fmt: skip
+    """Tag a suite's items L1 (easy) .. L5 (hard) by MODEL's pass rate, or report accuracy per level."""
+    from services.rollout.config import SamplingConfig
+    from sftrl.commands.difficulty import levels_command, tag_command
+
+    engine = {"device": device, "max_model_len": 4096}
+    try:
+        if levels_file is not None:
+            if suite or env_id or ctx.args:
+                raise click.UsageError("--levels reports on a tagged set; it takes no --suite/--env")
+            sampling = SamplingConfig(temperature=temperature or 0.0, max_tokens=max_tokens, seed=seed)
+            levels_command(console, model, levels_file, sampling, out, engine)
+            return
+        if (suite is None) == (env_id is None):
+            raise click.UsageError(
+                "give either --suite NAME or --env ID (with its options), or --levels FILE"
+            )
+        if suite is not None:
+            from services.envs.suites import named_suite
+
+            env_id, options = named_suite(suite, **parse_env_options(ctx.args))
+        else:
+            options = parse_env_options(ctx.args)
+        temp = 1.0 if temperature is None else temperature
+        sampling = SamplingConfig(temperature=temp, max_tokens=max_tokens, seed=seed)
+        target = out or Path(f"levels-{(suite or env_id or 'suite').replace('/', '-')}.jsonl")
+        tag_command(console, model, env_id, options, items, samples, seed, sampling, target, engine)
+    except (ConfigError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+
+
 # -- registry, evaluation, endpoint -----------------------------------------------------------------
 
 

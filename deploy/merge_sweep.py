@@ -1,0 +1,110 @@
+"""``sftrl merge-sweep``: merge two models at several ratios and evaluate every merge on ID/OOD suites.
+
+One vLLM engine serves the whole sweep: it starts on the first merge and every later merge is loaded
+into it in place (the rollout service's weight update), so a sweep costs one engine start. Writes
+``sweep.json`` (config, one row per ratio) and ``sweep.png`` (success per suite against the ratio).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from deploy.evaluation import evaluate
+from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+from sftrl.config import EnvSpec, StrictModel, write_resolved_config
+from sftrl.models.merge import MergeSpec, merge_models
+
+
+class MergeSweepConfig(StrictModel):
+    method: Literal["linear", "slerp"] = "linear"
+    models: list[str] = Field(min_length=2, max_length=2, description="A (ratio 0) and B (ratio 1)")
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    env: EnvSpec = EnvSpec()
+    suites: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"id": {}, "ood_rule": {"face_cards": "as_11_12_13"}}, min_length=1
+    )
+    episodes: int = Field(32, ge=1)
+    seed: int = 10_000
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=256)
+    engine: EngineConfig = EngineConfig()
+    keep_models: bool = Field(False, description="keep every merged folder (default: only the results)")
+
+    @field_validator("ratios")
+    @classmethod
+    def _in_unit_interval(cls, ratios: list[float]) -> list[float]:
+        bad = [r for r in ratios if not 0.0 <= r <= 1.0]
+        if bad:
+            raise ValueError(f"ratios are B's share and must lie in [0, 1] (got {bad})")
+        return sorted(dict.fromkeys(ratios))
+
+    def merge_spec(self, ratio: float) -> MergeSpec:
+        if self.method == "slerp":
+            return MergeSpec(method="slerp", models=self.models, t=ratio)
+        return MergeSpec(method="linear", models=self.models, weights=[1.0 - ratio, ratio])
+
+
+def run_sweep(
+    config: MergeSweepConfig, out_dir: str | Path, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Merge at every ratio, evaluate, and write ``sweep.json`` and ``sweep.png`` into ``out_dir``."""
+    from services.rollout.worker import RolloutWorker
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(config, out)
+    worker: RolloutWorker | None = None
+    rows: list[dict[str, Any]] = []
+    try:
+        for ratio in config.ratios:
+            folder = merge_models(config.merge_spec(ratio), out / f"merge-{ratio:.3f}", overwrite=True)
+            if worker is None:
+                engine = config.engine.model_copy(update={"model": str(folder)})
+                worker = RolloutWorker(RolloutConfig(engine=engine))
+            else:
+                worker.update_weights(str(folder))
+            metrics, _ = evaluate(
+                worker, config.env.id, config.env.options, config.suites, config.episodes, config.seed,
+                config.sampling,
+            )  # fmt: skip
+            row = {"ratio": ratio, **metrics}
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            if not config.keep_models:
+                shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if worker is not None:
+            worker.shutdown()
+    result = {"config": config.model_dump(mode="json"), "rows": rows}
+    (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    result["plot"] = str(plot_sweep(rows, list(config.suites), config, out / "sweep.png"))
+    return result
+
+
+def plot_sweep(rows: list[dict[str, Any]], suites: list[str], config: MergeSweepConfig, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for suite in suites:
+        ax.plot(
+            [r["ratio"] for r in rows], [r.get(f"success/{suite}") for r in rows], marker="o", label=suite
+        )
+    a, b = (Path(m).name for m in config.models)
+    ax.set_xlabel(f"share of {b} ({config.method}; 0 = {a})")
+    ax.set_ylabel("episode success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.set_title(f"{config.method} merges of {a} and {b}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""``sftrl difficulty``: tag a suite's items with levels L1..L5, or report a model's accuracy per level."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deploy.difficulty import (
+    LEVELS,
+    accuracy_by_level,
+    level_counts,
+    read_tagged,
+    tag_items,
+    write_tagged,
+)
+from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+
+_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def _player(model: str, engine: dict[str, Any]) -> Any:
+    from services.rollout.worker import RolloutWorker
+
+    return RolloutWorker(RolloutConfig(engine=EngineConfig.model_validate({"model": model, **engine})))
+
+
+def tag_command(
+    console: Console, model: str, env_id: str, options: dict[str, Any], items: int, samples: int, seed: int,
+    sampling: SamplingConfig, out: Path, engine: dict[str, Any],
+) -> Path:  # fmt: skip
+    from services.envs import resolve_options
+
+    options = resolve_options(env_id, options)
+    player = _player(model, engine)
+    try:
+        with Progress(*_COLUMNS, console=console) as progress:
+            task = progress.add_task(f"{items} items x {samples} samples", total=items * samples)
+            tagged = tag_items(player, env_id, options, items, samples, seed, sampling, model_name=model,
+                               on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+    finally:
+        player.shutdown()
+    write_tagged(tagged, out)
+    table = Table(title=f"levels of {items} {env_id} items by {model} ({samples} samples each)")
+    for level in LEVELS:
+        table.add_column(f"L{level}", justify="right")
+    table.add_row(*map(str, level_counts(tagged).values()))
+    console.print(table)
+    console.print(f"tagged set: {out}", highlight=False)
+    return out
+
+
+def levels_command(
+    console: Console, model: str, levels_file: Path, sampling: SamplingConfig, out: Path | None,
+    engine: dict[str, Any],
+) -> dict[str, float]:  # fmt: skip
+    tagged = read_tagged(levels_file)
+    player = _player(model, engine)
+    try:
+        with Progress(*_COLUMNS, console=console) as progress:
+            task = progress.add_task("episodes", total=len(tagged))
+            metrics = accuracy_by_level(player, tagged, sampling,
+                                        on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+    finally:
+        player.shutdown()
+    table = Table(title=f"{model}: accuracy per level on {levels_file.name}")
+    table.add_column("level")
+    table.add_column("items", justify="right")
+    table.add_column("accuracy", justify="right")
+    for level in LEVELS:
+        if f"accuracy/L{level}" in metrics:
+            table.add_row(
+                f"L{level}", f"{metrics[f'items/L{level}']:.0f}", f"{metrics[f'accuracy/L{level}']:.1%}"
+            )
+    table.add_row("all", str(len(tagged)), f"{metrics['accuracy']:.1%}")
+    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": model,
+            "levels": str(levels_file),
+            "sampling": sampling.model_dump(),
+            "metrics": metrics,
+        }
+        out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        console.print(f"results: {out}", highlight=False)
+    return metrics
