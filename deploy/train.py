@@ -20,10 +20,11 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from deploy.combination import sft_weight, split_by_pass_rate
 from deploy.evaluation import evaluate, suite_metrics
 from deploy.metrics import MetricsLog, plot_run
 from deploy.registry_sync import RunRegistrar
-from deploy.train_config import RLStage, SFTStage, TrainConfig
+from deploy.train_config import RLStage, SFTDataSpec, SFTStage, TrainConfig
 from services.envs import resolve_options
 from services.learner.checkpoint import step_of
 from services.rollout.group import RolloutGroup, episode_specs
@@ -140,22 +141,43 @@ class Trainer:
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def _sft_examples(self, stage: SFTStage) -> list[Any]:
+    def _sft_examples(self, data: SFTDataSpec, name: str, max_len: int) -> list[Any]:
         from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
         from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
 
-        path = Path(stage.data.path) if stage.data.path else self.run_dir / "data" / f"{stage.name}.jsonl"
-        if not stage.data.path and not path.exists():
+        path = Path(data.path) if data.path else self.run_dir / "data" / f"{name}.jsonl"
+        if not data.path and not path.exists():
             writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
-            for demo in generate_demonstrations(self.config.env.id, self.config.env.options, stage.data.episodes,
-                                                stage.data.seed, stage.data.revision_fraction):  # fmt: skip
+            for demo in generate_demonstrations(self.config.env.id, self.config.env.options, data.episodes,
+                                                data.seed, data.revision_fraction):  # fmt: skip
                 writer.add(demo)
             writer.close()
         conversations = load_demonstrations(path)
-        return tokenize_sft(conversations, load_tokenizer_or_processor(self.config.model), stage.max_len)
+        return tokenize_sft(conversations, load_tokenizer_or_processor(self.config.model), max_len)
+
+    def _task_demonstrations(self, failed: list[Any], name: str, max_len: int) -> list[Any]:
+        """Expert demonstrations of exactly the tasks of ``failed`` (one trajectory per task), written
+        to the run folder (a record of what the SFT term trained on) and tokenised."""
+        from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
+        from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
+
+        path = self.run_dir / "data" / "interleaved" / f"{name}.jsonl"
+        writer = DemonstrationWriter(None, path, path.parent / f"{name}_images")
+        for traj in failed:
+            for demo in generate_demonstrations(
+                traj.env_id, traj.env_options, 1, traj.seed, revision_fraction=0.0
+            ):
+                writer.add(demo)
+        writer.close()
+        rows = tokenize_sft(
+            load_demonstrations(path), load_tokenizer_or_processor(self.config.model), max_len
+        )
+        while rows and len(rows) < self.config.learner.world_size:  # every rank needs a row
+            rows = rows + rows
+        return rows
 
     def _run_sft(self, stage: SFTStage, stage_index: int, start: int, progress: Progress) -> None:
-        examples = self._sft_examples(stage)
+        examples = self._sft_examples(stage.data, stage.name, stage.max_len)
         order_rng = np.random.default_rng(self.config.seed + 7919 * stage_index)
         epochs = -(-stage.steps * stage.batch_size // len(examples)) + 1
         order = np.concatenate([order_rng.permutation(len(examples)) for _ in range(epochs)])
@@ -186,12 +208,13 @@ class Trainer:
                 for s in specs]  # fmt: skip
 
     def _run_rl(self, stage: RLStage, stage_index: int, start: int, progress: Progress) -> None:
-        from services.learner.batch import build_rl_batch
-
         assert self.rollout is not None
         tokenizer = _tokenizer(resolve_model(self.config.model))
         sampling = self.config.rollout.sampling
         bar = progress.add_task(stage.name, total=stage.steps, completed=start)
+        mix_pool = None
+        if stage.mix is not None and stage.mix.strategy == "progressive":
+            mix_pool = self._sft_examples(stage.mix.data, f"{stage.name}-mix", stage.mix.max_len)
         pool = ThreadPoolExecutor(max_workers=1) if self.config.off_policy else None
         pending: Future | None = None
         for step in range(start, stage.steps):
@@ -207,14 +230,15 @@ class Trainer:
                 pending = pool.submit(
                     self.rollout.play, self._rl_specs(stage, stage_index, step + 1), sampling
                 )
+            if self.config.save_trajectories:
+                from sftrl.trajectory import write_trajectories
+
+                write_trajectories(
+                    trajs, self.run_dir / "trajectories" / f"{stage.name}-step-{step + 1:06d}.jsonl"
+                )
             t1 = time.perf_counter()
-            batch = build_rl_batch(trajs, tokenizer, stage.rl, tokenizer.pad_token_id, max_len=stage.max_len)
-            attach_images(batch, trajs)
-            m = self.learner.rl_step(batch)
+            m = self._learn(stage, stage_index, step, trajs, tokenizer, mix_pool)
             learn_s = time.perf_counter() - t1
-            gen_tokens = sum(len(t.flatten()[0]) for t in trajs)
-            trained = int(batch.attention_mask.sum())
-            self.flops += 2 * self.params * gen_tokens + (6 * stage.rl.epochs + 2) * self.params * trained
             self.global_step += 1
             push_s = self._push_weights()
             stats = suite_metrics(trajs)
@@ -231,6 +255,40 @@ class Trainer:
             self._after_step(stage, stage_index, step + 1)
         if pool is not None:
             pool.shutdown(wait=True)
+
+    def _learn(
+        self, stage: RLStage, stage_index: int, step: int, trajs: list[Any], tokenizer: Any,
+        mix_pool: list[Any] | None,
+    ) -> dict[str, float]:  # fmt: skip
+        """The step's update(s): the RL step, with the stage's SFT combination if it has one; counts
+        the training FLOPs; returns the step's learner metrics."""
+        from services.learner.batch import build_rl_batch
+
+        mix, m, rl_trajs = stage.mix, {}, trajs
+        if mix is not None and mix.strategy == "interleaved":
+            failed, rl_trajs = split_by_pass_rate(trajs)
+            m.update(sft_tasks=len(failed), rl_tasks=len({t.group_id for t in rl_trajs}),
+                     sft_task_seeds=sorted(t.seed for t in failed))  # fmt: skip
+            if failed:
+                rows = self._task_demonstrations(failed, f"{stage.name}-step-{step + 1:06d}", mix.max_len)
+                if rows:
+                    sft = self.learner.sft_step(rows)
+                    m.update(sft_loss=sft["loss"], sft_tokens=sft["tokens"])
+                    self.flops += 6 * self.params * sft["tokens"]
+        if len({t.group_id for t in rl_trajs}) < self.config.learner.world_size:
+            return m | {"rl_skipped": 1.0}  # too few tasks left for an RL step on every rank
+        batch = build_rl_batch(rl_trajs, tokenizer, stage.rl, tokenizer.pad_token_id, max_len=stage.max_len)
+        attach_images(batch, rl_trajs)
+        if mix_pool is not None and mix is not None:
+            rows = _rows_for_step(mix_pool, mix.rows_per_step, self.config.seed + 7919 * stage_index, step)
+            m.update(self.learner.rl_step(batch, sft=rows, sft_weight=sft_weight(mix, step, stage.steps)))
+            self.flops += 6 * stage.rl.epochs * self.params * sum(len(r.input_ids) for r in rows)
+        else:
+            m.update(self.learner.rl_step(batch))
+        gen_tokens = sum(len(t.flatten()[0]) for t in trajs)
+        trained = int(batch.attention_mask.sum())
+        self.flops += 2 * self.params * gen_tokens + (6 * stage.rl.epochs + 2) * self.params * trained
+        return m
 
     def _after_step(self, stage: SFTStage | RLStage, stage_index: int, step: int) -> None:
         last = step == stage.steps
@@ -324,6 +382,17 @@ class Trainer:
             self.metrics.close()
         plot = plot_run(self.run_dir)
         return plot or self.run_dir
+
+
+def _rows_for_step(pool: list[Any], count: int, seed: int, step: int) -> list[Any]:
+    """``count`` rows of ``pool`` for ``step``: consecutive slices of seeded permutations, a function of
+    (seed, step) only, so a resumed run trains on the same rows."""
+    per_epoch = len(pool)
+    first = step * count
+    epochs = range(first // per_epoch, (first + count - 1) // per_epoch + 1)
+    order = np.concatenate([np.random.default_rng([seed, e]).permutation(per_epoch) for e in epochs])
+    offset = first - epochs[0] * per_epoch
+    return [pool[i] for i in order[offset : offset + count]]
 
 
 def attach_images(batch: Any, trajectories: list[Any]) -> None:

@@ -30,6 +30,25 @@ class SFTStage(StrictModel):
     optim: OptimConfig = OptimConfig(lr=1e-4, warmup_steps=5)
 
 
+class SFTMix(StrictModel):
+    """SFT alongside RL within one RL stage: two of paper 2's combinations.
+
+    - ``interleaved``: each step, the tasks none of whose samples succeeded get an SFT step on their
+      expert demonstrations; the RL step trains on the other tasks' episodes only.
+    - ``progressive``: each optimizer step minimises ``(1 - w) RL + w SFT`` on ``rows_per_step``
+      demonstrations, ``w`` decaying from ``weight_start`` to ``weight_end`` over ``decay_steps``.
+    """
+
+    strategy: Literal["interleaved", "progressive"]
+    weight_start: float = Field(1.0, ge=0, le=1)
+    weight_end: float = Field(0.0, ge=0, le=1)
+    decay_steps: int | None = Field(None, ge=1, description="default: the stage's steps")
+    schedule: Literal["linear", "cosine"] = "linear"
+    rows_per_step: int = Field(16, ge=1, description="progressive: demonstrations in each step's SFT term")
+    data: SFTDataSpec = SFTDataSpec()
+    max_len: int = Field(2048, ge=16)
+
+
 class RLStage(StrictModel):
     kind: Literal["rl"] = "rl"
     name: str = "rl"
@@ -40,6 +59,7 @@ class RLStage(StrictModel):
     rl: RLConfig = RLConfig()
     optim: OptimConfig = OptimConfig(lr=1e-5)
     env: EnvSpec | None = None  # default: the run's env
+    mix: SFTMix | None = None  # SFT within the stage (interleaved / progressive)
 
 
 Stage = Annotated[SFTStage | RLStage, Field(discriminator="kind")]
@@ -84,4 +104,5 @@ class TrainConfig(StrictModel):
     off_policy: bool = Field(False, description="generate the next RL batch while the learner trains")
     ray_address: str | None = None
     tensorboard: bool = True
+    save_trajectories: bool = Field(False, description="write each RL step's episodes to trajectories/")
     registry: RegistryConfig = RegistryConfig()

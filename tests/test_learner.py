@@ -258,14 +258,15 @@ def test_tiny_vl_sft_on_image_demonstrations(tiny_vl_model, tmp_path):
 # -- RL steps ---------------------------------------------------------------------------------------
 
 
-def gp_trajectories(tokenizer, tasks: int = 3, samples: int = 2) -> list[Trajectory]:
+def gp_trajectories(tokenizer, tasks: int = 3, samples: int = 2, fail_tasks: frozenset[int] = frozenset()):
     """Episodes played through the real environment and the rollout's token-in/token-out
-    conversation code, with the expert's answers (a wrong first attempt in some): real token ids,
-    real rewards, multi-turn revision episodes."""
+    conversation code, with the expert's answers (a wrong first attempt in some; only wrong answers
+    for ``fail_tasks``): real token ids, real rewards, multi-turn revision episodes."""
     from services.rollout.conversation import ChatFormatter, Conversation
 
     fmt = ChatFormatter(tokenizer)
-    env = gym.make(GP, prompt_style="compact", verify_iter=2)
+    options = {"prompt_style": "compact", "verify_iter": 2}
+    env = gym.make(GP, **options)
     rng = np.random.default_rng(0)
     trajectories = []
     for task in range(tasks):
@@ -275,7 +276,8 @@ def gp_trajectories(tokenizer, tasks: int = 3, samples: int = 2) -> list[Traject
             conv = Conversation.start(fmt, obs["text"])
             turns = []
             for attempt in range(2):
-                answer = expert.wrong_answer(rng) if (k % 2 and attempt == 0) else expert.expert_answer()
+                wrong = task in fail_tasks or (k % 2 and attempt == 0)
+                answer = expert.wrong_answer(rng) if wrong else expert.expert_answer()
                 response = fmt.encode(answer) + [tokenizer.eos_token_id]
                 prompt = list(conv.token_ids)
                 obs, reward, terminated, truncated, info = env.step(answer)
@@ -285,7 +287,7 @@ def gp_trajectories(tokenizer, tasks: int = 3, samples: int = 2) -> list[Traject
                 if terminated or truncated:
                     break
                 conv.add_turn(response, answer, obs["text"])
-            trajectories.append(Trajectory(episode_id=f"gp-{task}-{k}", group_id=f"gp-{task}", env_id=GP,
+            trajectories.append(Trajectory(episode_id=f"gp-{task}-{k}", group_id=f"gp-{task}", env_id=GP, env_options=options,
                                            seed=task, turns=turns, success=bool(info.get("success"))))  # fmt: skip
     env.close()
     return trajectories
@@ -525,3 +527,42 @@ def test_tiny_vl_rl_step_uses_the_images(tiny_vl_model):
         assert all(math.isfinite(v) for v in m.values()) and m["clip_fraction"] == 0.0 and m["grad_norm"] > 0
     finally:
         worker.shutdown()
+
+
+@pytest.mark.slow
+def test_progressive_objective_mixes_sft_and_rl_losses(tiny_model, gp_examples):
+    """rl_step with SFT rows minimises (1 - w) RL + w SFT in each optimizer step: at w = 1 it is an SFT
+    step, at w = 0 the RL step alone (two learners from the same weights, compared after each step)."""
+    from services.learner.batch import build_rl_batch
+
+    tok = load_tokenizer_or_processor(str(tiny_model))
+    rl = RLConfig(algorithm="grpo", epochs=1)
+    batch = build_rl_batch(gp_trajectories(tok), tok, rl, pad_id=tok.pad_token_id)
+    rows = gp_examples[:6]
+    mixed, plain = (
+        make_worker(tiny_model, rl, micro_batch_size=3),
+        make_worker(tiny_model, rl, micro_batch_size=3),
+    )
+
+    def assert_same_weights() -> None:
+        a, b = mixed.policy_state_dict("float32"), plain.policy_state_dict("float32")
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+    try:
+        m = mixed.rl_step(batch, sft=rows, sft_weight=1.0)
+        ref = plain.sft_step(rows)
+        assert m["sft_loss"] == pytest.approx(ref["loss"], rel=1e-5) and m["sft_weight"] == 1.0
+        assert_same_weights()
+        m0 = mixed.rl_step(build_rl_batch(gp_trajectories(tok), tok, rl, pad_id=tok.pad_token_id), sft=rows,
+                           sft_weight=0.0)  # fmt: skip
+        plain.rl_step(build_rl_batch(gp_trajectories(tok), tok, rl, pad_id=tok.pad_token_id))
+        assert_same_weights()
+        assert math.isfinite(m0["sft_loss"])
+        half = mixed.rl_step(build_rl_batch(gp_trajectories(tok), tok, rl, pad_id=tok.pad_token_id), sft=rows,
+                             sft_weight=0.5)  # fmt: skip
+        assert all(math.isfinite(v) for v in half.values()) and half["grad_norm"] > 0
+        with pytest.raises(ValueError, match="sft_weight"):
+            mixed.rl_step(batch, sft=rows, sft_weight=1.5)
+    finally:
+        mixed.shutdown()
+        plain.shutdown()

@@ -99,14 +99,26 @@ class LearnerGroup:
         self.last_metrics = self._all("sft_step", [([examples[i] for i in rows],) for rows in shards])
         return self.last_metrics[0]
 
-    def rl_step(self, batch: RLBatch) -> dict[str, float]:
-        """One RL update on ``batch``, sharded by episode (groups kept whole); rank 0's metrics."""
+    def rl_step(
+        self, batch: RLBatch, sft: Sequence[SFTExample] | None = None, sft_weight: float = 0.0
+    ) -> dict[str, float]:
+        """One RL update on ``batch``, sharded by episode (groups kept whole); rank 0's metrics.
+        ``sft`` rows (split across ranks) join every optimizer step with weight ``sft_weight``."""
         shards = shard_by_episode(batch, self.world_size)
         if any(len(s) == 0 for s in shards):
             raise ValueError(
                 f"the batch has too few episode groups ({len(set(batch.group_ids))}) for {self.world_size} ranks"
             )
-        self.last_metrics = self._all("rl_step", [(s,) for s in shards])
+        if sft is not None and len(sft) < self.world_size:
+            raise ValueError(f"{len(sft)} SFT rows cannot be split across {self.world_size} ranks")
+        sft_shards = (
+            [[sft[i] for i in rows] for rows in shard_rows(len(sft), self.world_size)]
+            if sft is not None
+            else [None] * self.world_size
+        )
+        self.last_metrics = self._all(
+            "rl_step", [(s, rows, sft_weight) for s, rows in zip(shards, sft_shards, strict=True)]
+        )
         return self.last_metrics[0]
 
     def forward_logprobs(self, batch: RLBatch) -> Any:

@@ -383,25 +383,8 @@ class LearnerWorker:
             raise ValueError("sft_step needs at least one example on every rank")
         start = time.perf_counter()
         self.engine.train()
-        n_micro = self._all_max(math.ceil(len(examples) / self.config.micro_batch_size))
-        chunks = self._split(len(examples), n_micro)
-        local_tokens = sum(ex.num_target_tokens for ex in examples)
-        (total_tokens,) = self._all_sum([local_tokens])
-        scale = self.world_size / max(total_tokens, 1.0)  # DeepSpeed averages gradients over ranks
-        loss_sum = 0.0
-        for i, chunk in enumerate(chunks):
-            weight = 1.0 if chunk else 0.0  # an empty chunk repeats a row with zero weight
-            inputs, labels = self._sft_inputs([examples[j] for j in chunk] or [examples[0]])
-            self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
-            logits, _ = self.engine(**inputs)
-            ce = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                labels[:, 1:].reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            self.engine.backward(ce * (scale * weight), scale_wrt_gas=False)
-            loss_sum += float(ce.detach()) * weight
+        (total_tokens,) = self._all_sum([sum(ex.num_target_tokens for ex in examples)])
+        loss_sum = self._sft_backward(examples, total_tokens, factor=1.0, boundary_at_end=True)
         lr, grad_norm = self._optimizer_step()
         (loss_total,) = self._all_sum([loss_sum])
         return {
@@ -411,6 +394,30 @@ class LearnerWorker:
             "grad_norm": grad_norm,
             "seconds": self._max_seconds(time.perf_counter() - start),
         }
+
+    def _sft_backward(
+        self, examples: Sequence[SFTExample], total_tokens: float, factor: float, boundary_at_end: bool
+    ) -> float:
+        """Backward of ``factor`` x the token-mean cross-entropy (mean over ``total_tokens`` of all
+        ranks) of ``examples`` in micro-batches; returns this rank's summed cross-entropy."""
+        n_micro = self._all_max(math.ceil(len(examples) / self.config.micro_batch_size))
+        chunks = self._split(len(examples), n_micro)
+        scale = self.world_size / max(total_tokens, 1.0)  # DeepSpeed averages gradients over ranks
+        loss_sum = 0.0
+        for i, chunk in enumerate(chunks):
+            weight = 1.0 if chunk else 0.0  # an empty chunk repeats a row with zero weight
+            inputs, labels = self._sft_inputs([examples[j] for j in chunk] or [examples[0]])
+            self.engine.set_gradient_accumulation_boundary(boundary_at_end and i == len(chunks) - 1)
+            logits, _ = self.engine(**inputs)
+            ce = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                labels[:, 1:].reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            self.engine.backward(ce * (scale * weight * factor), scale_wrt_gas=False)
+            loss_sum += float(ce.detach()) * weight
+        return loss_sum
 
     def _optimizer_step(self) -> tuple[float, float]:
         """Step at the accumulation boundary; returns (lr used, pre-clip global gradient norm)."""
@@ -529,15 +536,28 @@ class LearnerWorker:
         std = math.sqrt(max(s2 / n - mean * mean, 0.0))
         batch.advantages = (adv - mean) / (std + 1e-8)
 
-    def rl_step(self, batch: RLBatch) -> dict[str, float]:
+    def rl_step(
+        self, batch: RLBatch, sft: Sequence[SFTExample] | None = None, sft_weight: float = 0.0
+    ) -> dict[str, float]:
         """Recompute old log-probs/values/reference, compute advantages, then ``rl.epochs`` passes
         of ``config.rl_mini_batches`` optimizer steps each. Metrics are averaged over micro-batches
-        (weighted by response tokens, rows for ``ppo``) and ranks, identical on every rank."""
+        (weighted by response tokens, rows for ``ppo``) and ranks, identical on every rank.
+
+        With ``sft`` rows, every optimizer step minimises one objective,
+        ``(1 - sft_weight) * RL loss + sft_weight * token-mean cross-entropy on the rows``
+        (the progressive SFT+RL combination)."""
         from services.learner.rl import compute_advantages, entropy_from_logits, policy_loss, value_loss
 
         if self.rl is None:
             raise ValueError("this learner was made without an RLConfig")
+        if sft is not None and not sft:
+            raise ValueError("rl_step with SFT rows needs at least one row on every rank")
+        if not 0.0 <= sft_weight <= 1.0:
+            raise ValueError(f"sft_weight must lie in [0, 1] (got {sft_weight})")
         rl = self.rl
+        rl_factor = 1.0 - sft_weight if sft else 1.0
+        sft_tokens = self._all_sum([sum(ex.num_target_tokens for ex in sft)])[0] if sft else 0.0
+        sft_loss_sum = 0.0
         start = time.perf_counter()
         batch = batch.to("cpu")
         cache: dict[int, Any] = {}
@@ -575,7 +595,7 @@ class LearnerWorker:
                 per_rank_rows = max(rows, 1.0) / self.world_size
                 for k, i in enumerate(group):
                     mb, weight = micro[i]
-                    self.engine.set_gradient_accumulation_boundary(k == len(group) - 1)
+                    self.engine.set_gradient_accumulation_boundary(not sft and k == len(group) - 1)
                     logits, lp, values = self._forward_rl(mb, cache)
                     ent = entropy_from_logits(logits) if rl.entropy_coef > 0 else None
                     if ent is None:
@@ -594,12 +614,14 @@ class LearnerWorker:
                         v_loss, v_metrics = value_loss(v, mb.to(self.device), rl)
                         loss = loss + v_loss * (len(mb) / per_rank_rows)
                         metrics.update(v_metrics)
-                    self.engine.backward(loss * weight, scale_wrt_gas=False)
+                    self.engine.backward(loss * (weight * rl_factor), scale_wrt_gas=False)
                     if weight > 0:
                         w = float(len(mb)) if turn_level else mb_tokens
                         for key, value in metrics.items():
                             sums[key] = sums.get(key, 0.0) + w * float(value)
                         weight_total += w
+                if sft:
+                    sft_loss_sum += self._sft_backward(sft, sft_tokens, sft_weight, boundary_at_end=True)
                 lr, norm = self._optimizer_step()
                 grad_norms.append(norm)
                 steps += 1
@@ -610,6 +632,11 @@ class LearnerWorker:
             "tokens": tokens_total, "rows": rows_total,
             "advantage_mean": self._all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
         })  # fmt: skip
+        if sft:
+            result.update({
+                "sft_loss": self._all_sum([sft_loss_sum])[0] / max(sft_tokens * max(steps, 1), 1.0),
+                "sft_weight": sft_weight, "sft_tokens": sft_tokens,
+            })  # fmt: skip
         result["seconds"] = self._max_seconds(time.perf_counter() - start)
         return result
 
