@@ -25,6 +25,7 @@ from bench.machine import write_result
 
 ENV_ID = "sftrl/GeneralPoints-v0"
 TARGET_RATIO = 4.0
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
 def _specs(batch: int, turns: int, style: str) -> list[Any]:
@@ -168,7 +169,10 @@ def _child(side: str, args: argparse.Namespace, model: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.rollout", "--child", side, "--models", model,
            "--batches", *map(str, args.batches), "--max-tokens", str(args.max_tokens),
            "--turns", str(args.turns), "--style", args.style]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if args.preload:
+        env["LD_PRELOAD"] = args.preload  # the same allocator for both sides
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     sys.stderr.write("".join(line + "\n" for line in proc.stderr.splitlines() if line.startswith("  ")))
     if proc.returncode != 0:
         raise RuntimeError(f"{side} benchmark failed for {model}:\n{proc.stderr[-3000:]}")
@@ -185,6 +189,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2, help="attempts per episode (verify_iter)")
     parser.add_argument("--style", default="compact", choices=["default", "compact"])
     parser.add_argument("--quick", action="store_true", help="tiny model, batches 4 and 8, 16 tokens")
+    parser.add_argument(
+        "--preload",
+        default=TCMALLOC if os.path.exists(TCMALLOC) else "",
+        help="LD_PRELOAD for both sides (default: tcmalloc when installed, as vLLM-CPU advises)",
+    )
     parser.add_argument("--child", choices=["sftrl", "hf"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -209,7 +218,7 @@ def main() -> None:
     target = results.get("smollm2-135m", {}).get("ratio_sftrl_over_transformers", {}).get("64")
     payload = {
         "benchmark": "rollout", "env": ENV_ID, "max_tokens": args.max_tokens, "attempts_per_episode": args.turns,
-        "prompt_style": args.style, "sampling": {"temperature": 1.0, "top_p": 1.0},
+        "prompt_style": args.style, "sampling": {"temperature": 1.0, "top_p": 1.0}, "ld_preload": args.preload,
         "target": {"case": "smollm2-135m batch 64, tokens/s ratio", "ratio": TARGET_RATIO,
                    "measured": target and target["tokens_per_s"],
                    "met": bool(target and target["tokens_per_s"] >= TARGET_RATIO)},

@@ -148,8 +148,9 @@ class Trainer:
         path = Path(data.path) if data.path else self.run_dir / "data" / f"{name}.jsonl"
         if not data.path and not path.exists():
             writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
-            for demo in generate_demonstrations(self.config.env.id, self.config.env.options, data.episodes,
-                                                data.seed, data.revision_fraction):  # fmt: skip
+            options = resolve_options(self.config.env.id, {**self.config.env.options, **data.env_options})
+            for demo in generate_demonstrations(self.config.env.id, options, data.episodes, data.seed,
+                                                data.revision_fraction):  # fmt: skip
                 writer.add(demo)
             writer.close()
         conversations = load_demonstrations(path)

@@ -18,6 +18,9 @@ class SFTDataSpec(StrictModel):
     episodes: int = Field(512, ge=1, description="generated when no path is given")
     revision_fraction: float = Field(0.3, ge=0, le=1)
     seed: int = 0
+    env_options: dict[str, Any] = Field(
+        default_factory=dict, description="on top of the run's env options, e.g. {prompt_style: diverse}"
+    )
 
 
 class SFTStage(StrictModel):

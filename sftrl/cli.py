@@ -164,6 +164,39 @@ def data_sft(
         fail(str(exc))
 
 
+@data_group.command("mix", context_settings=EXTRA_ARGS)
+@click.option("--rl-model", required=True, help="The RL model: its successful episodes make the set.")
+@click.option("--sft-model", required=True, help="The SFT model: its episodes fill the tasks RL failed.")
+@click.option("--env", "env_id", required=True, help="Environment id; its options follow as --name value.")
+@click.option("--tasks", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Attempts per task."
+)
+@click.option("--seed", type=int, default=30_000, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Chat JSONL file."
+)
+@click.pass_context
+def data_mix(ctx: click.Context, rl_model: str, sft_model: str, env_id: str, tasks: int, samples: int, seed: int,
+             max_tokens: int, device: str, out: Path) -> None:  # fmt: skip
+    """Data mixing (paper 2): RL model's successes, the SFT model's only where RL failed."""
+    from deploy.data_mixing import DataMixConfig, mix_datasets
+
+    try:
+        config = build(DataMixConfig, {
+            "rl_model": rl_model, "sft_model": sft_model, "tasks": tasks, "samples": samples, "seed": seed,
+            "env": {"id": env_id, "options": parse_env_options(ctx.args)}, "out": str(out),
+            "sampling": {"temperature": 1.0, "max_tokens": max_tokens}, "engine": {"device": device},
+        }, source="data mix")  # fmt: skip
+        counts = mix_datasets(config, on_progress=lambda text: console.print(text, highlight=False))
+        console.print(f"{counts['from_rl']} episodes from the RL model, {counts['from_sft']} from the SFT model, "
+                      f"{counts['skipped']} tasks failed by both; wrote {counts['path']}", highlight=False)  # fmt: skip
+    except (ConfigError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
+
+
 # -- rollout -----------------------------------------------------------------------------------
 
 
@@ -365,6 +398,62 @@ def merge_sweep_cmd(argv: tuple[str, ...]) -> None:
 
     try:
         sweep_command(console, list(argv))
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+# -- studies and reports ----------------------------------------------------------------------------
+
+
+@main.command("study")
+@click.argument("recipe", required=False)
+@click.option("--size", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True)
+@click.option("--output-dir", default="runs/studies", show_default=True)
+@click.option("--list", "list_only", is_flag=True, help="List the recipes in configs/studies/.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
+@click.argument("overrides", nargs=-1)
+def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, report: bool,
+              overrides: tuple[str, ...]) -> None:  # fmt: skip
+    """Run every arm of a study RECIPE (configs/studies/NAME.yaml or a path), then write its report."""
+    from rich.table import Table
+
+    from deploy.study import StudyRunner, list_recipes, load_study
+
+    try:
+        if list_only or recipe is None:
+            table = Table(title="study recipes (sftrl study NAME --size tiny|small|paper)")
+            for column in ("name", "title", "paper"):
+                table.add_column(column)
+            for r in list_recipes():
+                table.add_row(r["name"], r["title"], r["paper"])
+            console.print(table)
+            return
+        study = load_study(recipe, size, list(overrides))  # type: ignore[arg-type]
+        folder = StudyRunner(study, output_dir, console).run()
+        console.print(f"study folder: {folder}", highlight=False)
+        if report:
+            from deploy.report import write_report
+
+            path = write_report([folder], folder / "report", title=f"{study.title} ({study.size})")
+            console.print(f"report: {path}", highlight=False)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+
+
+@main.command("report")
+@click.argument(
+    "runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True
+)
+@click.option("--title", default="sftrl report", show_default=True)
+def report_cmd(runs: tuple[Path, ...], out: Path, title: str) -> None:
+    """Markdown report with figures (success vs compute, per-level accuracy, merges) from RUNS or studies."""
+    from deploy.report import write_report
+
+    try:
+        console.print(f"report: {write_report(list(runs), out, title)}", highlight=False)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 

@@ -68,6 +68,9 @@ class VLLMEngine:
             "seed": config.seed,
             "trust_remote_code": False,
         }
+        block_size = config.block_size or (32 if config.device == "cpu" else None)
+        if block_size:
+            kwargs["block_size"] = block_size
         if config.max_images_per_prompt:
             kwargs["limit_mm_per_prompt"] = {"image": config.max_images_per_prompt}
         chunked = config.chunked_prefill if config.chunked_prefill is not None else config.device != "cpu"

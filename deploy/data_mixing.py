@@ -1,0 +1,112 @@
+"""Data mixing (paper 2): one SFT dataset made of an RL model's own successful episodes, taking an SFT
+model's episode only for the tasks the RL model failed (and skipping tasks both failed).
+
+``sftrl data mix`` writes the set as a chat JSONL file (images as PNG files beside it), which an SFT
+stage then trains on (``stages[i].data.path``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from services.envs.demonstrations import Demonstration, DemonstrationWriter
+from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+from services.rollout.group import episode_specs
+from sftrl.config import EnvSpec, StrictModel
+from sftrl.trajectory import Trajectory
+
+
+class DataMixConfig(StrictModel):
+    rl_model: str = Field(description="the RL-trained model whose successful episodes make the set")
+    sft_model: str = Field(description="the SFT model that fills in where the RL model failed")
+    env: EnvSpec = EnvSpec()
+    tasks: int = Field(256, ge=1)
+    samples: int = Field(1, ge=1, description="attempts per task and model; the first success is kept")
+    seed: int = 30_000
+    sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_tokens=256)
+    engine: EngineConfig = EngineConfig()
+    out: str = "data/mixed.jsonl"
+
+
+def demonstration_from(traj: Trajectory, source: str) -> Demonstration:
+    """A played episode as a demonstration: its messages, each user turn with the image it added."""
+    images: list[np.ndarray | None] = []
+    decoded = traj.decoded_images() if traj.images else []
+    user_turn, shown = 0, 0
+    for message in traj.messages:
+        image = None
+        if message["role"] == "user" and user_turn < len(traj.turns):
+            count = traj.turns[user_turn].num_images
+            if count > shown:
+                image, shown = np.asarray(decoded[count - 1]), count
+            user_turn += 1
+        images.append(image)
+    meta = {"seed": traj.seed, "source": source, "success": traj.success, "reward": traj.total_reward}
+    return Demonstration(f"{source}-{traj.episode_id}", list(traj.messages), images, meta)
+
+
+def _successes(trajectories: list[Trajectory]) -> dict[int, Trajectory]:
+    """The first successful episode of each task (by env seed)."""
+    won: dict[int, Trajectory] = {}
+    for traj in trajectories:
+        if traj.success:
+            won.setdefault(traj.seed, traj)
+    return won
+
+
+def mix_datasets(
+    config: DataMixConfig,
+    make_player: Callable[[str], Any] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Play the tasks with the RL model, then the failed ones with the SFT model; write the mixed set.
+
+    Returns counts per source and the path. ``make_player(model)`` builds a rollout worker (default:
+    an in-process vLLM engine with ``config.engine`` settings); each model's engine is shut down before
+    the next starts, so the two never share the machine's memory."""
+    from services.envs import resolve_options
+
+    options = resolve_options(config.env.id, config.env.options)
+    make = make_player or (lambda model: _default_player(model, config.engine))
+
+    def play(model: str, seeds: list[int]) -> dict[int, Trajectory]:
+        specs = [
+            spec
+            for s in seeds
+            for spec in episode_specs(config.env.id, options, 1, seed=s, samples_per_task=config.samples)
+        ]
+        player = make(model)
+        try:
+            return _successes(player.play(specs, config.sampling))
+        finally:
+            player.shutdown()
+
+    seeds = list(range(config.seed, config.seed + config.tasks))
+    if on_progress:
+        on_progress(f"RL model {config.rl_model} on {len(seeds)} tasks")
+    from_rl = play(config.rl_model, seeds)
+    failed = [s for s in seeds if s not in from_rl]
+    if on_progress:
+        on_progress(f"SFT model {config.sft_model} on the {len(failed)} tasks the RL model failed")
+    from_sft = play(config.sft_model, failed) if failed else {}
+    out = Path(config.out)
+    writer = DemonstrationWriter(None, out, out.parent / f"{out.stem}_images")
+    for seed in seeds:
+        if seed in from_rl:
+            writer.add(demonstration_from(from_rl[seed], "rl"))
+        elif seed in from_sft:
+            writer.add(demonstration_from(from_sft[seed], "sft"))
+    writer.close()
+    return {"path": str(out), "tasks": len(seeds), "from_rl": len(from_rl), "from_sft": len(from_sft),
+            "skipped": len(seeds) - len(from_rl) - len(from_sft)}  # fmt: skip
+
+
+def _default_player(model: str, engine: EngineConfig) -> Any:
+    from services.rollout.worker import RolloutWorker
+
+    return RolloutWorker(RolloutConfig(engine=engine.model_copy(update={"model": model})))

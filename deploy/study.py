@@ -1,0 +1,321 @@
+"""Studies: one recipe per experiment of the papers, run as a sequence of seeded arms.
+
+A recipe (``configs/studies/NAME.yaml``) holds
+
+- ``sizes``: variables per size (``tiny`` runs on a laptop CPU in minutes, ``small`` is SmolLM2-135M
+  for hours on a CPU, ``paper`` the papers' models and settings for a GPU cluster), substituted as
+  ``${var}`` into the rest of the file before it is parsed;
+- ``base``: TrainConfig settings shared by every training arm;
+- ``arms``, in order: ``train`` (a TrainConfig on top of ``base``), ``data_mix`` (deploy.data_mixing)
+  or ``merge_sweep`` (deploy.merge_sweep). A value ``"@ARM"`` names an earlier arm's output: the last
+  checkpoint of a training arm, the data file of a data-mixing arm;
+- ``levels`` (optional): tag the ID items with a model's pass rate (paper 2's L1..L5), then report
+  each training arm's final accuracy per level.
+
+Every arm writes into ``<out>/<study>-<size>/<arm>/`` and a ``DONE`` marker when it finished, so a
+study that was stopped continues with the first unfinished arm.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from rich.console import Console
+
+from sftrl.config import ConfigError, StrictModel, apply_overrides, build
+
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
+Size = Literal["tiny", "small", "paper"]
+DONE = "DONE"
+_REF = re.compile(r"^@([A-Za-z0-9_.-]+)$")
+
+
+class StudyArm(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    kind: Literal["train", "data_mix", "merge_sweep"] = "train"
+    label: str = ""  # how reports name the arm (default: its name)
+    config: dict[str, Any] = {}
+
+
+class LevelsSpec(StrictModel):
+    model: str = Field(description="the model whose pass rates define the levels (a name, folder or @ARM)")
+    suite: str = "id"
+    items: int = Field(64, ge=1)
+    samples: int = Field(16, ge=1)
+    seed: int = 40_000
+    max_tokens: int = Field(256, ge=1)
+
+
+class Study(StrictModel):
+    name: str
+    title: str
+    paper: str = ""
+    question: str = ""
+    size: Size = "tiny"
+    base: dict[str, Any] = {}
+    arms: list[StudyArm] = Field(min_length=1)
+    levels: LevelsSpec | None = None
+
+
+def recipe_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = STUDIES_DIR / f"{name}.yaml"
+    if name.startswith("_") or not candidate.exists():
+        known = ", ".join(r["name"] for r in list_recipes())
+        raise ConfigError(f"unknown study {name!r}; known: {known}")
+    return candidate
+
+
+def list_recipes() -> list[dict[str, str]]:
+    out = []
+    for path in sorted(STUDIES_DIR.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        _, body = _split(path)
+        raw = yaml.safe_load(body) or {}
+        out.append(
+            {"name": path.stem, "title": str(raw.get("title", "")), "paper": str(raw.get("paper", ""))}
+        )
+    return out
+
+
+def _split(path: Path) -> tuple[dict[str, Any], str]:
+    """A recipe's own size variables (an optional first YAML document) and its body."""
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("sizes:") and "\n---\n" not in text:
+        return {}, text
+    head_text, body = text.split("\n---\n", 1)
+    try:
+        head = yaml.safe_load(head_text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"study {path}: its sizes document is not valid YAML: {exc}") from None
+    sizes = head.get("sizes") if isinstance(head, dict) else None
+    if not isinstance(sizes, dict):
+        raise ConfigError(f"study {path}: the first document must be a mapping with sizes: {{tiny: ...}}")
+    return sizes, body
+
+
+def size_variables(path: Path, size: str) -> dict[str, Any]:
+    """configs/studies/_sizes.yaml's variables for ``size``, with the recipe's own on top."""
+    shared = yaml.safe_load((STUDIES_DIR / "_sizes.yaml").read_text(encoding="utf-8"))
+    if size not in shared:
+        raise ConfigError(f"unknown size {size!r}; sizes: {', '.join(shared)}")
+    own, _ = _split(path)
+    return {**shared[size], **(own.get(size) or {})}
+
+
+def load_study(name: str, size: Size = "tiny", overrides: list[str] | None = None) -> Study:
+    """Read a recipe at ``size``: its variables substituted, then ``overrides`` (key=value) applied."""
+    path = recipe_path(name)
+    _, body = _split(path)
+    variables = {k: json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v
+                 for k, v in size_variables(path, size).items()}  # fmt: skip
+    data = _substitute(path, body, variables, size)
+    shared = _substitute(
+        STUDIES_DIR / "_bases.yaml", (STUDIES_DIR / "_bases.yaml").read_text(), variables, size
+    )
+    data = _expand(data, shared, path)
+    data = apply_overrides({**data, "name": data.get("name", path.stem), "size": size}, overrides or [])
+    study = build(Study, data, source=f"study {path.name} ({size})")
+    for arm in study.arms:  # every arm's config is checked now, not hours later when it starts
+        arm_config(study, arm, lambda value: value)
+    return study
+
+
+def arm_config(study: Study, arm: StudyArm, resolve: Any) -> Any:
+    """The typed config of ``arm`` (``resolve`` maps its values, e.g. ``@ARM`` to that arm's output)."""
+    from deploy.data_mixing import DataMixConfig
+    from deploy.merge_sweep import MergeSweepConfig
+    from deploy.train_config import TrainConfig
+
+    base, own = resolve(study.base), resolve(arm.config)
+    source = f"study {study.name}, arm {arm.name}"
+    if arm.kind == "train":
+        return build(TrainConfig, _deep_merge(base, own), source=source)
+    own.setdefault("env", base.get("env", {}))
+    if arm.kind == "data_mix":
+        return build(DataMixConfig, own, source=source)
+    own.setdefault("suites", (base.get("eval") or {}).get("suites", {"id": {}}))
+    own.setdefault("engine", (base.get("rollout") or {}).get("engine", {}))
+    return build(MergeSweepConfig, own, source=source)
+
+
+def _substitute(path: Path, text: str, variables: dict[str, Any], size: str) -> dict[str, Any]:
+    try:
+        filled = string.Template(text).substitute(variables)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"study {path}: size {size!r} does not define {exc}") from None
+    try:
+        data = yaml.safe_load(filled) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"study {path} at size {size} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"study {path} must be a mapping at the top level")
+    return data
+
+
+def _expand(data: dict[str, Any], shared: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Resolve ``base: {extends: NAME}`` and stages ``{use: NAME}`` against _bases.yaml."""
+
+    def pick(kind: str, name: Any) -> dict[str, Any]:
+        table = shared.get(kind) or {}
+        if name not in table:
+            raise ConfigError(f"study {path}: unknown {kind[:-1]} {name!r}; known: {', '.join(table)}")
+        return dict(table[name])
+
+    base = dict(data.get("base") or {})
+    if "extends" in base:
+        base = _deep_merge(pick("bases", base.pop("extends")), base)
+    data["base"] = base
+    for arm in data.get("arms") or []:
+        stages = (arm.get("config") or {}).get("stages")
+        if isinstance(stages, list):
+            arm["config"]["stages"] = [
+                _deep_merge(pick("stages", st.pop("use")), st) if isinstance(st, dict) and "use" in st else st
+                for st in stages
+            ]
+    return data
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+class StudyRunner:
+    def __init__(self, study: Study, out_root: str | Path = "runs/studies", console: Console | None = None):
+        self.study = study
+        self.dir = Path(out_root) / f"{study.name}-{study.size}"
+        self.console = console or Console()
+        self.outputs: dict[str, str] = {}
+
+    def _resolve(self, value: Any) -> Any:
+        """Replace ``"@ARM"`` strings (anywhere in a config) by that arm's output."""
+        if isinstance(value, dict):
+            return {k: self._resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v) for v in value]
+        if isinstance(value, str) and (m := _REF.match(value)):
+            arm = m.group(1)
+            if arm not in self.outputs:
+                raise ConfigError(f"study {self.study.name}: @{arm} is used before arm {arm!r} has run")
+            return self.outputs[arm]
+        return value
+
+    def run(self) -> Path:
+        from sftrl.config import write_resolved_config
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_resolved_config(self.study, self.dir, "study.yaml")
+        for arm in self.study.arms:
+            arm_dir = self.dir / arm.name
+            done = arm_dir / DONE
+            if done.exists():
+                self.outputs[arm.name] = json.loads(done.read_text())["output"]
+                self.console.print(f"[dim]{arm.name}: done earlier[/]")
+                continue
+            self.console.rule(f"{self.study.name} ({self.study.size}): arm {arm.name} ({arm.kind})")
+            output = getattr(self, f"_run_{arm.kind}")(arm, arm_dir)
+            self.outputs[arm.name] = output
+            if self.study.levels is not None and arm.kind == "train":
+                self._levels_report(arm_dir, output)
+            done.write_text(json.dumps({"output": output}))
+        return self.dir
+
+    def _run_train(self, arm: StudyArm, arm_dir: Path) -> str:
+        from deploy.train import Trainer
+
+        config = arm_config(self.study, arm, self._resolve).model_copy(
+            update={"output_dir": str(self.dir), "run_name": arm.name}
+        )
+        if arm_dir.exists():  # an arm stopped mid-way: continue from its last checkpoint
+            trainer = Trainer(config, resume=True, console=self.console)
+        else:
+            trainer = Trainer(config, console=self.console)
+        trainer.run()
+        return str(trainer.last_checkpoint)
+
+    def _run_data_mix(self, arm: StudyArm, arm_dir: Path) -> str:
+        from deploy.data_mixing import mix_datasets
+
+        config = arm_config(self.study, arm, self._resolve).model_copy(
+            update={"out": str(arm_dir / "mixed.jsonl")}
+        )
+        counts = mix_datasets(config, on_progress=lambda text: self.console.print(text, highlight=False))
+        (arm_dir / "counts.json").write_text(json.dumps(counts, indent=1))
+        return counts["path"]
+
+    def _run_merge_sweep(self, arm: StudyArm, arm_dir: Path) -> str:
+        from deploy.merge_sweep import run_sweep
+
+        config = arm_config(self.study, arm, self._resolve)
+        run_sweep(config, arm_dir)
+        return str(arm_dir / "sweep.json")
+
+    def _levels_report(self, arm_dir: Path, checkpoint: str) -> None:
+        """Accuracy per level of the arm's final checkpoint on the study's tagged items."""
+        from deploy.difficulty import accuracy_by_level, read_tagged
+
+        tagged = read_tagged(self._tagged_items())
+        spec = self.study.levels
+        assert spec is not None
+        player = self._player(checkpoint)
+        try:
+            sampling = self._eval_sampling()
+            metrics = accuracy_by_level(player, tagged, sampling)
+        finally:
+            player.shutdown()
+        (arm_dir / "levels.json").write_text(json.dumps(metrics, indent=1))
+
+    def _tagged_items(self) -> Path:
+        from deploy.difficulty import tag_items, write_tagged
+        from services.envs import resolve_options
+        from services.rollout.config import SamplingConfig
+
+        path = self.dir / "levels.jsonl"
+        if path.exists():
+            return path
+        spec = self.study.levels
+        assert spec is not None
+        env = self.study.base.get("env", {})
+        suites = (self.study.base.get("eval") or {}).get("suites") or {"id": {}}
+        env_id = env.get("id", "sftrl/GeneralPoints-v0")
+        options = resolve_options(env_id, {**env.get("options", {}), **suites.get(spec.suite, {})})
+        player = self._player(self._resolve(spec.model))
+        try:
+            sampling = SamplingConfig(temperature=1.0, max_tokens=spec.max_tokens, seed=spec.seed)
+            tagged = tag_items(player, env_id, options, spec.items, spec.samples, spec.seed, sampling)
+        finally:
+            player.shutdown()
+        return write_tagged(tagged, path)
+
+    def _eval_sampling(self) -> Any:
+        from services.rollout.config import SamplingConfig
+
+        spec = self.study.levels
+        assert spec is not None
+        return SamplingConfig(temperature=0.0, max_tokens=spec.max_tokens, seed=spec.seed)
+
+    def _player(self, model: str) -> Any:
+        from services.rollout.config import EngineConfig, RolloutConfig
+        from services.rollout.worker import RolloutWorker
+
+        engine = dict((self.study.base.get("rollout") or {}).get("engine") or {})
+        engine["model"] = model
+        return RolloutWorker(RolloutConfig(engine=EngineConfig.model_validate(engine)))
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
