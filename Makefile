@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-fast bench lint
+.PHONY: install test test-fast bench lint studies
 
 install:
 	bash scripts/install.sh
@@ -17,6 +17,13 @@ test-fast:
 
 bench:
 	$(PY) -m bench.envs
+
+# Every study recipe at the tiny size, each with its report (CI runs the cheapest in `make test`).
+STUDY_SIZE ?= tiny
+studies:
+	for recipe in $$($(PY) -c "from deploy.study import list_recipes; print(' '.join(r['name'] for r in list_recipes()))"); do \
+		$(VENV)/bin/sftrl study $$recipe --size $(STUDY_SIZE) || exit 1; \
+	done
 
 lint:
 	$(VENV)/bin/ruff check sftrl services deploy bench tests

@@ -13,7 +13,7 @@ Each side runs 3 steps in its own process (vLLM changes torch's thread settings 
 step 1 is warm-up, steps 2 and 3 are timed. The measure is samples (prompt x generation) per second
 of whole step time; target: sftrl at least 2x TRL. The driver also measures the machine's matmul
 peak (fp32 and bf16) to express the learner's achieved FLOP/s as a fraction of it.
-Writes bench/results/train_step.json (not for --quick).
+Writes bench/results/train_step.json (train_step_bf16.json with --precision bf16; not for --quick).
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
             push_s = time.perf_counter() - t2
             step_s = time.perf_counter() - t0
             trained = int(batch.attention_mask.sum())
-            flops = (6 * rl.epochs + 2) * params * trained  # epochs x fwd+bwd, plus the no-grad recompute
+            # epochs x (forward + backward), plus the no-grad scoring forward when the learner made one
+            flops = (6 * rl.epochs + 2 * m.get("scoring_passes", 1.0)) * params * trained
             stats = suite_metrics(trajs)
             steps.append({
                 "step": step + 1, "step_s": round(step_s, 3), "rollout_s": round(rollout_s, 3),
@@ -380,7 +381,8 @@ def main() -> None:
         f"samples/s ratio sftrl/TRL: {ratio} (target {TARGET_RATIO}: {'met' if payload['target']['met'] else 'not met'})"
     )
     if not args.quick:
-        print(f"wrote {write_result('train_step', payload)}")
+        name = "train_step" if args.precision == "fp32" else f"train_step_{args.precision}"
+        print(f"wrote {write_result(name, payload)}")
 
 
 if __name__ == "__main__":

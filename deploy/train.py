@@ -288,7 +288,8 @@ class Trainer:
             m.update(self.learner.rl_step(batch))
         gen_tokens = sum(len(t.flatten()[0]) for t in trajs)
         trained = int(batch.attention_mask.sum())
-        self.flops += 2 * self.params * gen_tokens + (6 * stage.rl.epochs + 2) * self.params * trained
+        scoring = 2 * m.get("scoring_passes", 1.0)
+        self.flops += 2 * self.params * gen_tokens + (6 * stage.rl.epochs + scoring) * self.params * trained
         return m
 
     def _after_step(self, stage: SFTStage | RLStage, stage_index: int, step: int) -> None:

@@ -566,3 +566,39 @@ def test_progressive_objective_mixes_sft_and_rl_losses(tiny_model, gp_examples):
     finally:
         mixed.shutdown()
         plain.shutdown()
+
+
+@pytest.mark.slow
+def test_single_pass_reuses_the_training_forward_for_old_logprobs(tiny_model):
+    """One epoch, one mini-batch, no critic: skipping the scoring pass (the training forward's own
+    log-probs are the old ones) gives the same update as scoring first."""
+    from services.learner.batch import build_rl_batch
+
+    tok = load_tokenizer_or_processor(str(tiny_model))
+    trajs = gp_trajectories(tok)
+    auto, scored = (
+        RLConfig(algorithm="grpo", epochs=1),
+        RLConfig(algorithm="grpo", epochs=1, recompute_logprobs=True),
+    )
+    a, b = (
+        make_worker(tiny_model, auto, micro_batch_size=3),
+        make_worker(tiny_model, scored, micro_batch_size=3),
+    )
+    try:
+        w0 = a.policy_state_dict("float32")
+        ma = a.rl_step(build_rl_batch(trajs, tok, auto, pad_id=tok.pad_token_id))
+        mb = b.rl_step(build_rl_batch(trajs, tok, scored, pad_id=tok.pad_token_id))
+        assert ma["policy_loss"] == pytest.approx(mb["policy_loss"], abs=1e-6)
+        assert ma["clip_fraction"] == mb["clip_fraction"] == 0.0
+        wa, wb = a.policy_state_dict("float32"), b.policy_state_dict("float32")
+        step = max(float((wa[k] - w0[k]).abs().max()) for k in wa)
+        # equal up to float noise (eval- vs train-mode forwards), which Adam's normalisation can lift
+        # to ~1e-5 on near-zero gradient entries: well under 1% of the update itself
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 0.01 * step
+        two_epochs = RLConfig(algorithm="grpo", epochs=2, recompute_logprobs=False)
+        a.rl = two_epochs
+        with pytest.raises(ValueError, match="recompute_logprobs=false"):
+            a.rl_step(build_rl_batch(trajs, tok, two_epochs, pad_id=tok.pad_token_id))
+    finally:
+        a.shutdown()
+        b.shutdown()

@@ -587,3 +587,23 @@ def test_minibatches_cover_every_row_once_per_epoch():
     assert orders[0] != orders[1]  # reshuffled each epoch
     first = [k for p in minibatches(batch, 4, torch.Generator().manual_seed(0)) for k in row_keys(p)]
     assert first == orders[0]  # same seed, same order
+
+
+def test_logits_from_the_first_needed_position_give_the_same_logprobs():
+    """The learner runs the output head only from the position before the first model-produced token:
+    the log-probs (and entropies) of model-produced tokens are those of the full computation."""
+    from services.learner.rl import entropy_from_logits, logits_needed_from, token_logprobs, widen
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 12, 50, generator=gen)
+    ids = torch.randint(0, 50, (3, 12), generator=gen)
+    mask = torch.zeros(3, 12)
+    mask[0, 6:9], mask[1, 4:12], mask[2, 7:8] = 1, 1, 1
+    start = logits_needed_from(mask)
+    assert start == 3
+    on = mask.bool()
+    tail_lp = widen(token_logprobs(logits[:, start:], ids[:, start:]), 12)
+    torch.testing.assert_close(tail_lp[on], token_logprobs(logits, ids)[on])
+    tail_ent = widen(entropy_from_logits(logits[:, start:]), 12)
+    torch.testing.assert_close(tail_ent[on], entropy_from_logits(logits)[on])
+    assert logits_needed_from(torch.zeros(2, 5)) == 4 and logits_needed_from(torch.ones(2, 5)) == 0

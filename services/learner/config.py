@@ -69,4 +69,10 @@ class RLConfig(StrictModel):
     kl_coef: float = Field(0.0, ge=0, description="KL penalty to the reference policy (0: no reference)")
     entropy_coef: float = Field(0.0, ge=0)
     normalize_advantages: bool = True
+    recompute_logprobs: bool | None = Field(
+        None,
+        description="score the batch with the current policy before the update (old log-probs). None: "
+        "only when needed, i.e. not for a single pass (1 epoch, 1 mini-batch) of a method without a critic, "
+        "where the training forward's own log-probs are the old ones (as TRL with num_iterations=1)",
+    )
     answer_keys: tuple[str, ...] = ("formula", "action", "answer")  # JSON keys whose value is "the answer"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from services.learner.batch import RLBatch
@@ -51,6 +52,22 @@ def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
         x = logits[rows, :-1].float()
         parts.append(x.gather(-1, targets[rows]).squeeze(-1) - torch.logsumexp(x, dim=-1))
     return torch.cat([out[:, :1], torch.cat(parts, dim=0)], dim=1)
+
+
+def logits_needed_from(action_mask: Tensor) -> int:
+    """The first position whose logits a log-prob of a model-produced token needs (token t is scored
+    by ``logits[:, t - 1]``): the policy's output head runs only from there on. Prompts are often
+    most of a row, and the head's full-vocabulary logits and their log-softmax are a large share of
+    a small model's work."""
+    cols = action_mask.bool().any(dim=0).nonzero()
+    if not cols.numel():
+        return max(action_mask.shape[1] - 1, 0)
+    return max(int(cols.min()) - 1, 0)
+
+
+def widen(tail: Tensor, width: int) -> Tensor:
+    """[B, K] values of the last K positions -> [B, width], zeros in front."""
+    return F.pad(tail, (width - tail.shape[1], 0))
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

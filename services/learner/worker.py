@@ -60,9 +60,11 @@ class PolicyModule(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         pixel_attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> logits [B, T, V], values [B, T] (None without a value head)."""
-        extra: dict[str, Any] = {}
+        """-> logits [B, T, V] (of the last ``logits_to_keep`` positions when > 0), values [B, T] (None
+        without a value head)."""
+        extra: dict[str, Any] = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         if pixel_values is not None:
             extra["pixel_values"] = pixel_values
             if pixel_attention_mask is not None:
@@ -481,12 +483,15 @@ class LearnerWorker:
     def _forward_rl(
         self, mb: RLBatch, cache: dict[int, Any] | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """-> logits, token log-probs [B, T], values [B, T] or None."""
-        from services.learner.rl import token_logprobs
+        """-> logits of the positions from ``logits_needed_from`` on [B, K, V], token log-probs [B, T]
+        (0 where no logits were computed: prompt tokens), values [B, T] or None."""
+        from services.learner.rl import logits_needed_from, token_logprobs, widen
 
         inputs = self._rl_inputs(mb, cache)
-        logits, values = self.engine(**inputs)
-        return logits, token_logprobs(logits, inputs["input_ids"]), values
+        width = inputs["input_ids"].shape[1]
+        start = logits_needed_from(mb.action_mask)
+        logits, values = self.engine(**inputs, logits_to_keep=width - start)
+        return logits, widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width), values
 
     @torch.no_grad()
     def _score(
@@ -508,7 +513,7 @@ class LearnerWorker:
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: RLBatch, cache: dict[int, Any]) -> torch.Tensor:
-        from services.learner.rl import token_logprobs
+        from services.learner.rl import logits_needed_from, token_logprobs, widen
 
         assert self.reference is not None
         out = []
@@ -516,8 +521,10 @@ class LearnerWorker:
         for s in range(0, len(batch), mbs):
             mb = batch.select(range(s, min(s + mbs, len(batch))))
             inputs = self._rl_inputs(mb, cache)
-            logits = self.reference(**inputs, use_cache=False).logits
-            lp = token_logprobs(logits, inputs["input_ids"]).float().cpu()
+            width = inputs["input_ids"].shape[1]
+            start = logits_needed_from(mb.action_mask)
+            logits = self.reference(**inputs, use_cache=False, logits_to_keep=width - start).logits
+            lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width).float().cpu()
             out.append(F.pad(lp, (0, batch.input_ids.shape[1] - lp.shape[1])))
         return torch.cat(out) if out else torch.zeros_like(batch.rollout_logprobs)
 
@@ -546,7 +553,13 @@ class LearnerWorker:
         With ``sft`` rows, every optimizer step minimises one objective,
         ``(1 - sft_weight) * RL loss + sft_weight * token-mean cross-entropy on the rows``
         (the progressive SFT+RL combination)."""
-        from services.learner.rl import compute_advantages, entropy_from_logits, policy_loss, value_loss
+        from services.learner.rl import (
+            compute_advantages,
+            entropy_from_logits,
+            policy_loss,
+            value_loss,
+            widen,
+        )
 
         if self.rl is None:
             raise ValueError("this learner was made without an RLConfig")
@@ -561,8 +574,16 @@ class LearnerWorker:
         start = time.perf_counter()
         batch = batch.to("cpu")
         cache: dict[int, Any] = {}
-        # (a) the policy before the update: log-probs, values, reference
-        batch.old_logprobs, old_values = self._score(batch, cache)
+        # (a) the policy before the update: log-probs, values, reference. A single pass of a critic-free
+        # method updates the very policy that would score the batch: its training forward gives them.
+        single_pass = rl.epochs == 1 and self.config.rl_mini_batches == 1 and self.module.value_head is None
+        reuse_forward = single_pass if rl.recompute_logprobs is None else not rl.recompute_logprobs
+        if reuse_forward and not single_pass:
+            raise ValueError("recompute_logprobs=false needs 1 epoch, 1 mini-batch and no value head")
+        if reuse_forward:
+            batch.old_logprobs, old_values = None, None
+        else:
+            batch.old_logprobs, old_values = self._score(batch, cache)
         batch.old_values = None
         if rl.kl_coef > 0 and self.reference is not None:
             batch.ref_logprobs = self._reference_logprobs(batch, cache)
@@ -597,12 +618,14 @@ class LearnerWorker:
                     mb, weight = micro[i]
                     self.engine.set_gradient_accumulation_boundary(not sft and k == len(group) - 1)
                     logits, lp, values = self._forward_rl(mb, cache)
-                    ent = entropy_from_logits(logits) if rl.entropy_coef > 0 else None
+                    ent = widen(entropy_from_logits(logits), lp.shape[1]) if rl.entropy_coef > 0 else None
                     if ent is None:
                         with torch.no_grad():
-                            ent_metric = entropy_from_logits(logits.detach())
+                            ent_metric = widen(entropy_from_logits(logits.detach()), lp.shape[1])
                     else:
                         ent_metric = ent
+                    if reuse_forward:
+                        mb.old_logprobs = lp.detach().float().cpu()
                     p_loss, metrics = policy_loss(lp, mb.to(self.device), rl, ent_metric)
                     mb_tokens = float(mb.action_mask.sum())
                     # policy_loss is a mean over this micro-batch (rows for ppo, tokens otherwise):
@@ -631,6 +654,7 @@ class LearnerWorker:
             "lr": lr, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "optimizer_steps": steps,
             "tokens": tokens_total, "rows": rows_total,
             "advantage_mean": self._all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
+            "scoring_passes": 0.0 if reuse_forward else 1.0,  # no-grad forwards before the update
         })  # fmt: skip
         if sft:
             result.update({
