@@ -29,10 +29,16 @@ def collect_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
 
             study = yaml.safe_load((path / "study.yaml").read_text())
             labels = {a["name"]: a.get("label") or a["name"] for a in study.get("arms", [])}
+            done: dict[str, dict[str, Any]] = {}
             for arm in study.get("arms", []):
                 arm_dir = path / arm["name"]
                 if arm_dir.is_dir():
-                    runs.append(_run(arm_dir, labels[arm["name"]], arm.get("kind", "train")))
+                    run = _run(arm_dir, labels[arm["name"]], arm.get("kind", "train"))
+                    parent = str((arm.get("config") or {}).get("model", ""))
+                    if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
+                        _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
+                    done[arm["name"]] = run
+                    runs.append(run)
         elif (path / "metrics.jsonl").exists() or (path / "sweep.json").exists():
             runs.append(_run(path, path.name, "merge_sweep" if (path / "sweep.json").exists() else "train"))
         else:
@@ -58,6 +64,16 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
     return run
 
 
+def _offset_compute(run: dict[str, Any], gflops: float) -> None:
+    """An arm that starts from another arm's checkpoint carries that arm's training compute."""
+    if run["kind"] != "train" or not gflops:
+        return
+    run["evals"] = [e | {"flops": e.get("flops", 0.0) + gflops * 1e9} for e in run["evals"]]
+    run["final"] = run["evals"][-1] if run["evals"] else {}
+    run["gflops"] = run["gflops"] + gflops
+    run["compute_offset_gflops"] = gflops
+
+
 def _pct(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
 
@@ -76,22 +92,25 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str = "sft
     lines = [f"# {title}", "", f"Runs: {', '.join(r['label'] for r in runs)}", ""]
     figures: list[tuple[str, str]] = []
 
-    if trained and suites:  # paper 1: success against training compute, per suite
-        fig, axes = plt.subplots(1, len(suites), figsize=(4.6 * len(suites), 3.8), squeeze=False)
-        for ax, suite in zip(axes[0], suites, strict=True):
-            for r in trained:
-                pts = [(e.get("flops", 0.0) / 1e9, e.get(f"success/{suite}")) for e in r["evals"]]
-                pts = [p for p in pts if p[1] is not None]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["label"])
-            ax.set_title(suite)
-            ax.set_xlabel("training compute (GFLOPs)")
-            ax.set_ylim(-0.02, 1.02)
-        axes[0][0].set_ylabel("episode success")
-        axes[0][-1].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "success_vs_compute.png", dpi=110)
-        plt.close(fig)
-        figures.append(("Episode success against training compute", "success_vs_compute.png"))
+    if trained and suites:  # paper 1: success (and, telling at small scale, reward) against compute
+        for metric, name, caption in (("success", "success_vs_compute.png", "Episode success"),
+                                      ("reward", "reward_vs_compute.png", "Mean episode reward")):  # fmt: skip
+            fig, axes = plt.subplots(1, len(suites), figsize=(4.6 * len(suites), 3.8), squeeze=False)
+            for ax, suite in zip(axes[0], suites, strict=True):
+                for r in trained:
+                    pts = [(e.get("flops", 0.0) / 1e9, e.get(f"{metric}/{suite}")) for e in r["evals"]]
+                    pts = [p for p in pts if p[1] is not None]
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["label"])
+                ax.set_title(suite)
+                ax.set_xlabel("training compute (GFLOPs)")
+                if metric == "success":
+                    ax.set_ylim(-0.02, 1.02)
+            axes[0][0].set_ylabel(caption.lower())
+            axes[0][-1].legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            figures.append((f"{caption} against training compute", name))
         lines += ["## Final evaluation", "", "| run | " + " | ".join(suites) + " | reward (id) | GFLOPs |",
                   "|---|" + "---|" * (len(suites) + 2)]  # fmt: skip
         for r in trained:
