@@ -57,3 +57,15 @@ def registry(registry_server: str):
     reg.redis.flushdb()
     yield reg
     reg.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_stopped_after_each_module():
+    """A module whose tests started Ray in this process (the trainer does, through init_ray) stops it
+    when the module ends, so the next module's own ``ray.init()`` starts from a clean process."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -236,6 +236,16 @@ class LearnerWorker:
             return
         if self.config.device == "cuda":
             torch.cuda.set_device(0)  # Ray shows each actor only its own GPU
+        # DeepSpeed caches its communication backend and the groups it cloned in module globals. If the
+        # process group was destroyed since (an in-process vLLM engine does so on shutdown: tests, notebooks),
+        # those point at groups torch no longer knows: drop them so DeepSpeed wraps the new group.
+        import deepspeed.comm.comm as ds_comm
+        from deepspeed.utils import groups as ds_groups
+
+        ds_comm.cdb = None
+        for name in ("_WORLD_GROUP", "_DATA_PARALLEL_GROUP"):
+            if hasattr(ds_groups, name):
+                setattr(ds_groups, name, None)
         deepspeed.init_distributed(
             dist_backend="nccl" if self.config.device == "cuda" else "gloo",
             auto_mpi_discovery=False,
