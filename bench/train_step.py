@@ -362,8 +362,8 @@ def main() -> None:
                      "clip": 0.2, "prompt_style": args.style, "verify_iter": 1, "task_seed_start": SEED,
                      "steps": STEPS, "timed_steps": list(TIMED), "learner_precision": args.precision},
         "matmul_peak_gflop_per_s": peak,
-        "flops_formula": "(6 x params x trained tokens + 2 x params x trained tokens of the no-grad recompute) "
-                         "/ learn seconds; trained tokens = batch.attention_mask.sum()",
+        "flops_formula": "(6 x params x trained tokens, + 2 x params x trained tokens when the learner made a "
+                         "no-grad scoring pass) / learn seconds; trained tokens = batch.attention_mask.sum()",
         "sftrl": ours, "trl": theirs,
         "target": {"metric": "samples/s, sftrl over TRL", "ratio": TARGET_RATIO, "measured": ratio,
                    "met": bool(ratio is not None and ratio >= TARGET_RATIO)},
