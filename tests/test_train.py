@@ -19,7 +19,8 @@ import pytest
 from deploy.metrics import read_metrics
 from deploy.train import Trainer, load_train_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared 300-step SFT run needs headroom on a busy machine
+# the shared 300-step SFT run needs headroom on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[1]
 
 BASE = [
