@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from services.envs.demonstrations import Demonstration, DemonstrationWriter
-from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+from services.rollout.config import EngineConfig, SamplingConfig
 from services.rollout.group import episode_specs
 from sftrl.config import EnvSpec, StrictModel
 from sftrl.trajectory import Trajectory
@@ -72,7 +72,9 @@ def mix_datasets(
     from services.envs import resolve_options
 
     options = resolve_options(config.env.id, config.env.options)
-    make = make_player or (lambda model: _default_player(model, config.engine))
+    from services.rollout.worker import RolloutWorker
+
+    make = make_player or (lambda model: RolloutWorker.on_model(model, config.engine))
 
     def play(model: str, seeds: list[int]) -> dict[int, Trajectory]:
         specs = [
@@ -104,9 +106,3 @@ def mix_datasets(
     writer.close()
     return {"path": str(out), "tasks": len(seeds), "from_rl": len(from_rl), "from_sft": len(from_sft),
             "skipped": len(seeds) - len(from_rl) - len(from_sft)}  # fmt: skip
-
-
-def _default_player(model: str, engine: EngineConfig) -> Any:
-    from services.rollout.worker import RolloutWorker
-
-    return RolloutWorker(RolloutConfig(engine=engine.model_copy(update={"model": model})))

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from deploy.evaluation import evaluate
-from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+from services.rollout.config import EngineConfig, SamplingConfig
 from sftrl.config import EnvSpec, StrictModel, write_resolved_config
 from sftrl.models.merge import MergeSpec, merge_models
 
@@ -64,8 +64,7 @@ def run_sweep(
         for ratio in config.ratios:
             folder = merge_models(config.merge_spec(ratio), out / f"merge-{ratio:.3f}", overwrite=True)
             if worker is None:
-                engine = config.engine.model_copy(update={"model": str(folder)})
-                worker = RolloutWorker(RolloutConfig(engine=engine))
+                worker = RolloutWorker.on_model(str(folder), config.engine)
             else:
                 worker.update_weights(str(folder))
             metrics, _ = evaluate(

@@ -234,10 +234,8 @@ class StudyRunner:
         config = arm_config(self.study, arm, self._resolve).model_copy(
             update={"output_dir": str(self.dir), "run_name": arm.name}
         )
-        if arm_dir.exists():  # an arm stopped mid-way: continue from its last checkpoint
-            trainer = Trainer(config, resume=True, console=self.console)
-        else:
-            trainer = Trainer(config, console=self.console)
+        # an arm stopped mid-way continues from its last checkpoint
+        trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
         trainer.run()
         return str(trainer.last_checkpoint)
 
@@ -261,13 +259,14 @@ class StudyRunner:
     def _levels_report(self, arm_dir: Path, checkpoint: str) -> None:
         """Accuracy per level of the arm's final checkpoint on the study's tagged items."""
         from deploy.difficulty import accuracy_by_level, read_tagged
+        from services.rollout.config import SamplingConfig
 
         tagged = read_tagged(self._tagged_items())
         spec = self.study.levels
         assert spec is not None
+        sampling = SamplingConfig(temperature=0.0, max_tokens=spec.max_tokens, seed=spec.seed)
         player = self._player(checkpoint)
         try:
-            sampling = self._eval_sampling()
             metrics = accuracy_by_level(player, tagged, sampling)
         finally:
             player.shutdown()
@@ -295,20 +294,12 @@ class StudyRunner:
             player.shutdown()
         return write_tagged(tagged, path)
 
-    def _eval_sampling(self) -> Any:
-        from services.rollout.config import SamplingConfig
-
-        spec = self.study.levels
-        assert spec is not None
-        return SamplingConfig(temperature=0.0, max_tokens=spec.max_tokens, seed=spec.seed)
-
     def _player(self, model: str) -> Any:
-        from services.rollout.config import EngineConfig, RolloutConfig
+        from services.rollout.config import EngineConfig
         from services.rollout.worker import RolloutWorker
 
-        engine = dict((self.study.base.get("rollout") or {}).get("engine") or {})
-        engine["model"] = model
-        return RolloutWorker(RolloutConfig(engine=EngineConfig.model_validate(engine)))
+        engine = EngineConfig.model_validate((self.study.base.get("rollout") or {}).get("engine") or {})
+        return RolloutWorker.on_model(model, engine)
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

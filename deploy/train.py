@@ -142,40 +142,34 @@ class Trainer:
     # -- stages ----------------------------------------------------------------------------------------
 
     def _sft_examples(self, data: SFTDataSpec, name: str, max_len: int) -> list[Any]:
-        from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
-        from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
+        from services.envs.demonstrations import generate_demonstrations
 
         path = Path(data.path) if data.path else self.run_dir / "data" / f"{name}.jsonl"
         if not data.path and not path.exists():
-            writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
             options = resolve_options(self.config.env.id, {**self.config.env.options, **data.env_options})
-            for demo in generate_demonstrations(self.config.env.id, options, data.episodes, data.seed,
-                                                data.revision_fraction):  # fmt: skip
-                writer.add(demo)
-            writer.close()
-        conversations = load_demonstrations(path)
-        return tokenize_sft(conversations, load_tokenizer_or_processor(self.config.model), max_len)
+            _write_demonstrations(path, generate_demonstrations(self.config.env.id, options, data.episodes,
+                                                                data.seed, data.revision_fraction))  # fmt: skip
+        return self._tokenized(path, max_len)
 
     def _task_demonstrations(self, failed: list[Any], name: str, max_len: int) -> list[Any]:
         """Expert demonstrations of exactly the tasks of ``failed`` (one trajectory per task), written
         to the run folder (a record of what the SFT term trained on) and tokenised."""
-        from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
-        from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
+        from services.envs.demonstrations import generate_demonstrations
 
         path = self.run_dir / "data" / "interleaved" / f"{name}.jsonl"
-        writer = DemonstrationWriter(None, path, path.parent / f"{name}_images")
-        for traj in failed:
-            for demo in generate_demonstrations(
-                traj.env_id, traj.env_options, 1, traj.seed, revision_fraction=0.0
-            ):
-                writer.add(demo)
-        writer.close()
-        rows = tokenize_sft(
-            load_demonstrations(path), load_tokenizer_or_processor(self.config.model), max_len
-        )
+        _write_demonstrations(path, (demo for traj in failed for demo in generate_demonstrations(
+            traj.env_id, traj.env_options, 1, traj.seed, revision_fraction=0.0)))  # fmt: skip
+        rows = self._tokenized(path, max_len)
         while rows and len(rows) < self.config.learner.world_size:  # every rank needs a row
             rows = rows + rows
         return rows
+
+    def _tokenized(self, path: Path, max_len: int) -> list[Any]:
+        from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
+
+        return tokenize_sft(
+            load_demonstrations(path), load_tokenizer_or_processor(self.config.model), max_len
+        )
 
     def _run_sft(self, stage: SFTStage, stage_index: int, start: int, progress: Progress) -> None:
         examples = self._sft_examples(stage.data, stage.name, stage.max_len)
@@ -384,6 +378,16 @@ class Trainer:
             self.metrics.close()
         plot = plot_run(self.run_dir)
         return plot or self.run_dir
+
+
+def _write_demonstrations(path: Path, demos: Any) -> None:
+    """Demonstrations as chat JSONL at ``path`` (images as PNG files in a folder beside it)."""
+    from services.envs.demonstrations import DemonstrationWriter
+
+    writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
+    for demo in demos:
+        writer.add(demo)
+    writer.close()
 
 
 def _rows_for_step(pool: list[Any], count: int, seed: int, step: int) -> list[Any]:

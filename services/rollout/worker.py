@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.rollout.config import RolloutConfig, SamplingConfig
+from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
 from services.rollout.conversation import ChatFormatter
 from services.rollout.engine import Generation, VLLMEngine
 from services.rollout.env_pool import EnvPool, EpisodeSpec, LocalEnvs, RayEnvPool
@@ -38,6 +38,12 @@ class RolloutWorker:
         self.engine = VLLMEngine(config.engine)
         self.formatter = build_formatter(self.engine.model_path, self.engine.tokenizer)
         self.envs: EnvPool = RayEnvPool(config.env_actors) if config.env_actors > 0 else LocalEnvs()
+
+    @classmethod
+    def on_model(cls, model: str, engine: EngineConfig | None = None) -> RolloutWorker:
+        """A worker (in-process engine) on ``model`` with ``engine``'s other settings (default ones)."""
+        engine = (engine or EngineConfig()).model_copy(update={"model": model})
+        return cls(RolloutConfig(engine=engine))
 
     def play(self, specs: Sequence[EpisodeSpec], sampling: SamplingConfig | None = None) -> list[Trajectory]:
         return play_episodes(

@@ -18,7 +18,7 @@ from deploy.difficulty import (
     tag_items,
     write_tagged,
 )
-from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
+from services.rollout.config import EngineConfig, SamplingConfig
 
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
@@ -26,7 +26,7 @@ _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
 def _player(model: str, engine: dict[str, Any]) -> Any:
     from services.rollout.worker import RolloutWorker
 
-    return RolloutWorker(RolloutConfig(engine=EngineConfig.model_validate({"model": model, **engine})))
+    return RolloutWorker.on_model(model, EngineConfig.model_validate(engine))
 
 
 def tag_command(
