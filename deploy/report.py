@@ -173,12 +173,13 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str = "sft
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        name = f"merge-{r['label']}.png"
+        name = f"merge-{Path(r['dir']).name}.png"  # the arm's folder name: safe in a file name and a link
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
-        figures.append((f"{r['label']}: {method} merges", name))
-        lines += [f"## Merges: {r['label']} ({method})", "", "| ratio | " + " | ".join(sweep_suites) + " |",
-                  "|---|" + "---|" * len(sweep_suites)]  # fmt: skip
+        figures.append((f"{r['label']}: success of {method} merges", name))
+        lines += [f"## Merges: {r['label']}", "",
+                  f"Episode success of {method} merges; ratio = share of the second model (0: the first model).",
+                  "", "| ratio | " + " | ".join(sweep_suites) + " |", "|---|" + "---|" * len(sweep_suites)]  # fmt: skip
         lines += [f"| {x['ratio']:.2f} | " + " | ".join(_pct(x.get(f"success/{s}")) for s in sweep_suites) + " |"
                   for x in rows]  # fmt: skip
         lines.append("")

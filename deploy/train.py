@@ -141,7 +141,9 @@ class Trainer:
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def _sft_examples(self, data: SFTDataSpec, name: str, max_len: int) -> list[Any]:
+    def _sft_examples(
+        self, data: SFTDataSpec, name: str, max_len: int, progress: Progress | None = None
+    ) -> list[Any]:
         from services.envs.demonstrations import generate_demonstrations
 
         path = Path(data.path) if data.path else self.run_dir / "data" / f"{name}.jsonl"
@@ -149,7 +151,7 @@ class Trainer:
             options = resolve_options(self.config.env.id, {**self.config.env.options, **data.env_options})
             _write_demonstrations(path, generate_demonstrations(self.config.env.id, options, data.episodes,
                                                                 data.seed, data.revision_fraction))  # fmt: skip
-        return self._tokenized(path, max_len)
+        return self._tokenized(path, max_len, progress)
 
     def _task_demonstrations(self, failed: list[Any], name: str, max_len: int) -> list[Any]:
         """Expert demonstrations of exactly the tasks of ``failed`` (one trajectory per task), written
@@ -164,15 +166,16 @@ class Trainer:
             rows = rows + rows
         return rows
 
-    def _tokenized(self, path: Path, max_len: int) -> list[Any]:
+    def _tokenized(self, path: Path, max_len: int, progress: Progress | None = None) -> list[Any]:
         from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
 
-        return tokenize_sft(
-            load_demonstrations(path), load_tokenizer_or_processor(self.config.model), max_len
-        )
+        conversations = load_demonstrations(path)
+        if progress is not None:  # long with images (the processor runs per conversation): show it
+            conversations = progress.track(conversations, description=f"tokenising {path.name}")
+        return tokenize_sft(conversations, load_tokenizer_or_processor(self.config.model), max_len)
 
     def _run_sft(self, stage: SFTStage, stage_index: int, start: int, progress: Progress) -> None:
-        examples = self._sft_examples(stage.data, stage.name, stage.max_len)
+        examples = self._sft_examples(stage.data, stage.name, stage.max_len, progress)
         order_rng = np.random.default_rng(self.config.seed + 7919 * stage_index)
         epochs = -(-stage.steps * stage.batch_size // len(examples)) + 1
         order = np.concatenate([order_rng.permutation(len(examples)) for _ in range(epochs)])
@@ -209,7 +212,7 @@ class Trainer:
         bar = progress.add_task(stage.name, total=stage.steps, completed=start)
         mix_pool = None
         if stage.mix is not None and stage.mix.strategy == "progressive":
-            mix_pool = self._sft_examples(stage.mix.data, f"{stage.name}-mix", stage.mix.max_len)
+            mix_pool = self._sft_examples(stage.mix.data, f"{stage.name}-mix", stage.mix.max_len, progress)
         pool = ThreadPoolExecutor(max_workers=1) if self.config.off_policy else None
         pending: Future | None = None
         for step in range(start, stage.steps):

@@ -122,6 +122,11 @@ def test_long_rows_are_dropped_or_cut(gp_text_demos, tiny_model):
     assert all(len(e) <= limit for e in cut) and len(cut) >= len(kept)
     with pytest.raises(ValueError, match="more than max_len"):
         tokenize_sft(convs, tok, max_len=limit, overflow="error")
+    shortest = min(len(e) for e in full)
+    with pytest.raises(
+        ValueError, match=f"no demonstration fits in max_len 8 tokens .the shortest has {shortest}"
+    ):
+        tokenize_sft(iter(convs), tok, max_len=8)  # any iterable (the trainer passes a progress bar's)
 
 
 def test_malformed_demonstration_files_are_clear_errors(tmp_path):

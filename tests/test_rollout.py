@@ -156,6 +156,12 @@ def test_tiny_vl_plays_general_points_image_episodes(tiny_vl_model):
         specs = episode_specs("sftrl/GeneralPoints-v0", {"mode": "image", "image_size": 64, "verify_iter": 2,
                                                          "prompt_style": "compact"}, 2, seed=0)  # fmt: skip
         trajs = w.play(specs)
+        # Regression: the same images after an in-place weight update (an evaluation replays its seeds)
+        # hit vLLM's stale encoder cache ("Encoder cache miss") unless the engine resets it.
+        greedy = SamplingConfig(temperature=0.0, max_tokens=8)
+        before = [t.turns[0].response_ids for t in w.play(specs, greedy)]
+        w.update_weights(load_file(str(tiny_vl_model / "model.safetensors")))
+        assert [t.turns[0].response_ids for t in w.play(specs, greedy)] == before
     finally:
         w.shutdown()
     for traj in trajs:

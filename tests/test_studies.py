@@ -103,6 +103,26 @@ def test_report_draws_curves_tables_and_levels(tmp_path):
         write_report([tmp_path / "out"], tmp_path / "again")
 
 
+def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_path):
+    study = tmp_path / "combo-tiny"
+    arms = [{"name": "merge", "kind": "merge_sweep", "label": "merging (linear)"},
+            {"name": "mix", "kind": "data_mix", "label": "data mixing (data)"}]  # fmt: skip
+    (study / "merge").mkdir(parents=True)
+    (study / "mix").mkdir()
+    (study / "study.yaml").write_text(json.dumps({"name": "combo", "title": "t", "arms": arms}))
+    rows = [{"ratio": 0.0, "success/id": 0.25}, {"ratio": 1.0, "success/id": 0.75}]
+    (study / "merge" / "sweep.json").write_text(
+        json.dumps({"config": {"method": "linear", "suites": {"id": {}}}, "rows": rows})
+    )
+    counts = {"path": "m.jsonl", "tasks": 10, "from_rl": 3, "from_sft": 2, "skipped": 5}
+    (study / "mix" / "counts.json").write_text(json.dumps(counts))
+    text = write_report([study], tmp_path / "out", title="t").read_text()
+    # a label with spaces and brackets would break the Markdown image link: the file takes the arm's name
+    assert "](merge-merge.png)" in text and (tmp_path / "out" / "merge-merge.png").stat().st_size > 1000
+    assert "| 0.00 | 25.0% |" in text and "| 1.00 | 75.0% |" in text
+    assert "3 episodes from the RL model, 2 from the SFT model, 5 of 10 tasks failed by both" in text
+
+
 @pytest.mark.slow
 def test_cheapest_tiny_recipe_runs_end_to_end_with_its_report(tiny_model, tmp_path, monkeypatch):
     from click.testing import CliRunner

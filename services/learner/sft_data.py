@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -249,7 +250,7 @@ def _with_images(messages: list[dict[str, Any]], images: list[Any]) -> list[dict
 
 
 def tokenize_sft(
-    conversations: list[SFTConversation],
+    conversations: Iterable[SFTConversation],
     tokenizer_or_processor: Any,
     max_len: int,
     overflow: Literal["drop", "truncate", "error"] = "drop",
@@ -263,8 +264,9 @@ def tokenize_sft(
     import torch
 
     examples: list[SFTExample] = []
-    dropped = 0
+    dropped, seen, shortest_dropped = 0, 0, None
     for conv in conversations:
+        seen += 1
         enc = _encode(conv, tokenizer_or_processor)
         ids = torch.as_tensor(enc["input_ids"]).reshape(-1).long()
         mask = torch.as_tensor(enc["assistant_masks"]).reshape(-1).bool()
@@ -285,6 +287,7 @@ def tokenize_sft(
                 )
             if overflow == "drop" or pixel_values is not None:
                 dropped += 1
+                shortest_dropped = min(shortest_dropped or ids.numel(), ids.numel())
                 continue
             ids, labels = ids[:max_len], labels[:max_len]
             if not (labels[1:] != IGNORE_INDEX).any():
@@ -296,11 +299,10 @@ def tokenize_sft(
                 pixel_mask = pixel_mask.reshape(-1, *pixel_mask.shape[-2:])
         examples.append(SFTExample(ids, labels, pixel_values, pixel_mask, conv.id))
     if dropped:
-        log.warning(
-            "dropped %d of %d demonstrations longer than max_len %d", dropped, len(conversations), max_len
-        )
+        log.warning("dropped %d of %d demonstrations longer than max_len %d", dropped, seen, max_len)
     if not examples:
-        raise ValueError(f"no demonstration fits in max_len {max_len} tokens")
+        hint = f" (the shortest has {shortest_dropped}: raise max_len)" if shortest_dropped else ""
+        raise ValueError(f"no demonstration fits in max_len {max_len} tokens{hint}")
     return examples
 
 

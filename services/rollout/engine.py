@@ -87,6 +87,7 @@ class VLLMEngine:
         except Exception as exc:  # vLLM raises many kinds; the model path is what users need to see
             raise RuntimeError(f"vLLM could not start on {self.model_path}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
+        self.is_multimodal = bool(self.llm.model_config.is_multimodal_model)
         self.policy_version = 0
 
     def sampling_params(self, sampling: SamplingConfig, n: int | None = None, seed: int | None = None) -> Any:
@@ -135,9 +136,18 @@ class VLLMEngine:
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": iter(items), "is_checkpoint_format": True}
             )
-        self.llm.reset_prefix_cache()  # cached prefixes were computed by the old weights
+        self._drop_stale_caches()
         self.policy_version += 1
         return self.policy_version
+
+    def _drop_stale_caches(self) -> None:
+        """Cached prefixes and image embeddings were computed by the old weights. vLLM's reload clears the
+        worker's encoder and multi-modal caches but not the scheduler's and the front end's records of
+        them, so an image seen before the update would be a cache "hit" with no tensor behind it."""
+        self.llm.reset_prefix_cache()
+        if self.is_multimodal:
+            self.llm.reset_mm_cache()
+            self.llm.llm_engine.reset_encoder_cache()
 
     def set_policy_version(self, version: int) -> None:
         self.policy_version = int(version)
