@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from deploy.metrics import read_metrics
 
 LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
@@ -25,8 +27,6 @@ def collect_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
         if not path.is_dir():
             raise ValueError(f"{path} is not a folder (give run or study folders)")
         if (path / "study.yaml").exists():
-            import yaml
-
             study = yaml.safe_load((path / "study.yaml").read_text())
             labels = {a["name"]: a.get("label") or a["name"] for a in study.get("arms", [])}
             done: dict[str, dict[str, Any]] = {}
@@ -78,7 +78,16 @@ def _pct(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
 
 
-def write_report(paths: list[str | Path], out_dir: str | Path, title: str = "sftrl report") -> Path:
+def default_title(paths: list[str | Path]) -> str:
+    """A single study's own title and size; otherwise a generic one."""
+    if len(paths) == 1 and (Path(paths[0]) / "study.yaml").exists():
+        study = yaml.safe_load((Path(paths[0]) / "study.yaml").read_text()) or {}
+        if study.get("title"):
+            return f"{study['title']} ({study.get('size', '?')})"
+    return "sftrl report"
+
+
+def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +98,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str = "sft
     runs = collect_runs(paths)
     trained = [r for r in runs if r["kind"] == "train" and r["evals"]]
     suites = sorted({s for r in trained for s in r["suites"]})
-    lines = [f"# {title}", "", f"Runs: {', '.join(r['label'] for r in runs)}", ""]
+    lines = [f"# {title or default_title(paths)}", "", f"Runs: {', '.join(r['label'] for r in runs)}", ""]
     figures: list[tuple[str, str]] = []
 
     if trained and suites:  # paper 1: success (and, telling at small scale, reward) against compute
@@ -111,14 +120,18 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str = "sft
             fig.savefig(out / name, dpi=110)
             plt.close(fig)
             figures.append((f"{caption} against training compute", name))
-        lines += ["## Final evaluation", "", "| run | " + " | ".join(suites) + " | reward (id) | GFLOPs |",
-                  "|---|" + "---|" * (len(suites) + 2)]  # fmt: skip
+        recog_suites = sorted({k.split("/")[1] for r in trained for k in r["final"]
+                               if k.startswith("recognition_accuracy/")})  # fmt: skip
+        header = suites + ["reward (id)"] + [f"recognition ({s})" for s in recog_suites] + ["GFLOPs"]
+        lines += ["## Final evaluation", "", "Episode success per suite, then the rest.", "",
+                  "| run | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]  # fmt: skip
         for r in trained:
             f = r["final"]
             cells = [_pct(f.get(f"success/{s}")) for s in suites]
             reward = f.get("reward/id")
-            reward_cell = f"{reward:.2f}" if reward is not None else "-"
-            lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {reward_cell} | {r['gflops']:.3g} |")
+            cells.append(f"{reward:.2f}" if reward is not None else "-")
+            cells += [_pct(f.get(f"recognition_accuracy/{s}")) for s in recog_suites]
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['gflops']:.3g} |")
         lines.append("")
 
     recog = [r for r in trained if any("recognition_accuracy/" in k for e in r["evals"] for k in e)]

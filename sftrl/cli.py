@@ -447,8 +447,8 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, r
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True
 )
-@click.option("--title", default="sftrl report", show_default=True)
-def report_cmd(runs: tuple[Path, ...], out: Path, title: str) -> None:
+@click.option("--title", default=None, help="Default: a single study's own title, else 'sftrl report'.")
+def report_cmd(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
     """Markdown report with figures (success vs compute, per-level accuracy, merges) from RUNS or studies."""
     from deploy.report import write_report
 

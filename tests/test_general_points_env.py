@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -90,6 +92,11 @@ def test_image_mode_renders_cards_and_checks_recognition():
     assert "image" in obs["text"] and info["cards"][0] not in obs["text"].split("such as")[0].split()
     _, r, *_rest, step_info = env.step('{"cards": ["A", "A", "A", "A"], "formula": "1"}')
     assert r == -1.5 and step_info["recognized_correctly"] is False
+    _, r, *_rest, step_info = env.step("I see four cards")  # unreadable: it recognised nothing
+    assert tuple(step_info["errors"]) == ("malformed_answer",) and step_info["recognized_correctly"] is False
+    right_cards = {"cards": list(env.unwrapped.current_task().cards), "formula": "1+"}
+    _, r, *_rest, step_info = env.step(json.dumps(right_cards))  # cards right, formula wrong
+    assert "malformed_answer" not in step_info["errors"] and step_info["recognized_correctly"] is True
     _, r, term, _, step_info = env.step(env.unwrapped.expert_answer())
     assert term and r == 5.0 and step_info["recognized_correctly"] is True
 

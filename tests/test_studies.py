@@ -72,13 +72,18 @@ def test_bad_recipes_and_sizes_are_clear_errors(tmp_path):
         load_study(str(bad))
 
 
-def _fake_run(folder: Path, points: list[tuple[float, float, float]], levels: dict | None = None) -> None:
-    """A run folder as the trainer writes it: eval records (flops, success/id, success/ood_rule)."""
+def _fake_run(
+    folder: Path,
+    points: list[tuple[float, float, float]],
+    levels: dict | None = None,
+    extra: dict | None = None,
+) -> None:
+    """A run folder as the trainer writes it: eval records (flops, success/id, success/ood_rule, ``extra``)."""
     folder.mkdir(parents=True)
     with (folder / "metrics.jsonl").open("w") as fh:
         for step, (flops, ident, ood) in enumerate(points):
             record = {"kind": "eval", "stage": "s", "stage_step": step, "global_step": step, "flops": flops,
-                      "success/id": ident, "success/ood_rule": ood, "reward/id": ident * 5}  # fmt: skip
+                      "success/id": ident, "success/ood_rule": ood, "reward/id": ident * 5, **(extra or {})}  # fmt: skip
             fh.write(json.dumps(record) + "\n")
     if levels:
         (folder / "levels.json").write_text(json.dumps(levels))
@@ -90,12 +95,16 @@ def test_report_draws_curves_tables_and_levels(tmp_path):
         [(0, 0.1, 0.1), (2e9, 0.6, 0.05)],
         {"accuracy": 0.5, "accuracy/L1": 1.0, "items/L1": 2, "accuracy/L5": 0.0, "items/L5": 2},
     )
-    _fake_run(tmp_path / "rl", [(0, 0.1, 0.1), (1e9, 0.4, 0.3)])
+    _fake_run(tmp_path / "rl", [(0, 0.1, 0.1), (1e9, 0.4, 0.3)], extra={"recognition_accuracy/id": 0.75})
     report = write_report([tmp_path / "sft", tmp_path / "rl"], tmp_path / "out", title="t")
     text = report.read_text()
-    assert "| sft | 60.0% | 5.0% | 3.00 | 2 |" in text and "| rl | 40.0% | 30.0% | 2.00 | 1 |" in text
+    assert "| run | id | ood_rule | reward (id) | recognition (id) | GFLOPs |" in text
+    assert (
+        "| sft | 60.0% | 5.0% | 3.00 | - | 2 |" in text
+        and "| rl | 40.0% | 30.0% | 2.00 | 75.0% | 1 |" in text
+    )
     assert "| sft | 100.0% (2) | - (0) | - (0) | - (0) | 0.0% (2) | 50.0% |" in text
-    for png in ("success_vs_compute.png", "levels.png"):
+    for png in ("success_vs_compute.png", "levels.png", "recognition.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000 and f"]({png})" in text
     raw = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [r["label"] for r in raw] == ["sft", "rl"] and raw[1]["final"]["success/ood_rule"] == 0.3
@@ -116,7 +125,8 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     )
     counts = {"path": "m.jsonl", "tasks": 10, "from_rl": 3, "from_sft": 2, "skipped": 5}
     (study / "mix" / "counts.json").write_text(json.dumps(counts))
-    text = write_report([study], tmp_path / "out", title="t").read_text()
+    text = write_report([study], tmp_path / "out").read_text()
+    assert text.startswith("# t (?)\n")  # the study's own title
     # a label with spaces and brackets would break the Markdown image link: the file takes the arm's name
     assert "](merge-merge.png)" in text and (tmp_path / "out" / "merge-merge.png").stat().st_size > 1000
     assert "| 0.00 | 25.0% |" in text and "| 1.00 | 75.0% |" in text

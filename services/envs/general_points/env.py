@@ -111,8 +111,8 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             "attempts_left": left,
             "details": verdict.details,
         }
-        if self._task.check_recognition:
-            info["recognized_correctly"] = "wrong_recognition" not in errors
+        if self._task.check_recognition:  # an unreadable answer names no cards: not a recognition
+            info["recognized_correctly"] = not {"wrong_recognition", "malformed_answer"} & set(errors)
         # A fresh copy per step: callers keep observations, and must not see them change.
         image = None if self._image is None else self._image.copy()
         return {"text": self._last_text, "image": image}, reward, terminated, truncated, info
