@@ -111,6 +111,26 @@ def test_labels_cover_exactly_the_assistant_tokens(gp_text_demos, tiny_model):
     assert tokenize_sft(from_chat, tok, max_len=1024)[0].input_ids.tolist() == examples[0].input_ids.tolist()
 
 
+@pytest.mark.parametrize("micro_batches", [4, 5])  # 5: another rank has more rows (a filler micro-batch)
+def test_rows_are_grouped_by_length_inside_each_mini_batch(micro_batches):
+    from services.learner.worker import length_grouped
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(50, 600, (10,), generator=gen)
+    order = torch.randperm(10, generator=gen)
+    grouped = length_grouped(order, lengths, 3, micro_batches, 2)
+    assert sorted(grouped.tolist()) == list(range(10))
+    cut = 6 if micro_batches == 4 else 9  # mini-batches = micro-batches 0-1 | 2-3, or 0-2 | 3-4
+    for before, after in ((order[:cut], grouped[:cut]), (order[cut:], grouped[cut:])):
+        assert set(after.tolist()) == set(before.tolist())  # same rows per optimizer step: same update
+        assert lengths[after].tolist() == sorted(lengths[before].tolist(), reverse=True)
+
+    def padded(idx: torch.Tensor) -> int:  # token slots computed: each micro-batch pads to its longest
+        return sum(int(lengths[idx[s : s + 3]].max()) * len(idx[s : s + 3]) for s in range(0, 10, 3))
+
+    assert padded(grouped) <= padded(order)
+
+
 def test_long_rows_are_dropped_or_cut(gp_text_demos, tiny_model):
     tok = load_tokenizer_or_processor(str(tiny_model))
     convs = load_demonstrations(gp_text_demos[1])[:6]

@@ -129,6 +129,20 @@ def _image_inputs(
     return result
 
 
+def length_grouped(
+    order: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int, micro_batches: int, mini_batches: int
+) -> torch.Tensor:
+    """``order`` with the rows of each mini-batch sorted longest first. The ``micro_batches`` slices of
+    ``micro_batch_size`` rows of ``order`` fall into ``mini_batches`` contiguous mini-batches as
+    ``LearnerWorker._split`` makes them; every row stays in its mini-batch."""
+    n = len(order)
+    pieces = []
+    for group in np.array_split(np.arange(micro_batches), min(mini_batches, micro_batches)):
+        piece = order[int(group[0]) * micro_batch_size : min((int(group[-1]) + 1) * micro_batch_size, n)]
+        pieces.append(piece[torch.argsort(lengths[piece], descending=True, stable=True)])
+    return torch.cat(pieces)
+
+
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
@@ -472,14 +486,21 @@ class LearnerWorker:
     # -- RL ------------------------------------------------------------------------------------
 
     def _micro_batches(
-        self, batch: RLBatch, order: torch.Tensor | None = None
+        self, batch: RLBatch, order: torch.Tensor | None = None, mini_batches: int = 0
     ) -> list[tuple[RLBatch, float]]:
         """(micro-batch, weight) in ``order`` (default: row order), padded to the same count on all
-        ranks with weight-0 repeats."""
+        ranks with weight-0 repeats.
+
+        ``mini_batches`` > 0: the micro-batches will be split into that many contiguous mini-batches
+        (``_split``); the rows of each are then ordered longest first. A mini-batch keeps the same rows,
+        hence the same update, but rows of similar length share a micro-batch and pad far less (turns
+        of a multi-turn episode differ in length several times over)."""
         n = len(batch)
         mbs = self.config.micro_batch_size
         count = self._all_max(math.ceil(n / mbs))
         idx = order if order is not None else torch.arange(n)
+        if mini_batches > 0 and n:
+            idx = length_grouped(idx, batch.num_tokens, mbs, count, mini_batches)
         real = [(batch.select(idx[s : s + mbs]), 1.0) for s in range(0, n, mbs)]
         if len(real) < count:
             if n == 0:
@@ -615,7 +636,7 @@ class LearnerWorker:
         steps, grad_norms, lr = 0, [], 0.0
         for _ in range(rl.epochs):
             order = torch.randperm(len(batch), generator=self.generator)
-            micro = self._micro_batches(batch, order)
+            micro = self._micro_batches(batch, order, mini_batches=self.config.rl_mini_batches)
             groups = self._split(len(micro), min(self.config.rl_mini_batches, len(micro)))
             for group in groups:
                 real = [micro[i][0] for i in group if micro[i][1] > 0]
