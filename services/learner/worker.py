@@ -130,15 +130,15 @@ def _image_inputs(
 
 
 def length_grouped(
-    order: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int, micro_batches: int, mini_batches: int
+    order: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int, mini_batches: list[list[int]]
 ) -> torch.Tensor:
-    """``order`` with the rows of each mini-batch sorted longest first. The ``micro_batches`` slices of
-    ``micro_batch_size`` rows of ``order`` fall into ``mini_batches`` contiguous mini-batches as
-    ``LearnerWorker._split`` makes them; every row stays in its mini-batch."""
+    """``order`` with the rows of each mini-batch sorted longest first. Micro-batch ``i`` is the slice
+    ``i * micro_batch_size`` onwards of ``order``; ``mini_batches`` lists the (contiguous) micro-batch
+    indices of each mini-batch. Every row stays in its mini-batch."""
     n = len(order)
     pieces = []
-    for group in np.array_split(np.arange(micro_batches), min(mini_batches, micro_batches)):
-        piece = order[int(group[0]) * micro_batch_size : min((int(group[-1]) + 1) * micro_batch_size, n)]
+    for group in mini_batches:
+        piece = order[group[0] * micro_batch_size : min((group[-1] + 1) * micro_batch_size, n)]
         pieces.append(piece[torch.argsort(lengths[piece], descending=True, stable=True)])
     return torch.cat(pieces)
 
@@ -500,7 +500,7 @@ class LearnerWorker:
         count = self._all_max(math.ceil(n / mbs))
         idx = order if order is not None else torch.arange(n)
         if mini_batches > 0 and n:
-            idx = length_grouped(idx, batch.num_tokens, mbs, count, mini_batches)
+            idx = length_grouped(idx, batch.num_tokens, mbs, self._split(count, min(mini_batches, count)))
         real = [(batch.select(idx[s : s + mbs]), 1.0) for s in range(0, n, mbs)]
         if len(real) < count:
             if n == 0:
