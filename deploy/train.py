@@ -183,7 +183,7 @@ class Trainer:
         for step in range(start, stage.steps):
             rows = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
             t0 = time.perf_counter()
-            m = self.learner.sft_step(rows)
+            m = self.learner.sft_step(rows, lr_step=step)
             tokens = sum(len(r.input_ids) for r in rows)
             self.flops += 6 * self.params * tokens
             self.global_step += 1
@@ -270,7 +270,7 @@ class Trainer:
             if failed:
                 rows = self._task_demonstrations(failed, f"{stage.name}-step-{step + 1:06d}", mix.max_len)
                 if rows:
-                    sft = self.learner.sft_step(rows)
+                    sft = self.learner.sft_step(rows, lr_step=step)  # the RL update's rate too
                     m.update(sft_loss=sft["loss"], sft_tokens=sft["tokens"])
                     self.flops += 6 * self.params * sft["tokens"]
         if len({t.group_id for t in rl_trajs}) < self.config.learner.world_size:
@@ -279,10 +279,11 @@ class Trainer:
         attach_images(batch, rl_trajs)
         if mix_pool is not None and mix is not None:
             rows = _rows_for_step(mix_pool, mix.rows_per_step, self.config.seed + 7919 * stage_index, step)
-            m.update(self.learner.rl_step(batch, sft=rows, sft_weight=sft_weight(mix, step, stage.steps)))
+            m.update(self.learner.rl_step(batch, sft=rows, sft_weight=sft_weight(mix, step, stage.steps),
+                                          lr_step=step))  # fmt: skip
             self.flops += 6 * stage.rl.epochs * self.params * sum(len(r.input_ids) for r in rows)
         else:
-            m.update(self.learner.rl_step(batch))
+            m.update(self.learner.rl_step(batch, lr_step=step))
         gen_tokens = sum(len(t.flatten()[0]) for t in trajs)
         trained = int(batch.attention_mask.sum())
         scoring = 2 * m.get("scoring_passes", 1.0)

@@ -627,3 +627,29 @@ def test_single_pass_reuses_the_training_forward_for_old_logprobs(tiny_model):
     finally:
         a.shutdown()
         b.shutdown()
+
+
+@pytest.mark.slow
+def test_lr_schedule_counts_updates_not_optimizer_steps(tiny_model, gp_examples):
+    """An RL update of 2 epochs x 2 mini-batches takes 4 optimizer steps at one learning rate; the
+    schedule moves once per update, and a caller may name the point (an interleaved loop step's SFT
+    and RL updates share theirs)."""
+    from services.learner.batch import build_rl_batch
+    from services.learner.ds_config import lr_lambda
+
+    tok = load_tokenizer_or_processor(str(tiny_model))
+    rl = RLConfig(algorithm="grpo", epochs=2)
+    optim = {"lr": 1e-3, "scheduler": "cosine", "warmup_steps": 1, "total_steps": 5}
+    worker = make_worker(tiny_model, rl, micro_batch_size=3, rl_mini_batches=2, optim=optim)
+    factor = lr_lambda(worker.config.optim)
+    try:
+        first = worker.rl_step(build_rl_batch(gp_trajectories(tok), tok, rl, pad_id=tok.pad_token_id))
+        assert first["optimizer_steps"] == 4 and first["lr"] == pytest.approx(1e-3 * factor(0))
+        second = worker.rl_step(build_rl_batch(gp_trajectories(tok), tok, rl, pad_id=tok.pad_token_id))
+        assert second["lr"] == pytest.approx(1e-3 * factor(1)) and factor(1) != factor(0)
+        assert worker.sft_step(gp_examples[:4], lr_step=3)["lr"] == pytest.approx(1e-3 * factor(3))
+        assert worker.sft_step(gp_examples[:4])["lr"] == pytest.approx(1e-3 * factor(4))
+        with pytest.raises(ValueError, match="lr_step"):
+            worker.sft_step(gp_examples[:4], lr_step=-1)
+    finally:
+        worker.shutdown()

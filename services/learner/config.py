@@ -16,7 +16,7 @@ class OptimConfig(StrictModel):
     eps: float = 1e-8
     scheduler: Literal["constant", "cosine"] = "cosine"  # paper 1: cosine decay
     warmup_steps: int = Field(0, ge=0)
-    total_steps: int = Field(100, ge=1, description="optimizer steps the schedule spans")
+    total_steps: int = Field(100, ge=1, description="updates (training-loop steps) the schedule spans")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0)
     # auto: torch's AdamW on CPU (no C++ op build), DeepSpeed's FusedAdam on CUDA

@@ -48,7 +48,7 @@ def deepspeed_config(config: LearnerConfig, world_size: int) -> dict[str, Any]:
 
 
 def lr_lambda(optim: OptimConfig) -> Callable[[int], float]:
-    """Multiplier of ``optim.lr`` at optimizer step ``step`` (0-based): linear warmup from
+    """Multiplier of ``optim.lr`` at update ``step`` (0-based): linear warmup from
     1/(warmup+1) to 1 over ``warmup_steps``, then constant or cosine decay to ``min_lr_ratio`` at
     ``total_steps`` (held there afterwards)."""
     warmup, total, floor = optim.warmup_steps, optim.total_steps, optim.min_lr_ratio
@@ -63,14 +63,3 @@ def lr_lambda(optim: OptimConfig) -> Callable[[int], float]:
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
-
-
-def make_scheduler(optim: OptimConfig) -> Callable[[Any], Any]:
-    """What ``deepspeed.initialize(lr_scheduler=...)`` takes: a callable of the (basic) optimizer."""
-
-    def build(optimizer: Any) -> Any:
-        from torch.optim.lr_scheduler import LambdaLR
-
-        return LambdaLR(optimizer, lr_lambda(optim))
-
-    return build

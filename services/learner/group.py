@@ -93,14 +93,19 @@ class LearnerGroup:
         args = per_rank_args or [()] * self.world_size
         return self._ray.get([getattr(a, method).remote(*arg) for a, arg in zip(self.actors, args)])
 
-    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
-        """One optimizer step over ``examples``, split evenly across ranks; rank 0's metrics."""
+    def sft_step(self, examples: Sequence[SFTExample], lr_step: int | None = None) -> dict[str, float]:
+        """One optimizer step over ``examples``, split evenly across ranks; rank 0's metrics.
+        ``lr_step``: the update's point on the learning-rate schedule (default: the next one)."""
         shards = shard_rows(len(examples), self.world_size)
-        self.last_metrics = self._all("sft_step", [([examples[i] for i in rows],) for rows in shards])
+        self.last_metrics = self._all("sft_step", [([examples[i] for i in rows], lr_step) for rows in shards])
         return self.last_metrics[0]
 
     def rl_step(
-        self, batch: RLBatch, sft: Sequence[SFTExample] | None = None, sft_weight: float = 0.0
+        self,
+        batch: RLBatch,
+        sft: Sequence[SFTExample] | None = None,
+        sft_weight: float = 0.0,
+        lr_step: int | None = None,
     ) -> dict[str, float]:
         """One RL update on ``batch``, sharded by episode (groups kept whole); rank 0's metrics.
         ``sft`` rows (split across ranks) join every optimizer step with weight ``sft_weight``."""
@@ -117,7 +122,7 @@ class LearnerGroup:
             else [None] * self.world_size
         )
         self.last_metrics = self._all(
-            "rl_step", [(s, rows, sft_weight) for s, rows in zip(shards, sft_shards, strict=True)]
+            "rl_step", [(s, rows, sft_weight, lr_step) for s, rows in zip(shards, sft_shards, strict=True)]
         )
         return self.last_metrics[0]
 

@@ -36,7 +36,7 @@ from torch import nn
 from services.learner import checkpoint as ckpt
 from services.learner.batch import RLBatch
 from services.learner.config import LearnerConfig, RLConfig
-from services.learner.ds_config import deepspeed_config, make_scheduler
+from services.learner.ds_config import deepspeed_config, lr_lambda
 from services.learner.sft_data import IGNORE_INDEX, SFTExample, load_tokenizer_or_processor
 from services.learner.value_head import ValueHead, save_value_head
 from sftrl.models import resolve_model
@@ -226,9 +226,14 @@ class LearnerWorker:
             model=module,
             model_parameters=[p for p in module.parameters() if p.requires_grad],
             config=self.ds_config,
-            lr_scheduler=make_scheduler(config.optim),
             dist_init_required=False,
         )
+        # The learning-rate schedule counts updates (sft_step / rl_step calls), not optimizer steps:
+        # every optimizer step of one RL update (epochs x mini-batches) uses the same rate, as verl
+        # steps its scheduler once per training step. The caller may name the update's point on the
+        # schedule (``lr_step``): an interleaved step's SFT and RL updates share their loop step's.
+        self.lr_factor = lr_lambda(config.optim)
+        self.updates = 0
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -402,12 +407,26 @@ class LearnerWorker:
 
     # -- SFT -----------------------------------------------------------------------------------
 
-    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
+    def _start_update(self, lr_step: int | None) -> float:
+        """Set this update's learning rate from the schedule at ``lr_step`` (default: the next
+        update); returns it."""
+        step = self.updates if lr_step is None else lr_step
+        if step < 0:
+            raise ValueError(f"lr_step must be >= 0 (got {step})")
+        self.updates = step + 1
+        lr = self.config.optim.lr * self.lr_factor(step)
+        for group in self.engine.optimizer.param_groups:  # DeepSpeed's wrappers share the base groups
+            group["lr"] = lr
+        return lr
+
+    def sft_step(self, examples: Sequence[SFTExample], lr_step: int | None = None) -> dict[str, float]:
         """One optimizer step over ``examples`` (this rank's shard); token-mean cross-entropy on the
-        assistant tokens of all ranks' rows. Metrics are global (identical on every rank)."""
+        assistant tokens of all ranks' rows. Metrics are global (identical on every rank).
+        ``lr_step``: the update's point on the learning-rate schedule (default: the next one)."""
         if not examples:
             raise ValueError("sft_step needs at least one example on every rank")
         start = time.perf_counter()
+        self._start_update(lr_step)
         self.engine.train()
         (total_tokens,) = self._all_sum([sum(ex.num_target_tokens for ex in examples)])
         loss_sum = self._sft_backward(examples, total_tokens, factor=1.0, boundary_at_end=True)
@@ -575,7 +594,11 @@ class LearnerWorker:
         batch.advantages = (adv - mean) / (std + 1e-8)
 
     def rl_step(
-        self, batch: RLBatch, sft: Sequence[SFTExample] | None = None, sft_weight: float = 0.0
+        self,
+        batch: RLBatch,
+        sft: Sequence[SFTExample] | None = None,
+        sft_weight: float = 0.0,
+        lr_step: int | None = None,
     ) -> dict[str, float]:
         """Recompute old log-probs/values/reference, compute advantages, then ``rl.epochs`` passes
         of ``config.rl_mini_batches`` optimizer steps each. Metrics are averaged over micro-batches
@@ -583,7 +606,8 @@ class LearnerWorker:
 
         With ``sft`` rows, every optimizer step minimises one objective,
         ``(1 - sft_weight) * RL loss + sft_weight * token-mean cross-entropy on the rows``
-        (the progressive SFT+RL combination)."""
+        (the progressive SFT+RL combination). ``lr_step``: as in :meth:`sft_step`; every optimizer
+        step of this update uses the same learning rate."""
         from services.learner.rl import (
             compute_advantages,
             entropy_from_logits,
@@ -599,6 +623,7 @@ class LearnerWorker:
         if not 0.0 <= sft_weight <= 1.0:
             raise ValueError(f"sft_weight must lie in [0, 1] (got {sft_weight})")
         rl = self.rl
+        self._start_update(lr_step)
         rl_factor = 1.0 - sft_weight if sft else 1.0
         sft_tokens = self._all_sum([sum(ex.num_target_tokens for ex in sft)])[0] if sft else 0.0
         sft_loss_sum = 0.0
@@ -803,7 +828,7 @@ class LearnerWorker:
                     "extra": extra or {}, "rng": rng, "world_size": self.world_size,
                     "zero_stage": self.config.zero_stage, "precision": self.config.precision,
                     "model": self.model_path, "value_head": head is not None,
-                    "optimizer_steps": int(self.engine.global_steps),
+                    "optimizer_steps": int(self.engine.global_steps), "updates": self.updates,
                 })  # fmt: skip
                 ckpt.commit(tmp, final)
         except BaseException:
@@ -815,7 +840,7 @@ class LearnerWorker:
         self._barrier()
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore weights, optimizer, scheduler and this rank's RNG states; returns ``extra``."""
+        """Restore weights, optimizer, schedule position and this rank's RNG states; returns ``extra``."""
         folder = Path(path)
         state = ckpt.read_trainer_state(folder)  # verifies the hashes first: a clear ValueError
         if state.get("value_head") != (self.module.value_head is not None):
@@ -827,11 +852,12 @@ class LearnerWorker:
             str(folder / ckpt.DEEPSPEED_DIR),
             tag="state",
             load_optimizer_states=True,
-            load_lr_scheduler_states=True,
+            load_lr_scheduler_states=False,  # the schedule is a function of ``updates``
         )
         if load_path is None:
             raise ValueError(f"checkpoint {folder} is incomplete/corrupt: DeepSpeed found no state in it")
         self._clear_zero3_gradients()
+        self.updates = int(state.get("updates", state.get("optimizer_steps", 0)))
         rng = state.get("rng") or []
         if len(rng) == self.world_size:
             _set_rng_state(rng[self.rank], self.generator)
