@@ -1,7 +1,7 @@
 """sftrl rollout (vLLM, multi-turn, shared prefixes) against a plain transformers ``generate`` loop
 playing the same multi-turn episodes, plus the in-place weight-update time.
 
-    python -m bench.rollout [--models tiny smollm2-135m] [--batches 16 64 256] [--quick]
+    python -m bench.rollout [--models tiny smollm2-135m] [--batches 16 64 256] [--eager] [--quick]
 
 Each side runs in its own process (vLLM changes torch's thread settings in the process that hosts
 it). Both play the same GeneralPoints text episodes (same seeds, same prompts, same sampling
@@ -37,7 +37,9 @@ def _specs(batch: int, turns: int, style: str) -> list[Any]:
 # -- sftrl side -------------------------------------------------------------------------------------
 
 
-def run_sftrl(model: str, batches: list[int], max_tokens: int, turns: int, style: str) -> dict[str, Any]:
+def run_sftrl(
+    model: str, batches: list[int], max_tokens: int, turns: int, style: str, eager: bool = False
+) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
@@ -47,7 +49,8 @@ def run_sftrl(model: str, batches: list[int], max_tokens: int, turns: int, style
 
     kv = 4 if max(batches) > 64 else 2
     config = RolloutConfig.model_validate({
-        "engine": {"model": model, "dtype": "bfloat16", "max_model_len": 4096, "kv_cache_gib": kv},
+        "engine": {"model": model, "dtype": "bfloat16", "max_model_len": 4096, "kv_cache_gib": kv,
+                   "enforce_eager": eager},
         "sampling": {"temperature": 1.0, "max_tokens": max_tokens, "seed": 0},
     })  # fmt: skip
     t0 = time.perf_counter()
@@ -77,7 +80,7 @@ def run_sftrl(model: str, batches: list[int], max_tokens: int, turns: int, style
         times.append(time.perf_counter() - t0)
     worker.shutdown()
     return {
-        "engine_startup_s": round(startup, 2), "runs": rows,
+        "engine_startup_s": round(startup, 2), "enforce_eager": eager, "runs": rows,
         "weight_update": {"bytes": nbytes, "seconds_median": round(sorted(times)[1], 4),
                           "seconds": [round(t, 4) for t in times],
                           "gb_per_s": round(nbytes / sorted(times)[1] / 1e9, 3)},
@@ -168,7 +171,7 @@ def run_hf(model_name: str, batches: list[int], max_tokens: int, turns: int, sty
 def _child(side: str, args: argparse.Namespace, model: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.rollout", "--child", side, "--models", model,
            "--batches", *map(str, args.batches), "--max-tokens", str(args.max_tokens),
-           "--turns", str(args.turns), "--style", args.style]  # fmt: skip
+           "--turns", str(args.turns), "--style", args.style, *(["--eager"] if args.eager else [])]  # fmt: skip
     env = dict(os.environ)
     if args.preload:
         env["LD_PRELOAD"] = args.preload  # the same allocator for both sides
@@ -190,6 +193,12 @@ def main() -> None:
     parser.add_argument("--style", default="compact", choices=["default", "compact"])
     parser.add_argument("--quick", action="store_true", help="tiny model, batches 4 and 8, 16 tokens")
     parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="vLLM without torch.compile (rollout.engine.enforce_eager, the default for quick starts); "
+        "the benchmark compiles by default: about 1.4x the tokens/s on CPU after a one-off compile",
+    )
+    parser.add_argument(
         "--preload",
         default=TCMALLOC if os.path.exists(TCMALLOC) else "",
         help="LD_PRELOAD for both sides (default: tcmalloc when installed, as vLLM-CPU advises)",
@@ -199,8 +208,9 @@ def main() -> None:
     if args.quick:
         args.models, args.batches, args.max_tokens = ["tiny"], [4, 8], 16
     if args.child:
-        fn = run_sftrl if args.child == "sftrl" else run_hf
-        print(json.dumps(fn(args.models[0], args.batches, args.max_tokens, args.turns, args.style)))
+        common = (args.models[0], args.batches, args.max_tokens, args.turns, args.style)
+        result = run_sftrl(*common, eager=args.eager) if args.child == "sftrl" else run_hf(*common)
+        print(json.dumps(result))
         return
     results = {}
     for model in args.models:
@@ -219,6 +229,7 @@ def main() -> None:
     payload = {
         "benchmark": "rollout", "env": ENV_ID, "max_tokens": args.max_tokens, "attempts_per_episode": args.turns,
         "prompt_style": args.style, "sampling": {"temperature": 1.0, "top_p": 1.0}, "ld_preload": args.preload,
+        "sftrl_enforce_eager": args.eager,
         "target": {"case": "smollm2-135m batch 64, tokens/s ratio", "ratio": TARGET_RATIO,
                    "measured": target and target["tokens_per_s"],
                    "met": bool(target and target["tokens_per_s"] >= TARGET_RATIO)},

@@ -18,6 +18,8 @@ class EngineConfig(StrictModel):
     max_model_len: int = Field(4096, ge=128)
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU: VLLM_CPU_KVCACHE_SPACE")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    # Eager starts in seconds (tests, quick runs). False lets vLLM torch.compile the model: on CPU
+    # about 1.4x the tokens/s of SmolLM2-135M at batch 64, after a one-off compile of ~100 s (cached).
     enforce_eager: bool = True
     enable_prefix_caching: bool = True  # turns of a conversation share their prefix
     max_num_seqs: int = Field(256, ge=1)
