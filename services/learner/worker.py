@@ -407,18 +407,6 @@ class LearnerWorker:
 
     # -- SFT -----------------------------------------------------------------------------------
 
-    def _start_update(self, lr_step: int | None) -> float:
-        """Set this update's learning rate from the schedule at ``lr_step`` (default: the next
-        update); returns it."""
-        step = self.updates if lr_step is None else lr_step
-        if step < 0:
-            raise ValueError(f"lr_step must be >= 0 (got {step})")
-        self.updates = step + 1
-        lr = self.config.optim.lr * self.lr_factor(step)
-        for group in self.engine.optimizer.param_groups:  # DeepSpeed's wrappers share the base groups
-            group["lr"] = lr
-        return lr
-
     def sft_step(self, examples: Sequence[SFTExample], lr_step: int | None = None) -> dict[str, float]:
         """One optimizer step over ``examples`` (this rank's shard); token-mean cross-entropy on the
         assistant tokens of all ranks' rows. Metrics are global (identical on every rank).
@@ -464,6 +452,17 @@ class LearnerWorker:
             loss_sum += float(ce.detach()) * weight
         return loss_sum
 
+    def _start_update(self, lr_step: int | None) -> None:
+        """Set this update's learning rate from the schedule at ``lr_step`` (default: the next
+        update)."""
+        step = self.updates if lr_step is None else lr_step
+        if step < 0:
+            raise ValueError(f"lr_step must be >= 0 (got {step})")
+        self.updates = step + 1
+        lr = self.config.optim.lr * self.lr_factor(step)
+        for group in self.engine.optimizer.param_groups:  # DeepSpeed's wrappers share the base groups
+            group["lr"] = lr
+
     def _optimizer_step(self) -> tuple[float, float]:
         """Step at the accumulation boundary; returns (lr used, pre-clip global gradient norm)."""
         lr = float(self.engine.get_lr()[0])
@@ -504,22 +503,27 @@ class LearnerWorker:
 
     # -- RL ------------------------------------------------------------------------------------
 
+    def _mini_batches(self, micro_batches: int) -> list[list[int]]:
+        """The micro-batch indices of each optimizer step of an RL epoch: ``config.rl_mini_batches``
+        contiguous, nearly equal groups (fewer when there are fewer micro-batches)."""
+        return self._split(micro_batches, min(self.config.rl_mini_batches, micro_batches))
+
     def _micro_batches(
-        self, batch: RLBatch, order: torch.Tensor | None = None, mini_batches: int = 0
+        self, batch: RLBatch, order: torch.Tensor | None = None, group_by_length: bool = False
     ) -> list[tuple[RLBatch, float]]:
         """(micro-batch, weight) in ``order`` (default: row order), padded to the same count on all
         ranks with weight-0 repeats.
 
-        ``mini_batches`` > 0: the micro-batches will be split into that many contiguous mini-batches
-        (``_split``); the rows of each are then ordered longest first. A mini-batch keeps the same rows,
-        hence the same update, but rows of similar length share a micro-batch and pad far less (turns
-        of a multi-turn episode differ in length several times over)."""
+        ``group_by_length``: the rows of each mini-batch (``_mini_batches``) are ordered longest
+        first. A mini-batch keeps the same rows, hence the same update, but rows of similar length share
+        a micro-batch and pad far less (turns of a multi-turn episode differ in length several times
+        over)."""
         n = len(batch)
         mbs = self.config.micro_batch_size
         count = self._all_max(math.ceil(n / mbs))
         idx = order if order is not None else torch.arange(n)
-        if mini_batches > 0 and n:
-            idx = length_grouped(idx, batch.num_tokens, mbs, self._split(count, min(mini_batches, count)))
+        if group_by_length and n:
+            idx = length_grouped(idx, batch.num_tokens, mbs, self._mini_batches(count))
         real = [(batch.select(idx[s : s + mbs]), 1.0) for s in range(0, n, mbs)]
         if len(real) < count:
             if n == 0:
@@ -661,8 +665,8 @@ class LearnerWorker:
         steps, grad_norms, lr = 0, [], 0.0
         for _ in range(rl.epochs):
             order = torch.randperm(len(batch), generator=self.generator)
-            micro = self._micro_batches(batch, order, mini_batches=self.config.rl_mini_batches)
-            groups = self._split(len(micro), min(self.config.rl_mini_batches, len(micro)))
+            micro = self._micro_batches(batch, order, group_by_length=True)
+            groups = self._mini_batches(len(micro))
             for group in groups:
                 real = [micro[i][0] for i in group if micro[i][1] > 0]
                 tokens, rows = self._all_sum([
