@@ -136,14 +136,15 @@ class VLLMEngine:
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": iter(items), "is_checkpoint_format": True}
             )
-        self._drop_stale_caches()
+        self.clear_caches()
         self.policy_version += 1
         return self.policy_version
 
-    def _drop_stale_caches(self) -> None:
-        """Cached prefixes and image embeddings were computed by the old weights. vLLM's reload clears the
-        worker's encoder and multi-modal caches but not the scheduler's and the front end's records of
-        them, so an image seen before the update would be a cache "hit" with no tensor behind it."""
+    def clear_caches(self) -> None:
+        """Forget cached prefixes and image embeddings: after a weight update they belong to the old weights
+        (vLLM's reload clears the worker's encoder and multi-modal caches but not the scheduler's and the
+        front end's records of them, so an image seen before the update would be a cache "hit" with no
+        tensor behind it); benchmarks call it so that one run's prompts are not cached for the next."""
         self.llm.reset_prefix_cache()
         if self.is_multimodal:
             self.llm.reset_mm_cache()
