@@ -227,7 +227,9 @@ def main() -> None:
     )
     parser.add_argument("--style", default="default", choices=["default", "compact"])
     parser.add_argument("--no-short-case", action="store_true", help="skip the 2-attempt SmolLM2 case")
-    parser.add_argument("--quick", action="store_true", help="tiny model, batches 4 and 8, 16 tokens")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model, batches 4 and 8, 16 tokens, 2 attempts"
+    )
     parser.add_argument(
         "--eager",
         action="store_true",
