@@ -135,9 +135,12 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
 
     a, b = comparable("straight"), comparable("killed")
     assert [r[:4] for r in a] == [r[:4] for r in b]
+    # Two uninterrupted processes can differ in float32's last digits: one CI run saw grad_norm 6.44305 vs
+    # 6.44292 at step 7, before the kill (loss equal to 1e-6), so a relative tolerance; a resume that
+    # replays other data, another learning rate or other RNG state moves these numbers by far more.
     for ra, rb in zip(a, b, strict=True):
         for x, y in zip(ra[4:], rb[4:], strict=True):
-            assert x == pytest.approx(y, abs=1e-5), (ra, rb)
+            assert x == pytest.approx(y, rel=1e-4, abs=1e-6), (ra, rb)
 
 
 def test_quickstart_command_runs_both_stages_and_prints_the_table(tmp_path):
