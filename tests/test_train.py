@@ -140,7 +140,10 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
     # replays other data, another learning rate or other RNG state moves these numbers by far more.
     for ra, rb in zip(a, b, strict=True):
         for x, y in zip(ra[4:], rb[4:], strict=True):
-            assert x == pytest.approx(y, rel=1e-4, abs=1e-6), (ra, rb)
+            if x is None or y is None:  # a metric only one kind of row has
+                assert x == y, (ra, rb)
+            else:
+                assert x == pytest.approx(y, rel=1e-4, abs=1e-6), (ra, rb)
 
 
 def test_quickstart_command_runs_both_stages_and_prints_the_table(tmp_path):
