@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from sftrl.hardware import cpu_facts
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _mem_gib() -> float | None:
@@ -44,8 +35,7 @@ def _git_commit() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
+        **cpu_facts(),
         "memory_gib": _mem_gib(),
         "python": platform.python_version(),
         "platform": platform.platform(),

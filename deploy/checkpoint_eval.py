@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import Field
 
-from deploy.evaluation import suite_metrics, suite_specs
+from deploy.eval_metrics import suite_metrics
+from deploy.evaluation import suite_specs
 from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
 from sftrl.config import ConfigError, StrictModel
 from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec
@@ -40,6 +41,7 @@ class EvalRequest(StrictModel):
     checkpoint: str = Field(min_length=1, max_length=200, description="RUN@STEP, RUN@latest or RUN")
     suite: str | SuiteSpec = Field(description="a suite name of the checkpoint's run, or {env, options}")
     episodes: int = Field(32, ge=1, le=100_000)
+    samples: int = Field(1, ge=1, le=64, description="samples of each task; > 1 adds pass@k (needs temperature > 0)")
     seed: int = Field(10_000, ge=0, le=2**31 - 1)
     sampling: EvalSampling | None = Field(None, description="default: the run's evaluation sampling")
 
@@ -88,9 +90,11 @@ def run_evaluation(
     seed: int,
     sampling: SamplingConfig,
     on_progress: Callable[[int], None] | None = None,
+    samples: int = 1,
 ) -> dict[str, float]:
-    """Play ``episodes`` of ``suite`` with ``player.play(specs, sampling)``; returns suite metrics."""
-    specs = suite_specs(suite.name, suite.env, suite.options, episodes, seed)
+    """Play ``episodes`` tasks of ``suite`` (``samples`` times each) with ``player.play(specs, sampling)``;
+    returns suite metrics (with pass@k when ``samples`` > 1)."""
+    specs = suite_specs(suite.name, suite.env, suite.options, episodes, seed, samples)
     played = []
     for start in range(0, len(specs), CHUNK_EPISODES):
         played.extend(player.play(specs[start : start + CHUNK_EPISODES], sampling))
@@ -108,8 +112,10 @@ def create_evaluation(
     """Validate ``request`` against the registry and store it as a queued evaluation.
 
     Raises UnknownCheckpoint (404) or EvalInputError (400) with a message for the caller."""
-    if max_episodes is not None and request.episodes > max_episodes:
-        raise EvalInputError(f"episodes must be at most {max_episodes} (got {request.episodes})")
+    if max_episodes is not None and request.episodes * request.samples > max_episodes:
+        raise EvalInputError(
+            f"episodes x samples must be at most {max_episodes} (got {request.episodes * request.samples})"
+        )
     try:
         ckpt = registry.resolve_checkpoint(request.checkpoint)
     except RegistryError as exc:
@@ -118,12 +124,15 @@ def create_evaluation(
     run_config = run.config if run is not None else {}
     suite = resolve_suite(run_config, request.suite)
     sampling = eval_sampling(run_config, request.sampling)
+    if request.samples > 1 and sampling.temperature == 0:
+        raise EvalInputError("several samples of a task (pass@k) need a temperature above 0")
     record = EvaluationRecord(
         eval_id=f"eval-{uuid.uuid4().hex[:16]}",
         checkpoint_id=ckpt.checkpoint_id,
         suite=suite,
         episodes=request.episodes,
         seed=request.seed,
+        samples=request.samples,
         sampling=sampling.model_dump(mode="json"),
         owner=owner,
     )
@@ -162,9 +171,13 @@ def execute_evaluation(
         run = registry.get_run(ckpt.run_id)
         player = get_player(ckpt, run.config if run is not None else {})
         sampling = SamplingConfig.model_validate(ev.sampling)
-        metrics = run_evaluation(player, ev.suite, ev.episodes, ev.seed, sampling, on_progress=progress)
+        metrics = run_evaluation(
+            player, ev.suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
+        )
     except Exception as exc:  # noqa: BLE001 - any failure is reported on the evaluation, not lost
         return registry.update_evaluation(
             eval_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000]
         )
-    return registry.update_evaluation(eval_id, status="done", metrics=metrics, episodes_done=ev.episodes)
+    return registry.update_evaluation(
+        eval_id, status="done", metrics=metrics, episodes_done=ev.episodes * ev.samples
+    )

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
+from deploy.eval_metrics import suite_metrics
 from services.rollout.config import SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs
 from sftrl.trajectory import Trajectory
 
-
-def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
-    """Episode success, mean reward, per-attempt error rates and (image modes) recognition accuracy."""
-    n = max(1, len(trajectories))
-    turns = [t for traj in trajectories for t in traj.turns]
-    steps = max(1, len(turns))
-    errors: Counter[str] = Counter()
-    for turn in turns:
-        errors.update(set(turn.info.get("errors") or ()))
-    out: dict[str, float] = {
-        "success": sum(t.success for t in trajectories) / n,
-        "reward": sum(t.total_reward for t in trajectories) / n,
-        "turns": steps / n,
-        "response_tokens": sum(len(t.response_ids) for t in turns) / steps,
-    }
-    for kind, count in errors.items():
-        out[f"error_rate/{kind}"] = count / steps
-    recog = [t.info["recognized_correctly"] for t in turns if "recognized_correctly" in t.info]
-    if recog:
-        out["recognition_accuracy"] = sum(map(bool, recog)) / len(recog)
-    return out
+__all__ = ["evaluate", "suite_metrics", "suite_specs"]
 
 
 def suite_specs(
-    name: str, env_id: str, options: dict[str, Any], episodes: int, seed: int
+    name: str, env_id: str, options: dict[str, Any], episodes: int, seed: int, samples: int = 1
 ) -> list[EpisodeSpec]:
-    """The episodes of one suite; ids carry the suite name (sampling seeds derive from episode ids)."""
-    specs = episode_specs(env_id, options, episodes, seed=seed)
+    """The episodes of one suite (``samples`` per task, for pass@k); ids carry the suite name
+    (sampling seeds derive from episode ids)."""
+    specs = episode_specs(env_id, options, episodes, seed=seed, samples_per_task=samples)
     return [
         EpisodeSpec(f"eval-{name}-{s.episode_id}", s.env_id, s.env_options, s.seed, s.group_id) for s in specs
     ]
@@ -51,15 +32,32 @@ def evaluate(
     episodes: int,
     seed: int,
     sampling: SamplingConfig,
+    pass_k: int = 0,
+    pass_k_temperature: float = 1.0,
 ) -> tuple[dict[str, float], dict[str, list[Trajectory]]]:
-    """Play every suite once; returns flat metrics ``{"success/id": ..., ...}`` and the trajectories."""
+    """Play every suite once; returns flat metrics ``{"success/id": ..., ...}`` and the trajectories.
+
+    With ``pass_k`` > 1, each suite's tasks are also played ``pass_k`` times at
+    ``pass_k_temperature`` and ``pass@1 .. pass@k/<suite>`` join the metrics."""
     metrics: dict[str, float] = {}
     played: dict[str, list[Trajectory]] = {}
     for name, overrides in suites.items():
-        specs = suite_specs(name, env_id, {**base_options, **overrides}, episodes, seed)
-        trajs = rollout.play(specs, sampling)
+        options = {**base_options, **overrides}
+        trajs = rollout.play(suite_specs(name, env_id, options, episodes, seed), sampling)
         played[name] = trajs
-        for key, value in suite_metrics(trajs).items():
-            head, _, tail = key.partition("/")
-            metrics[f"{head}/{name}" + (f"/{tail}" if tail else "")] = value
+        metrics.update(_named(suite_metrics(trajs), name))
+        if pass_k > 1:
+            hot = sampling.model_copy(update={"temperature": pass_k_temperature})
+            sampled = rollout.play(suite_specs(f"{name}-pass", env_id, options, episodes, seed, pass_k), hot)
+            found = suite_metrics(sampled)
+            metrics.update(_named({k: v for k, v in found.items() if k.startswith("pass@")}, name))
     return metrics, played
+
+
+def _named(found: dict[str, float], suite: str) -> dict[str, float]:
+    """``success`` -> ``success/<suite>``, ``field/numbers`` -> ``field/<suite>/numbers``."""
+    out = {}
+    for key, value in found.items():
+        head, _, tail = key.partition("/")
+        out[f"{head}/{suite}" + (f"/{tail}" if tail else "")] = value
+    return out

@@ -78,6 +78,27 @@ def _pct(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
 
 
+def _adherence_table(trained: list[dict[str, Any]], suites: list[str]) -> list[str]:
+    """First answers whose numbers follow the stated rule (and, after the slash, the training rule
+    instead), and whose formula is correct: what a model read, apart from whether it won."""
+    shown = [s for s in suites if any(f"adherence/{s}" in r["final"] for r in trained)]
+    if not shown:
+        return []
+    lines = ["## Rule adherence", "",
+             "First answers: numbers that follow the rule the prompt states / the training rule instead; "
+             "then the share with a correct formula.", "",
+             "| run | " + " | ".join(f"adherence ({s})" for s in shown) + " | "
+             + " | ".join(f"formula correct ({s})" for s in shown) + " |",
+             "|---|" + "---|" * (2 * len(shown))]  # fmt: skip
+    for r in trained:
+        f = r["final"]
+        cells = [_pct(f.get(f"adherence/{s}")) + (f" / {_pct(f[f'adherence_training/{s}'])}"
+                                                  if f"adherence_training/{s}" in f else "") for s in shown]  # fmt: skip
+        cells += [_pct(f.get(f"field/{s}/formula_correct")) for s in shown]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def default_title(paths: list[str | Path]) -> str:
     """A single study's own title and size; otherwise a generic one."""
     if len(paths) == 1 and (Path(paths[0]) / "study.yaml").exists():
@@ -133,6 +154,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
             cells += [_pct(f.get(f"recognition_accuracy/{s}")) for s in recog_suites]
             lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['gflops']:.3g} |")
         lines.append("")
+        lines += _adherence_table(trained, suites)
 
     recog = [r for r in trained if any("recognition_accuracy/" in k for e in r["evals"] for k in e)]
     if recog:  # paper 1: RL improves visual recognition

@@ -115,7 +115,7 @@ class Trainer:
         ev = self.config.eval
         t0 = time.perf_counter()
         metrics, _ = evaluate(self.rollout, self.config.env.id, self.config.env.options, ev.suites, ev.episodes,
-                              ev.seed, ev.sampling)  # fmt: skip
+                              ev.seed, ev.sampling, ev.pass_k, ev.pass_k_temperature)  # fmt: skip
         record = {"kind": "eval", "stage": stage, "stage_step": stage_step, "global_step": self.global_step,
                   "flops": self.flops, "eval_s": time.perf_counter() - t0, **metrics}  # fmt: skip
         self.metrics.log(record)

@@ -76,9 +76,18 @@ class EvalConfig(StrictModel):
     seed: int = 10_000  # evaluation tasks never overlap the training seeds (0..)
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=256)
     suites: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"id": {}, "ood_rule": {"face_cards": "as_11_12_13"}},
+        default_factory=lambda: {
+            "id": {},
+            "ood_rule": {"face_cards": "as_11_12_13"},
+            # the control: the prompt states the OOD rule, answers are scored by the training rule
+            "fake_rule": {"face_cards": "as_11_12_13", "scored_face_cards": "as_10"},
+        },
         description="suite name -> env option overrides on top of the run's env",
     )
+    pass_k: int = Field(
+        0, ge=0, le=64, description="> 1: also play pass_k samples of each task at pass_k_temperature (pass@k)"
+    )
+    pass_k_temperature: float = Field(1.0, gt=0, le=2)
 
 
 class CheckpointConfig(StrictModel):

@@ -300,6 +300,9 @@ def models_group() -> None:
     default=None,
     help="smollm2-135m: the SmolLM2-135M-Instruct GGUF file already on disk.",
 )
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="gp-base: SFT steps (default 900).")
+@click.option("--retrain", is_flag=True, default=None,
+              help="gp-base: train it here (about an hour on 2 cores) instead of copying the shipped one.")  # fmt: skip
 def models_prepare(
     name: str,
     force: bool,
@@ -307,12 +310,14 @@ def models_prepare(
     arch: str | None,
     from_wheel: Path | None,
     from_gguf: Path | None,
+    steps: int | None,
+    retrain: bool | None,
 ) -> None:
-    """Make model NAME (tiny, smollm2-135m, tiny-vl) once in the models folder."""
+    """Make model NAME (tiny, smollm2-135m, gp-base, tiny-vl) once in the models folder."""
     from sftrl.commands.models import prepare
 
     given = {
-        "seed": seed, "arch": arch,
+        "seed": seed, "arch": arch, "steps": steps, "retrain": retrain,
         "from_wheel": str(from_wheel) if from_wheel else None,
         "from_gguf": str(from_gguf) if from_gguf else None,
     }  # fmt: skip
@@ -570,6 +575,8 @@ def registry_resync(roots: tuple[Path, ...]) -> None:
     "--env", "env_id", default=None, help="Or an environment id; its options follow as --name value."
 )
 @click.option("--episodes", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--samples", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Samples of each task, for pass@k (> 1 needs --temperature > 0).")  # fmt: skip
 @click.option("--seed", type=int, default=10_000, show_default=True)
 @click.option("--temperature", type=float, default=None, help="Default: the run's evaluation sampling.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None)
@@ -577,7 +584,7 @@ def registry_resync(roots: tuple[Path, ...]) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 @click.pass_context
 def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id: str | None, episodes: int,
-                 seed: int, temperature: float | None, max_tokens: int | None, device: str,
+                 samples: int, seed: int, temperature: float | None, max_tokens: int | None, device: str,
                  threads: int | None) -> None:  # fmt: skip
     """Evaluate CHECKPOINT (RUN@STEP, or RUN for its latest) in this process; stored in the registry."""
     from deploy.checkpoint_eval import EvalInputError, EvalRequest
@@ -598,7 +605,7 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
         }
     try:
         request = EvalRequest(
-            checkpoint=checkpoint, suite=target, episodes=episodes, seed=seed, sampling=sampling
+            checkpoint=checkpoint, suite=target, episodes=episodes, samples=samples, seed=seed, sampling=sampling
         )
         overrides = {"device": device, **({"threads": threads} if threads else {})}
         with open_registry() as registry:

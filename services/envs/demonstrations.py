@@ -52,6 +52,7 @@ def play_expert_episode(
     # A revision needs a second attempt; with one attempt the episode is a plain expert one.
     revise = revise and getattr(expert.options, "verify_iter", 1) >= 2
     obs, info = env.reset(seed=seed)
+    rule = info.get("rule")  # the rule the prompt stated, where the environment has rules as data
     messages = [{"role": "user", "content": obs["text"]}]
     images = [_new_image(obs["image"], None)]
     last_image = obs["image"]
@@ -71,6 +72,8 @@ def play_expert_episode(
     else:
         raise RuntimeError(f"episode {episode_id} did not finish within {MAX_TURNS} turns")
     meta = {"seed": seed, "revision": revise, "success": bool(info.get("success")), "reward": total_reward}
+    if rule is not None:
+        meta["rule"] = rule
     return Demonstration(episode_id, messages, images, meta)
 
 

@@ -18,6 +18,8 @@ VQA = "sftrl/VisualQA-v0"
 SUITES: dict[str, tuple[str, dict[str, Any]]] = {
     "gp-l/id": (GP, {"mode": "text", "face_cards": "as_10"}),
     "gp-l/ood-rule": (GP, {"mode": "text", "face_cards": "as_11_12_13"}),
+    # The fake-rule control: the prompt states the OOD rule, answers are scored by the training rule.
+    "gp-l/fake-rule": (GP, {"mode": "text", "face_cards": "as_11_12_13", "scored_face_cards": "as_10"}),
     "gp-vl/id": (GP, {"mode": "image", "face_cards": "as_10", "suits": "black"}),
     "gp-vl/ood-rule": (GP, {"mode": "image", "face_cards": "as_11_12_13", "suits": "black"}),
     "gp-vl/ood-visual": (GP, {"mode": "image", "face_cards": "as_10", "suits": "red"}),

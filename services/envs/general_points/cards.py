@@ -8,7 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from services.verifier.general_points import CARD_NAMES, FaceCardRule, card_value, normalise_card_name
+from services.verifier.face_rules import FaceValues
+from services.verifier.general_points import CARD_NAMES, card_value, normalise_card_name
 from services.verifier.points_solver import is_solvable
 
 SuitSet = Literal["black", "red", "mixed"]
@@ -38,25 +39,27 @@ _DECKS: dict[str, tuple[Card, ...]] = {
 }
 
 
-def deal(rng: np.random.Generator, face_cards: FaceCardRule, suits: SuitSet, target: int) -> tuple[Card, ...]:
-    """Draw 4 distinct cards from the allowed suits until the hand is solvable.
+def deal(
+    rng: np.random.Generator, face_values: FaceValues, suits: SuitSet, target: int, need_face_card: bool
+) -> tuple[Card, ...]:
+    """Draw 4 distinct cards from the allowed suits until the hand is solvable under ``face_values``.
 
-    Under the OOD rule (J, Q, K = 11, 12, 13) every hand holds at least one face card, so the
-    changed rule always matters.
+    With ``need_face_card`` (every rule but the training one) every hand holds at least one face
+    card, so the changed rule always matters.
     """
     deck = _DECKS[suits]
     for _ in range(MAX_DEAL_TRIES):
         picks = rng.choice(len(deck), size=4, replace=False)
         hand = tuple(deck[int(i)] for i in picks)
-        if face_cards == "as_11_12_13" and not any(c.rank in FACE_CARDS for c in hand):
+        if need_face_card and not any(c.rank in FACE_CARDS for c in hand):
             continue
-        if is_solvable([card_value(c.rank, face_cards) for c in hand], target):
+        if is_solvable([card_value(c.rank, face_values) for c in hand], target):
             return hand
     raise ValueError(f"no solvable hand for target {target} found in {MAX_DEAL_TRIES} draws")
 
 
 def hand_from_names(
-    names: Sequence[object], rng: np.random.Generator, face_cards: FaceCardRule, suits: SuitSet, target: int
+    names: Sequence[object], rng: np.random.Generator, face_values: FaceValues, suits: SuitSet, target: int
 ) -> tuple[Card, ...]:
     """A chosen hand (suits drawn from the allowed set); ValueError when malformed or unsolvable."""
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != 4:
@@ -67,7 +70,7 @@ def hand_from_names(
         raise ValueError(f"unknown card names {bad!r}; use {', '.join(CARD_NAMES)}")
     allowed = SUITS_BY_SET[suits]
     hand = tuple(Card(str(r), allowed[int(rng.integers(len(allowed)))]) for r in ranks)
-    numbers = [card_value(c.rank, face_cards) for c in hand]
+    numbers = [card_value(c.rank, face_values) for c in hand]
     if not is_solvable(numbers, target):
         raise ValueError(f"the hand {[c.rank for c in hand]} (numbers {numbers}) cannot make {target}")
     return hand

@@ -11,29 +11,79 @@ import json
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from services.envs.base import EnvOptions, FreeText, SftrlEnv, observation_space, pick_template
 from services.envs.general_points.cards import Card, SuitSet, deal, hand_from_names
 from services.envs.general_points.prompts import TEMPLATES, build_prompt, feedback_turn
 from services.envs.general_points.render import render_cards
-from services.verifier.general_points import (
-    REWARD_EXHAUSTED,
-    FaceCardRule,
-    GPTask,
-    card_value,
-    verify_general_points,
+from services.verifier.face_rules import (
+    MAX_VALUE,
+    MIN_VALUE,
+    NAMED_RULES,
+    RANDOM,
+    TRAINING_RULE,
+    FaceValues,
+    canonical_rule,
+    draw_face_values,
+    parse_face_rule,
 )
+from services.verifier.general_points import REWARD_EXHAUSTED, GPTask, card_value, verify_general_points
+from services.verifier.gp_fields import answer_fields
 from services.verifier.points_solver import solve
+
+RuleSpec = str | list[int]
 
 
 class GeneralPointsOptions(EnvOptions):
     mode: Literal["text", "image"] = "text"
-    face_cards: FaceCardRule = "as_10"
+    face_cards: RuleSpec = Field(
+        "as_10",
+        description="the face-card rule the prompt states: as_10, as_11_12_13, values 'J,Q,K' such as "
+        "'4,7,2', or random (drawn per episode from face_range, never a face_held_out rule)",
+    )
+    face_range: tuple[int, int] = Field((MIN_VALUE, MAX_VALUE), description="values drawn by face_cards=random")
+    face_held_out: list[RuleSpec] = Field(
+        default_factory=lambda: list(NAMED_RULES), description="rules face_cards=random never draws"
+    )
+    scored_face_cards: RuleSpec | None = Field(
+        None,
+        description="fake-rule control: score answers by this rule while the prompt states face_cards "
+        "(a model that ignores the prompt scores high)",
+    )
+    training_face_cards: RuleSpec = Field(
+        TRAINING_RULE, description="the rule adherence is compared against (the training rule)"
+    )
     target: int = Field(24, ge=1, le=10_000)
     suits: SuitSet = "black"
     verify_iter: int = Field(5, ge=1, le=100)
     image_size: int = Field(1200, ge=32, le=4096, description="side of the square table picture (pixels)")
+
+    @field_validator("face_cards", "training_face_cards", "scored_face_cards", mode="before")
+    @classmethod
+    def _one_spelling(cls, rule: object) -> object:
+        return None if rule is None else canonical_rule(rule)
+
+    @field_validator("face_held_out", mode="before")
+    @classmethod
+    def _held_out_spelling(cls, rules: object) -> object:
+        if not isinstance(rules, list) or len(rules) > 2197:
+            raise ValueError("face_held_out is a list of rules")
+        return [canonical_rule(r) for r in rules]
+
+    @model_validator(mode="after")
+    def _fixed_rules(self) -> GeneralPointsOptions:
+        low, high = self.face_range
+        if not MIN_VALUE <= low <= high <= MAX_VALUE:
+            raise ValueError(f"face_range must satisfy {MIN_VALUE} <= low <= high <= {MAX_VALUE}")
+        if RANDOM in (self.training_face_cards, self.scored_face_cards) or RANDOM in self.face_held_out:
+            raise ValueError("only face_cards may be random; the other rules are fixed values")
+        if self.scored_face_cards is not None and self.face_cards == RANDOM:
+            raise ValueError("the fake-rule control states a fixed rule: give face_cards explicitly")
+        return self
+
+    def held_out_values(self) -> list[FaceValues]:
+        return [v for v in map(parse_face_rule, self.face_held_out) if v is not None]
 
 
 class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
@@ -50,6 +100,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         self._done = True
         self._image: np.ndarray | None = None
         self._last_text = ""
+        self._stated: FaceValues = NAMED_RULES[TRAINING_RULE]
 
     # -- gymnasium API -------------------------------------------------------------------------
 
@@ -62,22 +113,36 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         unknown = set(options) - {"cards"}
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; GeneralPoints takes 'cards'")
+        stated = parse_face_rule(o.face_cards)
+        if stated is None:
+            stated = draw_face_values(self.np_random, *o.face_range, held_out=o.held_out_values())
+        scored = stated if o.scored_face_cards is None else parse_face_rule(o.scored_face_cards)
+        training = parse_face_rule(o.training_face_cards)
+        assert scored is not None and training is not None  # fixed rules, checked by the options
+        self._stated = stated
         if options.get("cards") is not None:
-            self._cards = hand_from_names(options["cards"], self.np_random, o.face_cards, o.suits, o.target)
+            self._cards = hand_from_names(options["cards"], self.np_random, scored, o.suits, o.target)
         else:
-            self._cards = deal(self.np_random, o.face_cards, o.suits, o.target)
+            need_face = stated != NAMED_RULES[TRAINING_RULE] or scored != stated
+            self._cards = deal(self.np_random, scored, o.suits, o.target, need_face)
         names = tuple(c.rank for c in self._cards)
-        numbers = tuple(card_value(r, o.face_cards) for r in names)
-        self._task = GPTask(names, numbers, o.target, check_recognition=o.mode == "image")
+        numbers = tuple(card_value(r, scored) for r in names)
+        self._task = GPTask(
+            names, numbers, o.target, check_recognition=o.mode == "image",
+            stated_numbers=tuple(card_value(r, stated) for r in names),
+            training_numbers=tuple(card_value(r, training) for r in names),
+        )  # fmt: skip
         self._attempts = 0
         self._done = False
         self._image = render_cards(self._cards, o.image_size) if o.mode == "image" else None
         template = pick_template(TEMPLATES, o.prompt_style, self.np_random)
         card_text = ", ".join(c.label for c in self._cards) if o.mode == "text" else None
-        self._last_text = build_prompt(template, target=o.target, face_cards=o.face_cards, cards=card_text)
+        self._last_text = build_prompt(template, target=o.target, face_values=stated, cards=card_text)
         info = {
             "cards": list(names),
             "suits": [c.suit for c in self._cards],
+            "face_values": list(stated),
+            "rule": canonical_rule(list(stated)),
             "numbers": list(numbers),
             "solutions": list(solve(numbers, o.target)),
             "target": o.target,
@@ -110,6 +175,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             "attempt": self._attempts,
             "attempts_left": left,
             "details": verdict.details,
+            "fields": answer_fields(self._task, action),
         }
         if self._task.check_recognition:  # an unreadable answer names no cards: not a recognition
             info["recognized_correctly"] = not {"wrong_recognition", "malformed_answer"} & set(errors)
@@ -135,7 +201,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         task = self.current_task()
         payload = {
             "cards": list(task.cards),
-            "number": list(task.numbers),
+            "number": list(task.stated_numbers or task.numbers),
             "formula": f"{formula}={task.target}",
         }
         return json.dumps(payload)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.verifier.face_rules import FaceValues, rule_text
+
 FORMAT_EXAMPLE = '{"cards": ["2", "5", "J", "K"], "number": [2, 5, 10, 10], "formula": "(5-2)*10-10+4=24"}'
 
 
@@ -14,11 +16,6 @@ class GPTemplate:
     cards_image: str  # image mode
     answer: str  # the JSON answer format
 
-
-_FACE_RULES = {
-    "as_10": "J, Q and K each count as 10",
-    "as_11_12_13": "J counts as 11, Q as 12 and K as 13",
-}
 
 _ANSWER = (
     'Reply with a single JSON object with three keys: "cards" (the four card names you see, '
@@ -87,12 +84,9 @@ TEMPLATES: dict[str, object] = {
 }
 
 
-def face_rule_text(face_cards: str) -> str:
-    return _FACE_RULES[face_cards]
-
-
-def build_prompt(template: GPTemplate, *, target: int, face_cards: str, cards: str | None) -> str:
-    parts = [template.intro.format(target=target, face_rule=face_rule_text(face_cards))]
+def build_prompt(template: GPTemplate, *, target: int, face_values: FaceValues, cards: str | None) -> str:
+    """The first user turn; every style states the active face-card rule in words."""
+    parts = [template.intro.format(target=target, face_rule=rule_text(face_values))]
     parts.append(template.cards_text.format(cards=cards) if cards is not None else template.cards_image)
     parts.append(template.answer.format(target=target))
     return "\n".join(parts)

@@ -202,6 +202,8 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
             "success": self._success,
             "errors": errors,
             "details": verdict.details,
+            # The rule adherence of V-IRL: the action lies in the action space the prompt states.
+            "valid_action": verdict.details.get("action") in allowed_actions(self.options.actions),
         }
         return self._obs(), verdict.reward, terminated, truncated, info
 

@@ -1,0 +1,93 @@
+"""The metrics of one evaluation suite, computed from its trajectories.
+
+Besides episode success and reward: per-field accuracy of first answers (environments that score
+fields, such as GeneralPoints' cards, numbers and formula), rule adherence (first answers that
+follow the rule the prompt states, and those that follow the training rule instead), the share
+of valid actions (V-IRL), and pass@k where a suite plays several samples of each task.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from math import comb
+
+from sftrl.trajectory import Trajectory
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one task: ``c`` of ``n`` samples succeeded (Chen et al., 2021)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def pass_at_k_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """``pass@k`` for k = 1, 2, 4, ... up to the samples per task, when every task has at least 2."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for traj in trajectories:
+        groups[traj.group_id].append(bool(traj.success))
+    if not groups:
+        return {}
+    n = min(len(v) for v in groups.values())
+    if n < 2:
+        return {}
+    out: dict[str, float] = {}
+    k = 1
+    while k <= n:
+        out[f"pass@{k}"] = sum(pass_at_k(len(v), sum(v), k) for v in groups.values()) / len(groups)
+        k *= 2
+    if f"pass@{n}" not in out:
+        out[f"pass@{n}"] = sum(pass_at_k(len(v), sum(v), n) for v in groups.values()) / len(groups)
+    return out
+
+
+def field_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Per-field accuracy and rule adherence of each episode's first answer."""
+    right: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+    for traj in trajectories:
+        if not traj.turns:
+            continue
+        fields = traj.turns[0].info.get("fields")
+        if not isinstance(fields, dict):
+            continue
+        for name, value in fields.items():
+            if value is not None:
+                seen[name] += 1
+                right[name] += bool(value)
+    out = {f"field/{name}": right[name] / seen[name] for name in seen}
+    if "numbers" in seen:
+        out["adherence"] = right["numbers"] / seen["numbers"]
+    if "numbers_training_rule" in seen:
+        out["adherence_training"] = right["numbers_training_rule"] / seen["numbers_training_rule"]
+    return out
+
+
+def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Episode success, mean reward, per-attempt error rates, (image modes) recognition accuracy,
+    (V-IRL) valid actions, and the field, adherence and pass@k metrics above."""
+    n = max(1, len(trajectories))
+    turns = [t for traj in trajectories for t in traj.turns]
+    steps = max(1, len(turns))
+    errors: Counter[str] = Counter()
+    for turn in turns:
+        errors.update(set(turn.info.get("errors") or ()))
+    out: dict[str, float] = {
+        "success": sum(t.success for t in trajectories) / n,
+        "reward": sum(t.total_reward for t in trajectories) / n,
+        "turns": steps / n,
+        "response_tokens": sum(len(t.response_ids) for t in turns) / steps,
+    }
+    for kind, count in errors.items():
+        out[f"error_rate/{kind}"] = count / steps
+    recog = [t.info["recognized_correctly"] for t in turns if "recognized_correctly" in t.info]
+    if recog:
+        out["recognition_accuracy"] = sum(map(bool, recog)) / len(recog)
+    valid = [t.info["valid_action"] for t in turns if "valid_action" in t.info]
+    if valid:
+        out["valid_action"] = sum(map(bool, valid)) / len(valid)
+    out.update(field_metrics(trajectories))
+    out.update(pass_at_k_metrics(trajectories))
+    return out

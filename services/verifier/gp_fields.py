@@ -1,0 +1,94 @@
+"""Per-field scores of one GeneralPoints answer: which parts a model got right, not only whether it won.
+
+Episode success hides what a model learned: a model can read the stated rule (its "number" field
+follows it) and still miss the arithmetic, or ignore the prompt and apply the rule it was trained
+on. These fields tell the two apart. A pure function of (task, answer), like the verifier.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from services.verifier.answer_text import extract_json_object, get_str_field
+from services.verifier.formula import FormulaError, illegal_characters, parse_formula
+from services.verifier.general_points import GPTask, normalise_card_name
+
+MAX_LIST = 16  # longer "cards"/"number" lists are not read
+
+
+def _number_list(obj: dict[str, Any]) -> list[int] | None:
+    lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+    raw = lowered.get("number", lowered.get("numbers"))
+    if not isinstance(raw, list) or len(raw) > MAX_LIST:
+        return None
+    out: list[int] = []
+    for item in raw:
+        if isinstance(item, bool):
+            return None
+        if isinstance(item, int):
+            out.append(item)
+        elif isinstance(item, str) and item.strip().isdigit() and len(item.strip()) <= 4:
+            out.append(int(item.strip()))
+        else:
+            return None
+    return out
+
+
+def _card_list(obj: dict[str, Any]) -> list[str] | None:
+    lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+    raw = lowered.get("cards")
+    if not isinstance(raw, list) or len(raw) > MAX_LIST:
+        return None
+    names = [normalise_card_name(item) for item in raw]
+    return None if any(n is None for n in names) else [str(n) for n in names]
+
+
+def _same(a: list[int] | list[str] | None, b: tuple[Any, ...] | None) -> bool:
+    return a is not None and b is not None and Counter(a) == Counter(b)
+
+
+def answer_fields(task: GPTask, answer: object) -> dict[str, bool | None]:
+    """Which fields of ``answer`` are right; ``None`` where a field does not apply to the task.
+
+    - ``cards``: the "cards" field names the hand's cards
+    - ``numbers``: the "number" field holds the hand's numbers under the rule the prompt states
+    - ``numbers_training_rule``: it holds them under the training rule instead (only on hands where
+      the two rules give different numbers; else ``None``)
+    - ``formula_wellformed``: the formula parses completely, with allowed characters only
+    - ``formula_correct``: it uses each scored number once and reaches the target
+    """
+    stated = task.stated_numbers or task.numbers
+    differs = task.training_numbers is not None and Counter(task.training_numbers) != Counter(stated)
+    fields: dict[str, bool | None] = {
+        "cards": False,
+        "numbers": False,
+        "numbers_training_rule": False if differs else None,
+        "formula_wellformed": False,
+        "formula_correct": False,
+    }
+    obj, _ = extract_json_object(answer)
+    if obj is None:
+        return fields
+    numbers = _number_list(obj)
+    fields["cards"] = _same(_card_list(obj), task.cards)
+    fields["numbers"] = _same(numbers, stated)
+    if differs:
+        fields["numbers_training_rule"] = _same(numbers, task.training_numbers)
+    formula = get_str_field(obj, "formula")
+    if formula is None:
+        return fields
+    formula = formula.split("=", 1)[0]
+    if illegal_characters(formula):
+        return fields
+    try:
+        parsed = parse_formula(formula)
+    except FormulaError:
+        return fields
+    fields["formula_wellformed"] = True
+    fields["formula_correct"] = (
+        Counter(parsed.numbers) == Counter(task.numbers)
+        and parsed.value is not None
+        and parsed.value == task.target
+    )
+    return fields
