@@ -173,6 +173,16 @@ def test_evaluation_requests_are_checked(registry: Registry, run_dir: Path) -> N
         create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite=bad))
     with pytest.raises(EvalInputError, match="at most 8"):
         create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=9), max_episodes=8)
+    # pass@k: several samples of a task, which greedy decoding cannot give; samples count against the limit
+    with pytest.raises(EvalInputError, match="temperature above 0"):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=2, samples=4))
+    hot = {"temperature": 1.0}
+    with pytest.raises(EvalInputError, match="episodes x samples must be at most 8"):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=3, samples=4, sampling=hot),
+                          max_episodes=8)  # fmt: skip
+    sampled = create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=2, samples=4, sampling=hot))
+    assert sampled.samples == 4 and sampled.sampling["temperature"] == 1.0
+    assert registry.update_evaluation(sampled.eval_id, episodes_done=4).progress == 0.5
 
 
 # -- the command line ------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""gp-base: the base model with a rule-reading prior. Its data never holds the bar's rules (checked on
+the data), its tokenizer gives every number one token, the shipped copy is verified and meets the
+bar when measured here, and the preparation itself runs at a reduced size."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from deploy import gp_base
+from deploy.gp_base import BAR_FILE, BAR_RULES, GPBaseConfig, demonstrations, gp_base_tokenizer
+from services.verifier.face_rules import parse_face_rule, rule_text
+from sftrl.models.prepare import PrepareOptions, prepare_model
+from sftrl.models.store import weights_sha256
+
+STATED = re.compile(r"J, Q and K each count as (\d+)|J counts as (\d+), Q as (\d+) and K as (\d+)")
+
+
+def stated_rule(prompt: str) -> tuple[int, int, int]:
+    match = STATED.search(prompt)
+    assert match is not None, prompt
+    if match.group(1):
+        v = int(match.group(1))
+        return v, v, v
+    j, q, k = (int(g) for g in match.groups()[1:])
+    return j, q, k
+
+
+def test_held_out_rules_never_occur_in_the_base_data():
+    demos = demonstrations(GPBaseConfig(episodes=3000, steps=1))
+    held_out = {parse_face_rule(rule) for rule in BAR_RULES.values()}
+    stated = [stated_rule(d.messages[0]["content"]) for d in demos]
+    assert not held_out & set(stated)  # read from the prompts themselves, not from the options
+    assert [parse_face_rule(d.meta["rule"]) for d in demos] == stated
+    assert len(set(stated)) > 1000  # rule-diverse: most of the 2,193 allowed rules appear
+    assert any(d.meta["revision"] for d in demos) and not all(d.meta["revision"] for d in demos)
+
+
+def test_bar_suites_state_each_bar_rule_in_the_training_prompt_style():
+    suites = gp_base.bar_suites(GPBaseConfig())
+    assert {name: s["face_cards"] for name, s in suites.items()} == BAR_RULES
+    assert {s["prompt_style"] for s in suites.values()} == {"compact"} and rule_text((4, 7, 2))
+
+
+def test_every_number_of_the_game_is_one_token():
+    demos = demonstrations(GPBaseConfig(episodes=300, steps=1))
+    tokenizer = gp_base_tokenizer((m["content"] for d in demos for m in d.messages), 1024)
+    for n in [*range(1, 14), 24]:  # every card value and the target
+        for text in (f" {n}", f"{n}"):
+            assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 1, text
+    answer = demos[0].messages[1]["content"]
+    assert tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"]) == answer
+
+
+def test_shipped_copy_is_verified(tmp_path, monkeypatch):
+    fake = tmp_path / "shipped"
+    shutil.copytree(gp_base.SHIPPED, fake)
+    monkeypatch.setattr(gp_base, "SHIPPED", fake)
+    copied = prepare_model("gp-base", directory=tmp_path / "models")
+    assert copied.built and copied.model.record.weights_sha256 == weights_sha256(gp_base.SHIPPED)
+    assert json.loads((copied.model.path / BAR_FILE).read_text())["bar"]
+    weights = fake / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit in the shipped weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="do not match"):
+        prepare_model("gp-base", directory=tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_shipped_base_meets_the_bar_measured_here(tmp_path):
+    """Greedy, the paper's 5 attempts, 256 episodes on each bar rule: numbers under the stated rule in
+    >= 95% of first answers, episode success >= 25%."""
+    prepared = prepare_model("gp-base", directory=tmp_path).model
+    shipped = json.loads((prepared.path / BAR_FILE).read_text())
+    measured = gp_base.measure_bar(prepared.path, GPBaseConfig(**shipped["config"]))
+    assert measured["episodes_per_rule"] == 256
+    for suite in BAR_RULES:
+        m = measured["metrics"]
+        assert m[f"adherence/{suite}"] >= 0.95, (suite, m[f"adherence/{suite}"])
+        assert m[f"success/{suite}"] >= 0.25, (suite, m[f"success/{suite}"])
+        # The shipped figures are what this measurement gives (vLLM greedy, same episodes).
+        assert m[f"success/{suite}"] == pytest.approx(shipped["bar"][f"success/{suite}"], abs=0.03)
+
+
+@pytest.mark.slow
+def test_preparation_at_reduced_size(tmp_path):
+    """The whole command at 60 steps: data, tokenizer, SFT through the learner, the bar measured with
+    vLLM. Stated lower bar at this size: first answers are JSON with a well-formed formula."""
+    outcome = prepare_model("gp-base", PrepareOptions(steps=60), directory=tmp_path)
+    record = outcome.model.record
+    assert outcome.built and record.options == {"seed": 0, "steps": 60}
+    assert 3_000_000 < record.parameters < 4_000_000 and record.vocab_size <= 1024
+    summary = json.loads((outcome.model.path / BAR_FILE).read_text())
+    assert summary["episodes_per_rule"] == 64 and summary["final_loss"] < summary["loss_every_25"][0]
+    for suite in BAR_RULES:
+        assert summary["bar"][f"field/{suite}/formula_wellformed"] >= 0.8
+        assert 0.0 <= summary["bar"][f"adherence/{suite}"] <= 1.0
