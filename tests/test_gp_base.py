@@ -55,6 +55,25 @@ def test_every_number_of_the_game_is_one_token():
     assert tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"]) == answer
 
 
+def test_data_tokenizer_and_initial_weights_are_fixed_by_the_seed():
+    import torch
+
+    config = GPBaseConfig(episodes=200, steps=1)
+    first, again = demonstrations(config), demonstrations(config)
+    assert [d.messages for d in first] == [d.messages for d in again]
+    assert [d.messages for d in first] != [
+        d.messages for d in demonstrations(GPBaseConfig(episodes=200, seed=1))
+    ]
+    texts = [m["content"] for d in first for m in d.messages]
+    tok_a, tok_b = gp_base_tokenizer(texts, 1024), gp_base_tokenizer(texts, 1024)
+    assert tok_a.get_vocab() == tok_b.get_vocab()
+    a, b = (
+        gp_base.initial_model(config, tok_a).state_dict(),
+        gp_base.initial_model(config, tok_b).state_dict(),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_shipped_copy_is_verified(tmp_path, monkeypatch):
     fake = tmp_path / "shipped"
     shutil.copytree(gp_base.SHIPPED, fake)

@@ -1,0 +1,50 @@
+"""Intervals against known values: Wilson for 0/10, 5/10, 10/10; a bootstrap on a fixed sample; the
+sentence that says whether an interval of a difference excludes zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.intervals import Interval, bootstrap_difference, wilson
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"),
+    [(0, 10, 0.0, 0.27753), (5, 10, 0.23659, 0.76341), (10, 10, 0.72247, 1.0), (1, 100, 0.00177, 0.05449)],
+)
+def test_wilson_known_values(k, n, low, high):
+    got = wilson(k, n)
+    assert (
+        got.estimate == k / n
+        and got.low == pytest.approx(low, abs=1e-5)
+        and got.high == pytest.approx(high, abs=1e-5)
+    )
+
+
+def test_wilson_refuses_impossible_counts():
+    for k, n in ((3, 2), (-1, 5), (0, 0)):
+        with pytest.raises(ValueError):
+            wilson(k, n)
+
+
+def test_bootstrap_on_a_fixed_sample():
+    a, b = [0.30, 0.34, 0.32], [0.10, 0.12, 0.11]
+    diff = bootstrap_difference(a, b, seed=0)
+    assert diff.estimate == pytest.approx(0.21)
+    # every resampled difference lies between min(a) - max(b) and max(a) - min(b)
+    assert 0.18 - 1e-12 <= diff.low <= diff.estimate <= diff.high <= 0.24 + 1e-12
+    assert diff == bootstrap_difference(a, b, seed=0)  # fixed seed, same interval
+    same = bootstrap_difference([0.2, 0.3, 0.1], [0.25, 0.15, 0.2], seed=0)
+    assert same.low < 0 < same.high
+    single = bootstrap_difference([0.5], [0.2])
+    assert (single.low, single.high) == pytest.approx((0.3, 0.3))  # one seed each: no spread to resample
+
+
+def test_verdicts_on_constructed_intervals():
+    assert Interval(0.1, 0.02, 0.2).excludes_zero() and Interval(-0.1, -0.2, -0.01).excludes_zero()
+    assert not Interval(0.05, -0.01, 0.1).excludes_zero() and not Interval(0.0, 0.0, 0.1).excludes_zero()
+    assert "excludes zero (the difference is above zero)" in Interval(0.1, 0.02, 0.2).verdict("RL - SFT")
+    assert "excludes zero (the difference is below zero)" in Interval(-0.1, -0.2, -0.01).verdict("x")
+    text = Interval(0.05, -0.01, 0.1).verdict("OOD success of RL minus SFT")
+    assert text.startswith("OOD success of RL minus SFT: +5.0% (95% interval -1.0% to +10.0%)")
+    assert "does not exclude zero" in text
