@@ -2,7 +2,8 @@
 
 The papers' question needs a base model that already reads a rule from its prompt and does the
 arithmetic, as an LLM does, so that post-training can keep that ability or overwrite it with the
-training rule. This builder makes one on a CPU in minutes: a few-million-parameter Llama with a
+training rule. This builder makes one on a CPU (about an hour on 2 cores; the result ships with
+sftrl and ``prepare`` copies it unless asked to retrain): a few-million-parameter Llama with a
 tokenizer in which every number is one token, trained by the project's own SFT path
 (:class:`~services.learner.worker.LearnerWorker`) on GeneralPoints episodes whose face-card rule is
 drawn per episode and stated in the prompt. The training rule (J, Q, K = 10), the rule-OOD rule

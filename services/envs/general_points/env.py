@@ -100,7 +100,6 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         self._done = True
         self._image: np.ndarray | None = None
         self._last_text = ""
-        self._stated: FaceValues = NAMED_RULES[TRAINING_RULE]
 
     # -- gymnasium API -------------------------------------------------------------------------
 
@@ -119,7 +118,6 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         scored = stated if o.scored_face_cards is None else parse_face_rule(o.scored_face_cards)
         training = parse_face_rule(o.training_face_cards)
         assert scored is not None and training is not None  # fixed rules, checked by the options
-        self._stated = stated
         if options.get("cards") is not None:
             self._cards = hand_from_names(options["cards"], self.np_random, scored, o.suits, o.target)
         else:
