@@ -616,10 +616,12 @@ def test_single_pass_reuses_the_training_forward_for_old_logprobs(tiny_model):
         assert ma["policy_loss"] == pytest.approx(mb["policy_loss"], abs=1e-6)
         assert ma["clip_fraction"] == mb["clip_fraction"] == 0.0
         wa, wb = a.policy_state_dict("float32"), b.policy_state_dict("float32")
-        step = max(float((wa[k] - w0[k]).abs().max()) for k in wa)
-        # equal up to float noise (eval- vs train-mode forwards), which Adam's normalisation can lift
-        # to ~1e-5 on near-zero gradient entries: well under 1% of the update itself
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 0.01 * step
+        # Equal up to float noise (eval- vs train-mode forwards). Adam's first step moves every entry by
+        # about lr * sign(gradient), so on an entry whose gradient is pure noise that noise can flip a
+        # whole step: compare the updates as vectors, not entry by entry.
+        update = math.sqrt(sum(float(((wa[k] - w0[k]) ** 2).sum()) for k in wa))
+        apart = math.sqrt(sum(float(((wa[k] - wb[k]) ** 2).sum()) for k in wa))
+        assert apart < 0.01 * update, (apart, update)
         two_epochs = RLConfig(algorithm="grpo", epochs=2, recompute_logprobs=False)
         a.rl = two_epochs
         with pytest.raises(ValueError, match="recompute_logprobs=false"):
