@@ -95,6 +95,22 @@ def test_random_rules_stay_in_range_and_never_draw_a_held_out_rule():
         draw_face_values(rng, 10, 10, held_out=[(10, 10, 10)])
 
 
+def test_a_share_of_random_rules_with_equal_values():
+    held = ["as_10", "as_11_12_13"]
+    plain = gym.make(GP, face_cards="random", face_held_out=held)
+    mixed = gym.make(GP, face_cards="random", face_held_out=held, face_equal_share=0.5)
+    equal = [len(set(mixed.reset(seed=s)[1]["face_values"])) == 1 for s in range(400)]
+    assert 0.4 < sum(equal) / len(equal) < 0.6
+    drawn = [tuple(mixed.reset(seed=s)[1]["face_values"]) for s in range(400)]
+    assert (10, 10, 10) not in drawn  # held-out rules stay out of the equal draws too
+    # share 0 leaves the random stream as it was (a base made before the option keeps its data)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [draw_face_values(rng_a, 1, 13, []) for _ in range(20)] == [
+        draw_face_values(rng_b, 1, 13, [], equal_share=0.0) for _ in range(20)
+    ]
+    assert len({plain.reset(seed=s)[1]["rule"] for s in range(50)}) > 40
+
+
 def test_fake_rule_control_states_one_rule_and_scores_another():
     env = gym.make(GP, face_cards="as_11_12_13", scored_face_cards="as_10")
     for seed in range(20):

@@ -71,14 +71,22 @@ def rule_text(values: FaceValues) -> str:
 
 
 def draw_face_values(
-    rng: np.random.Generator, low: int, high: int, held_out: Iterable[FaceValues]
+    rng: np.random.Generator, low: int, high: int, held_out: Iterable[FaceValues], equal_share: float = 0.0
 ) -> FaceValues:
-    """Values for J, Q, K drawn independently and uniformly from ``low..high``, never a held-out rule."""
+    """Values for J, Q, K drawn independently and uniformly from ``low..high``, never a held-out rule.
+
+    With ``equal_share`` > 0, that share of draws gives J, Q and K one value: prompts word such rules
+    differently ("J, Q and K each count as 10"), and independent draws make them rare (13 of 2,197)."""
     excluded = set(held_out)
     if (high - low + 1) ** 3 <= len(excluded):
         raise ValueError(f"every rule with values in {low}..{high} is held out")
+    equal = equal_share > 0 and rng.random() < equal_share  # no draw at 0: the same stream as before
     for _ in range(MAX_DRAWS):
-        values = tuple(int(v) for v in rng.integers(low, high + 1, size=3))
+        if equal:
+            v = int(rng.integers(low, high + 1))
+            values: tuple[int, ...] = (v, v, v)
+        else:
+            values = tuple(int(v) for v in rng.integers(low, high + 1, size=3))
         if values not in excluded:
             return values[0], values[1], values[2]
     raise ValueError(f"no rule outside the held-out ones found in {MAX_DRAWS} draws")

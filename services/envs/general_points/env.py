@@ -46,6 +46,9 @@ class GeneralPointsOptions(EnvOptions):
     face_held_out: list[RuleSpec] = Field(
         default_factory=lambda: list(NAMED_RULES), description="rules face_cards=random never draws"
     )
+    face_equal_share: float = Field(
+        0.0, ge=0, le=1, description="face_cards=random: share of rules with J, Q, K all equal (else ~0.6%)"
+    )
     scored_face_cards: RuleSpec | None = Field(
         None,
         description="fake-rule control: score answers by this rule while the prompt states face_cards "
@@ -114,7 +117,9 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             raise ValueError(f"unknown reset options {sorted(unknown)}; GeneralPoints takes 'cards'")
         stated = parse_face_rule(o.face_cards)
         if stated is None:
-            stated = draw_face_values(self.np_random, *o.face_range, held_out=o.held_out_values())
+            stated = draw_face_values(
+                self.np_random, *o.face_range, held_out=o.held_out_values(), equal_share=o.face_equal_share
+            )
         scored = stated if o.scored_face_cards is None else parse_face_rule(o.scored_face_cards)
         training = parse_face_rule(o.training_face_cards)
         assert scored is not None and training is not None  # fixed rules, checked by the options
