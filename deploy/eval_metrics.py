@@ -60,6 +60,7 @@ def field_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     out = {f"field/{name}": right[name] / seen[name] for name in seen}
     if "numbers" in seen:
         out["adherence"] = right["numbers"] / seen["numbers"]
+        out["answers"] = seen["numbers"]  # first answers whose numbers were scored
     if "numbers_training_rule" in seen:
         out["adherence_training"] = right["numbers_training_rule"] / seen["numbers_training_rule"]
     return out
@@ -75,6 +76,7 @@ def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     for turn in turns:
         errors.update(set(turn.info.get("errors") or ()))
     out: dict[str, float] = {
+        "episodes": len(trajectories),  # the counts behind the rates: reports draw intervals from them
         "success": sum(t.success for t in trajectories) / n,
         "reward": sum(t.total_reward for t in trajectories) / n,
         "turns": steps / n,

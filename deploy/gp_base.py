@@ -44,6 +44,9 @@ class GPBaseConfig(StrictModel):
     prompt_style: str = "compact"
     verify_iter: int = Field(5, ge=1)
     revision_fraction: float = Field(0.3, ge=0, le=1)
+    face_equal_share: float = Field(
+        0.15, ge=0, le=1, description="share of drawn rules with J, Q and K equal (worded differently)"
+    )
     episodes: int | None = Field(None, ge=1, description="demonstrations drawn; None: each row about 3 times")
     steps: int = Field(900, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -69,6 +72,7 @@ def training_options(config: GPBaseConfig) -> dict[str, Any]:
         "verify_iter": config.verify_iter,
         "face_cards": "random",
         "face_held_out": list(BAR_RULES.values()),
+        "face_equal_share": config.face_equal_share,
     }
 
 

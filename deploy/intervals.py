@@ -60,3 +60,38 @@ def bootstrap_difference(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(ma - mb, [tail, 100 - tail])
     return Interval(float(xa.mean() - xb.mean()), float(low), float(high))
+
+
+def bootstrap_rate_difference(
+    a: Sequence[tuple[int, int]],
+    b: Sequence[tuple[int, int]],
+    paired: bool = False,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """Success rate of arm ``a`` minus arm ``b``, each given as ``(successes, episodes)`` per seed.
+
+    Two levels, as the runs were made: seeds are resampled with replacement (jointly when ``paired``:
+    seed k of both arms shares its start, e.g. the same SFT init), then the episodes of each chosen
+    seed (a binomial draw at its observed rate). With one seed this is a bootstrap over episodes; with
+    many, the seed-to-seed spread dominates."""
+    if not a or not b:
+        raise ValueError("each arm needs at least one seed")
+    if paired and len(a) != len(b):
+        raise ValueError(f"paired arms need the same seeds (got {len(a)} and {len(b)})")
+    rng = np.random.default_rng(seed)
+
+    def draws(counts: Sequence[tuple[int, int]], idx: np.ndarray) -> np.ndarray:
+        k, n = (np.asarray(c, dtype=np.int64) for c in zip(*counts, strict=True))
+        if (n <= 0).any() or (k < 0).any() or (k > n).any():
+            raise ValueError(f"need 0 <= successes <= episodes and episodes > 0 (got {list(counts)})")
+        return (rng.binomial(n[idx], k[idx] / n[idx]) / n[idx]).mean(axis=1)
+
+    ia = rng.integers(0, len(a), size=(resamples, len(a)))
+    ib = ia if paired else rng.integers(0, len(b), size=(resamples, len(b)))
+    diff = draws(a, ia) - draws(b, ib)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(diff, [tail, 100 - tail])
+    estimate = np.mean([k / n for k, n in a]) - np.mean([k / n for k, n in b])
+    return Interval(float(estimate), float(low), float(high))

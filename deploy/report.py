@@ -1,9 +1,12 @@
 """``sftrl report``: a Markdown report with figures in the papers' style from runs and studies.
 
-Figures (PNG): episode success on every suite against training compute, one line per run (paper 1);
+Runs of one study arm (one per seed) are pooled (deploy.study_stats): every rate is given with its
+95% interval, in tables and figures. Figures (PNG): episode success on every suite against training
+compute, one line per arm (paper 1); final success per suite; the differences the study asks about;
 recognition accuracy against compute for image runs; accuracy per difficulty level (paper 2); merge
-ratios against success. Tables: the final evaluation of every run (the combination table when the
-runs are a study's arms), the per-level accuracies, the merge sweep. ``report.json`` holds the numbers.
+ratios against success. Tables: the final evaluation of every arm (the combination table when the
+runs are a study's arms), rule adherence, the per-level accuracies, the merge sweep; then one sentence
+per question of the study on what its interval supports. ``report.json`` holds the numbers.
 """
 
 from __future__ import annotations
@@ -14,35 +17,50 @@ from typing import Any
 
 import yaml
 
+from deploy import report_figures as figures
 from deploy.metrics import read_metrics
+from deploy.study_stats import Arm, answer, cell, group_arms, mean_value, pooled
 
 LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
 
 
 def collect_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Every run under ``paths`` (a run folder, or a study folder of arms), with its numbers."""
+    """Every run under ``paths`` (a run folder, or a study folder of arms), with its numbers.
+
+    A study's runs carry ``arm`` (the arm's name) and ``seed``: one run per arm and seed."""
     runs: list[dict[str, Any]] = []
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
             raise ValueError(f"{path} is not a folder (give run or study folders)")
         if (path / "study.yaml").exists():
-            study = yaml.safe_load((path / "study.yaml").read_text())
-            labels = {a["name"]: a.get("label") or a["name"] for a in study.get("arms", [])}
-            done: dict[str, dict[str, Any]] = {}
-            for arm in study.get("arms", []):
-                arm_dir = path / arm["name"]
-                if arm_dir.is_dir():
-                    run = _run(arm_dir, labels[arm["name"]], arm.get("kind", "train"))
-                    parent = str((arm.get("config") or {}).get("model", ""))
-                    if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
-                        _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
-                    done[arm["name"]] = run
-                    runs.append(run)
+            runs += _study_runs(path, yaml.safe_load((path / "study.yaml").read_text()) or {})
         elif (path / "metrics.jsonl").exists() or (path / "sweep.json").exists():
             runs.append(_run(path, path.name, "merge_sweep" if (path / "sweep.json").exists() else "train"))
         else:
             raise ValueError(f"{path} holds no run (metrics.jsonl), sweep (sweep.json) or study (study.yaml)")
+    return runs
+
+
+def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
+    """A study's arms, seed by seed (``seed-<k>/<arm>``; a study of one seed written before seeds
+    existed keeps its arms at the top)."""
+    arms = study.get("arms", [])
+    seeds = [(k, path / f"seed-{k}") for k in range(int(study["seeds"]))] if "seeds" in study else [(0, path)]
+    runs: list[dict[str, Any]] = []
+    for seed, folder in seeds:
+        done: dict[str, dict[str, Any]] = {}
+        for arm in arms:
+            arm_dir = folder / arm["name"]
+            if not (arm_dir / "DONE").is_file():  # finished arms only: a half-run arm would skew the pooling
+                continue
+            run = _run(arm_dir, arm.get("label") or arm["name"], arm.get("kind", "train"))
+            run |= {"arm": arm["name"], "seed": seed}
+            parent = str((arm.get("config") or {}).get("model", ""))
+            if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
+                _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
+            done[arm["name"]] = run
+            runs.append(run)
     return runs
 
 
@@ -74,28 +92,25 @@ def _offset_compute(run: dict[str, Any], gflops: float) -> None:
     run["compute_offset_gflops"] = gflops
 
 
-def _pct(value: Any) -> str:
-    return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
-
-
-def _adherence_table(trained: list[dict[str, Any]], suites: list[str]) -> list[str]:
+def _adherence_table(arms: list[Arm], suites: list[str]) -> list[str]:
     """First answers whose numbers follow the stated rule (and, after the slash, the training rule
     instead), and whose formula is correct: what a model read, apart from whether it won."""
-    shown = [s for s in suites if any(f"adherence/{s}" in r["final"] for r in trained)]
+    shown = [s for s in suites if any(f"adherence/{s}" in f for a in arms for f in a.finals)]
     if not shown:
         return []
     lines = ["## Rule adherence", "",
              "First answers: numbers that follow the rule the prompt states / the training rule instead; "
-             "then the share with a correct formula.", "",
+             "then the share with a correct formula (95% intervals over the pooled first answers).", "",
              "| run | " + " | ".join(f"adherence ({s})" for s in shown) + " | "
              + " | ".join(f"formula correct ({s})" for s in shown) + " |",
              "|---|" + "---|" * (2 * len(shown))]  # fmt: skip
-    for r in trained:
-        f = r["final"]
-        cells = [_pct(f.get(f"adherence/{s}")) + (f" / {_pct(f[f'adherence_training/{s}'])}"
-                                                  if f"adherence_training/{s}" in f else "") for s in shown]  # fmt: skip
-        cells += [_pct(f.get(f"field/{s}/formula_correct")) for s in shown]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    for arm in arms:
+        f = arm.finals
+        cells = [cell(pooled(f, "adherence", s), mean_value(f, f"adherence/{s}"))
+                 + (f" / {cell(pooled(f, 'adherence_training', s), mean_value(f, f'adherence_training/{s}'))}"
+                    if mean_value(f, f"adherence_training/{s}") is not None else "") for s in shown]  # fmt: skip
+        cells += [cell(None, mean_value(f, f"field/{s}/formula_correct")) for s in shown]
+        lines.append(f"| {arm.label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -108,124 +123,145 @@ def default_title(paths: list[str | Path]) -> str:
     return "sftrl report"
 
 
+def _questions(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """The questions of the studies among ``paths``."""
+    found = []
+    for path in paths:
+        if (Path(path) / "study.yaml").exists():
+            found += (yaml.safe_load((Path(path) / "study.yaml").read_text()) or {}).get("questions") or []
+    return found
+
+
+def _final_table(arms: list[Arm], suites: list[str]) -> list[str]:
+    recog = sorted(
+        {k.split("/")[1] for a in arms for f in a.finals for k in f if k.startswith("recognition_accuracy/")}
+    )
+    header = ["seeds"] + suites + ["reward (id)"] + [f"recognition ({s})" for s in recog] + ["GFLOPs"]
+    episodes = {
+        int(f[f"episodes/{s}"]) for a in arms for f in a.finals for s in suites if f"episodes/{s}" in f
+    }
+    per_suite = f" ({'/'.join(map(str, sorted(episodes)))} episodes per suite and seed)" if episodes else ""
+    lines = ["## Final evaluation", "",
+             f"Episode success per suite{per_suite}: the rate over every seed's episodes with its 95% "
+             "interval (Wilson); then the mean over seeds of the rest.", "",
+             "| run | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]  # fmt: skip
+    for arm in arms:
+        f = arm.finals
+        cells = [str(len(arm.runs))] + [
+            cell(pooled(f, "success", s), mean_value(f, f"success/{s}")) for s in suites
+        ]
+        reward = mean_value(f, "reward/id")
+        cells.append(f"{reward:.2f}" if reward is not None else "-")
+        cells += [cell(None, mean_value(f, f"recognition_accuracy/{s}")) for s in recog]
+        gflops = sum(r.get("gflops", 0.0) for r in arm.runs) / len(arm.runs)
+        lines.append(f"| {arm.label} | " + " | ".join(cells) + f" | {gflops:.3g} |")
+    return lines + [""]
+
+
+def _answers(
+    questions: list[dict[str, Any]], arms: list[Arm], out: Path
+) -> tuple[list[str], list[tuple[str, str]], list[dict[str, Any]]]:
+    """A sentence per question, the figure of their differences, and the answers for report.json."""
+    if not questions:
+        return [], [], []
+    lines, drawn, answers = ["## What the intervals support", ""], [], []
+    for q in questions:
+        sentence, found = answer(q, arms)
+        lines.append(f"- {sentence}")
+        answers.append({**q, "sentence": sentence} | ({"difference": vars(found)} if found else {}))
+        if found is not None:
+            by_key = {a.key: a.label for a in arms}
+            drawn.append(
+                (
+                    f"{q.get('metric', 'success')} {q.get('suite', 'id')}: {by_key[q['a']]} - {by_key[q['b']]}",
+                    found,
+                )
+            )
+    lines.append("")
+    name = figures.question_forest(drawn, out, "differences.png")
+    return lines, [("Differences the study asks about (95% intervals)", name)] if name else [], answers
+
+
+def _level_section(arms: list[Arm], out: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    leveled = [a for a in arms if all("levels" in r for r in a.runs)]
+    if not leveled:
+        return [], []
+    name = figures.level_bars(leveled, LEVEL_KEYS, out, "levels.png")
+    lines = [
+        "## Accuracy per level",
+        "",
+        "| run | " + " | ".join(LEVEL_KEYS) + " | all |",
+        "|---|" + "---|" * 6,
+    ]
+    for arm in leveled:
+        records = [r["levels"] for r in arm.runs]
+        cells = [f"{cell(pooled(records, 'accuracy', k), mean_value(records, f'accuracy/{k}'))} "
+                 f"n={sum(lv.get(f'items/{k}', 0) for lv in records):.0f}" for k in LEVEL_KEYS]  # fmt: skip
+        lines.append(
+            f"| {arm.label} | " + " | ".join(cells) + f" | {cell(None, mean_value(records, 'accuracy'))} |"
+        )
+    lines += ["", "n: items per level (all seeds).", ""]
+    return lines, [("Accuracy per difficulty level (L1 easiest, L5 hardest)", name)]
+
+
+def _merge_section(arm: Arm, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Merges at several ratios: success per ratio pooled over the arm's seeds."""
+    sweeps = [r["sweep"] for r in arm.runs]
+    rows_by_seed = [s["rows"] for s in sweeps]
+    suites, method = list(sweeps[0]["config"]["suites"]), sweeps[0]["config"]["method"]
+    ratios = [x["ratio"] for x in rows_by_seed[0]]
+    at = [[rows[i] for rows in rows_by_seed if i < len(rows)] for i in range(len(ratios))]
+    intervals = {s: [pooled(rows, "success", s) for rows in at] for s in suites}
+    values = {s: [mean_value(rows, f"success/{s}") or 0.0 for rows in at] for s in suites}
+    name = figures.merge_curve(ratios, intervals, values, method, out, f"merge-{arm.key}.png")
+    lines = [f"## Merges: {arm.label}", "",
+             f"Episode success of {method} merges; ratio = share of the second model (0: the first model).",
+             "", "| ratio | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]  # fmt: skip
+    lines += [f"| {ratio:.2f} | " + " | ".join(cell(intervals[s][i], values[s][i]) for s in suites) + " |"
+              for i, ratio in enumerate(ratios)]  # fmt: skip
+    return lines + [""], [(f"{arm.label}: success of {method} merges", name)]
+
+
 def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(paths)
-    trained = [r for r in runs if r["kind"] == "train" and r["evals"]]
-    suites = sorted({s for r in trained for s in r["suites"]})
-    lines = [f"# {title or default_title(paths)}", "", f"Runs: {', '.join(r['label'] for r in runs)}", ""]
-    figures: list[tuple[str, str]] = []
-
+    arms = group_arms(runs)
+    trained = [a for a in arms if a.kind == "train" and all(r.get("evals") for r in a.runs)]
+    suites = sorted({s for a in trained for r in a.runs for s in r["suites"]})
+    seeds = sorted({len(a.runs) for a in arms})
+    lines = [f"# {title or default_title(paths)}", "", f"Runs: {', '.join(a.label for a in arms)}",
+             f"Seeds per arm: {'/'.join(map(str, seeds))}. Every figure is given with its 95% interval where the "
+             "runs counted their episodes.", ""]  # fmt: skip
+    shown: list[tuple[str, str]] = []
     if trained and suites:  # paper 1: success (and, telling at small scale, reward) against compute
-        for metric, name, caption in (("success", "success_vs_compute.png", "Episode success"),
-                                      ("reward", "reward_vs_compute.png", "Mean episode reward")):  # fmt: skip
-            fig, axes = plt.subplots(1, len(suites), figsize=(4.6 * len(suites), 3.8), squeeze=False)
-            for ax, suite in zip(axes[0], suites, strict=True):
-                for r in trained:
-                    pts = [(e.get("flops", 0.0) / 1e9, e.get(f"{metric}/{suite}")) for e in r["evals"]]
-                    pts = [p for p in pts if p[1] is not None]
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["label"])
-                ax.set_title(suite)
-                ax.set_xlabel("training compute (GFLOPs)")
-                if metric == "success":
-                    ax.set_ylim(-0.02, 1.02)
-            axes[0][0].set_ylabel(caption.lower())
-            axes[0][-1].legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
-            figures.append((f"{caption} against training compute", name))
-        recog_suites = sorted({k.split("/")[1] for r in trained for k in r["final"]
-                               if k.startswith("recognition_accuracy/")})  # fmt: skip
-        header = suites + ["reward (id)"] + [f"recognition ({s})" for s in recog_suites] + ["GFLOPs"]
-        lines += ["## Final evaluation", "", "Episode success per suite, then the rest.", "",
-                  "| run | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]  # fmt: skip
-        for r in trained:
-            f = r["final"]
-            cells = [_pct(f.get(f"success/{s}")) for s in suites]
-            reward = f.get("reward/id")
-            cells.append(f"{reward:.2f}" if reward is not None else "-")
-            cells += [_pct(f.get(f"recognition_accuracy/{s}")) for s in recog_suites]
-            lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['gflops']:.3g} |")
-        lines.append("")
-        lines += _adherence_table(trained, suites)
-
-    recog = [r for r in trained if any("recognition_accuracy/" in k for e in r["evals"] for k in e)]
-    if recog:  # paper 1: RL improves visual recognition
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for r in recog:
-            for key in sorted({k for e in r["evals"] for k in e if k.startswith("recognition_accuracy/")}):
-                pts = [(e.get("flops", 0.0) / 1e9, e[key]) for e in r["evals"] if key in e]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                        label=f"{r['label']} {key.split('/', 1)[1]}")  # fmt: skip
-        ax.set_xlabel("training compute (GFLOPs)")
-        ax.set_ylabel("recognition accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "recognition.png", dpi=110)
-        plt.close(fig)
-        figures.append(("Recognition accuracy against training compute", "recognition.png"))
-
-    leveled = [r for r in runs if "levels" in r]
-    if leveled:  # paper 2: accuracy per difficulty level
-        fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(leveled) + 3), 3.8))
-        width = 0.8 / len(leveled)
-        for i, r in enumerate(leveled):
-            values = [r["levels"].get(f"accuracy/{lv}", 0.0) for lv in LEVEL_KEYS]
-            ax.bar([j + i * width for j in range(5)], values, width, label=r["label"])
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(5)], LEVEL_KEYS)
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "levels.png", dpi=110)
-        plt.close(fig)
-        figures.append(("Accuracy per difficulty level (L1 easiest, L5 hardest)", "levels.png"))
-        lines += ["## Accuracy per level", "", "| run | " + " | ".join(LEVEL_KEYS) + " | all |",
-                  "|---|" + "---|" * 6]  # fmt: skip
-        for r in leveled:
-            lv = r["levels"]
-            cells = [f"{_pct(lv.get(f'accuracy/{k}'))} ({lv.get(f'items/{k}', 0):.0f})" for k in LEVEL_KEYS]
-            lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {_pct(lv.get('accuracy'))} |")
-        lines += ["", "Items per level in parentheses.", ""]
-
-    for r in [r for r in runs if "sweep" in r]:  # model merging at several ratios
-        rows = r["sweep"]["rows"]
-        sweep_suites = list(r["sweep"]["config"]["suites"])
-        method = r["sweep"]["config"]["method"]
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for s in sweep_suites:
-            ax.plot([x["ratio"] for x in rows], [x.get(f"success/{s}") for x in rows], marker="o", label=s)
-        ax.set_xlabel(f"share of the second model ({method})")
-        ax.set_ylabel("episode success")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = f"merge-{Path(r['dir']).name}.png"  # the arm's folder name: safe in a file name and a link
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        figures.append((f"{r['label']}: success of {method} merges", name))
-        lines += [f"## Merges: {r['label']}", "",
-                  f"Episode success of {method} merges; ratio = share of the second model (0: the first model).",
-                  "", "| ratio | " + " | ".join(sweep_suites) + " |", "|---|" + "---|" * len(sweep_suites)]  # fmt: skip
-        lines += [f"| {x['ratio']:.2f} | " + " | ".join(_pct(x.get(f"success/{s}")) for s in sweep_suites) + " |"
-                  for x in rows]  # fmt: skip
-        lines.append("")
-
-    for r in [r for r in runs if "counts" in r]:
-        c = r["counts"]
-        lines += [f"Data mixing ({r['label']}): {c['from_rl']} episodes from the RL model, {c['from_sft']} from "
-                  f"the SFT model, {c['skipped']} of {c['tasks']} tasks failed by both.", ""]  # fmt: skip
-
-    lines += ["## Figures", ""] + [f"### {caption}\n\n![{caption}]({name})\n" for caption, name in figures]
+        shown.append(("Episode success against training compute (95% intervals)",
+                      figures.compute_curves(trained, suites, "success", "episode success", out, "success_vs_compute.png")))  # fmt: skip
+        shown.append(("Mean episode reward against training compute",
+                      figures.compute_curves(trained, suites, "reward", "mean episode reward", out, "reward_vs_compute.png")))  # fmt: skip
+        bars = figures.final_bars(
+            trained, suites, "success", "final episode success", out, "final_success.png"
+        )
+        if bars:
+            shown.append(("Final episode success per suite (95% intervals)", bars))
+        lines += _final_table(trained, suites) + _adherence_table(trained, suites)
+    section, drawn, answers = _answers(_questions(paths), arms, out)
+    lines, shown = lines + section, shown + drawn
+    if any(k.startswith("recognition_accuracy/") for a in trained for f in a.finals for k in f):
+        shown.append(("Recognition accuracy against training compute",
+                      figures.recognition_curves(trained, out, "recognition.png")))  # fmt: skip
+    section, drawn = _level_section(arms, out)
+    lines, shown = lines + section, shown + drawn
+    for arm in [a for a in arms if all("sweep" in r for r in a.runs)]:
+        section, drawn = _merge_section(arm, out)
+        lines, shown = lines + section, shown + drawn
+    for arm in [a for a in arms if all("counts" in r for r in a.runs)]:
+        c = {k: sum(r["counts"][k] for r in arm.runs) for k in ("from_rl", "from_sft", "skipped", "tasks")}
+        lines += [f"Data mixing ({arm.label}, {len(arm.runs)} seed(s)): {c['from_rl']} episodes from the RL model, "
+                  f"{c['from_sft']} from the SFT model, {c['skipped']} of {c['tasks']} tasks failed by both.", ""]  # fmt: skip
+    lines += ["## Figures", ""] + [f"### {caption}\n\n![{caption}]({name})\n" for caption, name in shown]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     raw = [{k: v for k, v in r.items() if k != "evals"} | {"evals": r.get("evals", [])} for r in runs]
-    (out / "report.json").write_text(json.dumps(raw, indent=1, default=float), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps({"runs": raw, "answers": answers}, indent=1, default=float),
+                                     encoding="utf-8")  # fmt: skip
     return out / "report.md"

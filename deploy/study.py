@@ -12,8 +12,14 @@ A recipe (``configs/studies/NAME.yaml``) holds
 - ``levels`` (optional): tag the ID items with a model's pass rate (paper 2's L1..L5), then report
   each training arm's final accuracy per level.
 
-Every arm writes into ``<out>/<study>-<size>/<arm>/`` and a ``DONE`` marker when it finished, so a
-study that was stopped continues with the first unfinished arm.
+- ``questions``: what the study asks, each as a difference between two arms on one suite (``a``
+  minus ``b``); the report answers each with a 95% interval and says whether it excludes zero.
+
+A study runs ``seeds`` replicates of its arms (``--seeds N``): seed k moves the training seeds (data
+order, demonstrations, sampling, RL tasks; so the initial SFT too), never the evaluation tasks. Each arm
+writes into ``<out>/<study>-<size>/seed-<k>/<arm>/`` and a ``DONE`` marker when it finished, so a study
+that was stopped continues with the first unfinished arm, and one run again with more seeds only runs
+the new ones.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 from rich.console import Console
 
 from sftrl.config import ConfigError, StrictModel, apply_overrides, build
@@ -52,15 +58,38 @@ class LevelsSpec(StrictModel):
     max_tokens: int = Field(256, ge=1)
 
 
+class StudyQuestion(StrictModel):
+    """One question of a study: does ``metric`` on ``suite`` differ between arms ``a`` and ``b``?"""
+
+    text: str
+    a: str
+    b: str
+    suite: str = "id"
+    metric: Literal["success", "adherence"] = "success"
+
+
 class Study(StrictModel):
     name: str
     title: str
     paper: str = ""
     question: str = ""
     size: Size = "tiny"
+    seeds: int = Field(1, ge=1, le=64, description="replicates of every arm (seeds 0..N-1)")
     base: dict[str, Any] = {}
     arms: list[StudyArm] = Field(min_length=1)
     levels: LevelsSpec | None = None
+    questions: list[StudyQuestion] = []
+
+    @model_validator(mode="after")
+    def _questions_name_arms(self) -> Study:
+        names = {a.name for a in self.arms}
+        for q in self.questions:
+            for arm in (q.a, q.b):
+                if arm not in names:
+                    raise ValueError(
+                        f"question {q.text!r} names arm {arm!r}; arms: {', '.join(sorted(names))}"
+                    )
+        return self
 
 
 def recipe_path(name: str) -> Path:
@@ -112,8 +141,11 @@ def size_variables(path: Path, size: str) -> dict[str, Any]:
     return {**shared[size], **(own.get(size) or {})}
 
 
-def load_study(name: str, size: Size = "tiny", overrides: list[str] | None = None) -> Study:
-    """Read a recipe at ``size``: its variables substituted, then ``overrides`` (key=value) applied."""
+def load_study(
+    name: str, size: Size = "tiny", overrides: list[str] | None = None, seeds: int | None = None
+) -> Study:
+    """Read a recipe at ``size``: its variables substituted, then ``overrides`` (key=value) applied;
+    ``seeds`` (when given) replaces the recipe's number of seeds."""
     path = recipe_path(name)
     _, body = _split(path)
     variables = {k: json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v
@@ -124,6 +156,8 @@ def load_study(name: str, size: Size = "tiny", overrides: list[str] | None = Non
     )
     data = _expand(data, shared, path)
     data = apply_overrides({**data, "name": data.get("name", path.stem), "size": size}, overrides or [])
+    if seeds is not None:
+        data["seeds"] = seeds
     study = build(Study, data, source=f"study {path.name} ({size})")
     for arm in study.arms:  # every arm's config is checked now, not hours later when it starts
         arm_config(study, arm, lambda value: value)
@@ -194,9 +228,13 @@ class StudyRunner:
         self.dir = Path(out_root) / f"{study.name}-{study.size}"
         self.console = console or Console()
         self.outputs: dict[str, str] = {}
+        self.seed = 0
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.dir / f"seed-{seed}"
 
     def _resolve(self, value: Any) -> Any:
-        """Replace ``"@ARM"`` strings (anywhere in a config) by that arm's output."""
+        """Replace ``"@ARM"`` strings (anywhere in a config) by that arm's output in this seed."""
         if isinstance(value, dict):
             return {k: self._resolve(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -213,26 +251,61 @@ class StudyRunner:
 
         self.dir.mkdir(parents=True, exist_ok=True)
         write_resolved_config(self.study, self.dir, "study.yaml")
-        for arm in self.study.arms:
-            arm_dir = self.dir / arm.name
-            done = arm_dir / DONE
-            if done.exists():
-                self.outputs[arm.name] = json.loads(done.read_text())["output"]
-                self.console.print(f"[dim]{arm.name}: done earlier[/]")
-                continue
-            self.console.rule(f"{self.study.name} ({self.study.size}): arm {arm.name} ({arm.kind})")
-            output = getattr(self, f"_run_{arm.kind}")(arm, arm_dir)
-            self.outputs[arm.name] = output
-            if self.study.levels is not None and arm.kind == "train":
-                self._levels_report(arm_dir, output)
-            done.write_text(json.dumps({"output": output}))
+        self._prepare_models()
+        for seed in range(self.study.seeds):
+            self.seed, self.outputs = seed, {}
+            for arm in self.study.arms:
+                self._run_arm(arm, self.seed_dir(seed) / arm.name)
         return self.dir
+
+    def _prepare_models(self) -> None:
+        """Catalogue models the study starts from are made here first when missing (gp-base: a copy
+        of the shipped one, seconds)."""
+        from sftrl.models import find_prepared, prepare_model
+        from sftrl.models.store import CATALOG
+
+        named = [self.study.base.get("model")] + [
+            a.config.get("model") for a in self.study.arms if a.kind == "train"
+        ]
+        for name in dict.fromkeys(n for n in named if isinstance(n, str) and n in CATALOG):
+            if find_prepared(name) is None:
+                self.console.print(f"preparing model {name} (sftrl models prepare {name})", highlight=False)
+                prepare_model(name)
+
+    def _run_arm(self, arm: StudyArm, arm_dir: Path) -> None:
+        done = arm_dir / DONE
+        if done.exists():
+            self.outputs[arm.name] = json.loads(done.read_text())["output"]
+            self.console.print(f"[dim]seed {self.seed}, {arm.name}: done earlier[/]")
+            return
+        self.console.rule(
+            f"{self.study.name} ({self.study.size}), seed {self.seed}: arm {arm.name} ({arm.kind})"
+        )
+        output = getattr(self, f"_run_{arm.kind}")(arm, arm_dir)
+        self.outputs[arm.name] = output
+        if self.study.levels is not None and arm.kind == "train":
+            self._levels_report(arm_dir, output)
+        done.write_text(json.dumps({"output": output}))
+
+    def _seeded(self, config: Any) -> Any:
+        """The arm's config for this seed: training seeds moved by it, evaluation tasks untouched."""
+        if self.seed == 0:
+            return config
+        if hasattr(config, "rollout"):  # a training arm
+            sampling = config.rollout.sampling.model_copy(
+                update={"seed": (config.rollout.sampling.seed or 0) + self.seed}
+            )
+            rollout = config.rollout.model_copy(update={"sampling": sampling})
+            return config.model_copy(update={"seed": config.seed + self.seed, "rollout": rollout})
+        if "seed" in type(config).model_fields:  # data mixing: other tasks
+            return config.model_copy(update={"seed": config.seed + 1_000_000 * self.seed})
+        return config
 
     def _run_train(self, arm: StudyArm, arm_dir: Path) -> str:
         from deploy.train import Trainer
 
-        config = arm_config(self.study, arm, self._resolve).model_copy(
-            update={"output_dir": str(self.dir), "run_name": arm.name}
+        config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
+            update={"output_dir": str(arm_dir.parent), "run_name": arm.name}
         )
         # an arm stopped mid-way continues from its last checkpoint
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
@@ -242,7 +315,8 @@ class StudyRunner:
     def _run_data_mix(self, arm: StudyArm, arm_dir: Path) -> str:
         from deploy.data_mixing import mix_datasets
 
-        config = arm_config(self.study, arm, self._resolve).model_copy(
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
             update={"out": str(arm_dir / "mixed.jsonl")}
         )
         counts = mix_datasets(config, on_progress=lambda text: self.console.print(text, highlight=False))
@@ -277,7 +351,7 @@ class StudyRunner:
         from services.envs import resolve_options
         from services.rollout.config import SamplingConfig
 
-        path = self.dir / "levels.jsonl"
+        path = self.seed_dir(self.seed) / "levels.jsonl"
         if path.exists():
             return path
         spec = self.study.levels

@@ -41,6 +41,12 @@ def _stage_seed(config: TrainConfig, stage_index: int, step: int, tasks: int) ->
     return config.seed * 1_000_000 + stage_index * 100_000 + step * tasks
 
 
+def _data_seed(config: TrainConfig, data: SFTDataSpec) -> int:
+    """Demonstration seeds: the data spec's own, moved by the run's seed (a study's seeds draw other
+    demonstrations; seed 0 keeps the spec's)."""
+    return data.seed + 1_000_000 * config.seed
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, console: Console | None = None):
         self.config = config
@@ -150,7 +156,8 @@ class Trainer:
         if not data.path and not path.exists():
             options = resolve_options(self.config.env.id, {**self.config.env.options, **data.env_options})
             _write_demonstrations(path, generate_demonstrations(self.config.env.id, options, data.episodes,
-                                                                data.seed, data.revision_fraction))  # fmt: skip
+                                                                _data_seed(self.config, data),
+                                                                data.revision_fraction))  # fmt: skip
         return self._tokenized(path, max_len, progress)
 
     def _task_demonstrations(self, failed: list[Any], name: str, max_len: int) -> list[Any]:

@@ -366,14 +366,17 @@ def train_cmd(config_path: str | None, resume: bool, overrides: tuple[str, ...])
 
 @main.command("quickstart")
 @click.option("--output-dir", default="runs", show_default=True)
-@click.option("--fresh", is_flag=True, help="Start over even if runs/quickstart exists.")
+@click.option("--fresh", is_flag=True, help="Start over even if runs/quickstart-tiny exists.")
+@click.option("--seeds", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.argument("overrides", nargs=-1)
-def quickstart_cmd(output_dir: str, fresh: bool, overrides: tuple[str, ...]) -> None:
-    """The main job on this machine: tiny model, SFT then PPO on GeneralPoints, ID vs OOD table."""
+def quickstart_cmd(output_dir: str, fresh: bool, seeds: int, overrides: tuple[str, ...]) -> None:
+    """The papers' question here: from gp-base, SFT init, then more SFT or PPO; ID and rule-OOD
+    success and rule adherence with 95% intervals (the gp-l-rule-ood study at tiny; overrides as
+    for `sftrl study`)."""
     from sftrl.commands.quickstart import run_quickstart
 
     try:
-        run_quickstart(output_dir, fresh, list(overrides), console)
+        run_quickstart(output_dir, fresh, list(overrides), console, seeds)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 
@@ -415,9 +418,11 @@ def merge_sweep_cmd(argv: tuple[str, ...]) -> None:
 @click.option("--size", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True)
 @click.option("--output-dir", default="runs/studies", show_default=True)
 @click.option("--list", "list_only", is_flag=True, help="List the recipes in configs/studies/.")
+@click.option("--seeds", type=click.IntRange(1, 64), default=None,
+              help="Replicates of every arm (seeds 0..N-1; default: the recipe's, usually 1).")  # fmt: skip
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
 @click.argument("overrides", nargs=-1)
-def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, report: bool,
+def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, seeds: int | None, report: bool,
               overrides: tuple[str, ...]) -> None:  # fmt: skip
     """Run every arm of a study RECIPE (configs/studies/NAME.yaml or a path), then write its report."""
     from rich.table import Table
@@ -433,7 +438,7 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, r
                 table.add_row(r["name"], r["title"], r["paper"])
             console.print(table)
             return
-        study = load_study(recipe, size, list(overrides))  # type: ignore[arg-type]
+        study = load_study(recipe, size, list(overrides), seeds)  # type: ignore[arg-type]
         folder = StudyRunner(study, output_dir, console).run()
         console.print(f"study folder: {folder}", highlight=False)
         if report:
@@ -605,7 +610,12 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
         }
     try:
         request = EvalRequest(
-            checkpoint=checkpoint, suite=target, episodes=episodes, samples=samples, seed=seed, sampling=sampling
+            checkpoint=checkpoint,
+            suite=target,
+            episodes=episodes,
+            samples=samples,
+            seed=seed,
+            sampling=sampling,
         )
         overrides = {"device": device, **({"threads": threads} if threads else {})}
         with open_registry() as registry:

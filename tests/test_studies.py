@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.intervals import wilson
 from deploy.report import write_report
 from deploy.study import list_recipes, load_study
 from sftrl.config import ConfigError
@@ -85,6 +86,7 @@ def _fake_run(
             record = {"kind": "eval", "stage": "s", "stage_step": step, "global_step": step, "flops": flops,
                       "success/id": ident, "success/ood_rule": ood, "reward/id": ident * 5, **(extra or {})}  # fmt: skip
             fh.write(json.dumps(record) + "\n")
+    (folder / "DONE").write_text(json.dumps({"output": str(folder)}))
     if levels:
         (folder / "levels.json").write_text(json.dumps(levels))
 
@@ -98,18 +100,76 @@ def test_report_draws_curves_tables_and_levels(tmp_path):
     _fake_run(tmp_path / "rl", [(0, 0.1, 0.1), (1e9, 0.4, 0.3)], extra={"recognition_accuracy/id": 0.75})
     report = write_report([tmp_path / "sft", tmp_path / "rl"], tmp_path / "out", title="t")
     text = report.read_text()
-    assert "| run | id | ood_rule | reward (id) | recognition (id) | GFLOPs |" in text
+    assert "| run | seeds | id | ood_rule | reward (id) | recognition (id) | GFLOPs |" in text
+    # runs that did not count their episodes: rates without intervals
     assert (
-        "| sft | 60.0% | 5.0% | 3.00 | - | 2 |" in text
-        and "| rl | 40.0% | 30.0% | 2.00 | 75.0% | 1 |" in text
+        "| sft | 1 | 60.0% | 5.0% | 3.00 | - | 2 |" in text
+        and "| rl | 1 | 40.0% | 30.0% | 2.00 | 75.0% | 1 |" in text
     )
-    assert "| sft | 100.0% (2) | - (0) | - (0) | - (0) | 0.0% (2) | 50.0% |" in text
+    assert (
+        "| sft | 100.0% (34.2%–100.0%) n=2 | - n=0 | - n=0 | - n=0 | 0.0% (0.0%–65.8%) n=2 | 50.0% |" in text
+    )
     for png in ("success_vs_compute.png", "levels.png", "recognition.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000 and f"]({png})" in text
-    raw = json.loads((tmp_path / "out" / "report.json").read_text())
+    raw = json.loads((tmp_path / "out" / "report.json").read_text())["runs"]
     assert [r["label"] for r in raw] == ["sft", "rl"] and raw[1]["final"]["success/ood_rule"] == 0.3
     with pytest.raises(ValueError, match="holds no run"):
         write_report([tmp_path / "out"], tmp_path / "again")
+
+
+def _seeded_study(folder: Path, finals: dict[str, list[tuple[int, int]]], questions: list[dict]) -> None:
+    """A study folder of 3 seeds as StudyRunner writes it; ``finals``: arm -> (ID, OOD successes) per
+    seed, each out of 256 episodes."""
+    arms = [{"name": name, "label": name.upper(), "kind": "train"} for name in finals]
+    (folder).mkdir(parents=True)
+    (folder / "study.yaml").write_text(json.dumps({"name": "s", "title": "T", "size": "tiny", "seeds": 3,
+                                                   "arms": arms, "questions": questions}))  # fmt: skip
+    for name, per_seed in finals.items():
+        for seed, (ident, ood) in enumerate(per_seed):
+            counts = {"episodes/id": 256, "episodes/ood_rule": 256, "answers/id": 256, "adherence/id": 1.0}
+            _fake_run(
+                folder / f"seed-{seed}" / name, [(0, 0.1, 0.1), (1e9, ident / 256, ood / 256)], extra=counts
+            )
+
+
+def test_a_study_of_seeds_pools_them_and_answers_its_questions(tmp_path):
+    questions = [
+        {
+            "text": "Does RL carry to the new rule better than SFT?",
+            "a": "rl",
+            "b": "sft",
+            "suite": "ood_rule",
+        },
+        {"text": "Does SFT fit the training rule better than RL?", "a": "sft", "b": "rl", "suite": "id"},
+    ]
+    # OOD: RL ahead in every seed by ~25 points; ID: the two arms alike
+    _seeded_study(tmp_path / "s-tiny", {"sft": [(128, 20), (120, 30), (136, 25)],
+                                        "rl": [(126, 90), (124, 85), (130, 88)]}, questions)  # fmt: skip
+    text = write_report([tmp_path / "s-tiny"], tmp_path / "out").read_text()
+    pooled_sft = wilson(128 + 120 + 136, 768)  # the rate over every seed's episodes
+    expected = f"{pooled_sft.estimate:.1%} ({pooled_sft.low:.1%}–{pooled_sft.high:.1%})"
+    assert f"| SFT | 3 | {expected} |" in text and "(256 episodes per suite and seed)" in text
+    assert (
+        "Does RL carry to the new rule better than SFT? Success on ood_rule, RL minus SFT (3 seeds): +"
+        in text
+    )
+    lines = [line for line in text.splitlines() if line.startswith("- Does")]
+    assert "the interval excludes zero (the difference is above zero)" in lines[0]
+    assert "the interval does not exclude zero (no difference shown)" in lines[1]
+    for png in ("success_vs_compute.png", "final_success.png", "differences.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000 and f"]({png})" in text
+    answers = json.loads((tmp_path / "out" / "report.json").read_text())["answers"]
+    assert (
+        answers[0]["difference"]["low"] > 0
+        and answers[1]["difference"]["low"] < 0 < answers[1]["difference"]["high"]
+    )
+    # a question naming an arm the study lacks is refused when the recipe loads
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "title: x\nbase: {extends: gp_text}\narms: [{name: a}]\nquestions: [{text: q, a: a, b: zz}]\n"
+    )
+    with pytest.raises(ConfigError, match="names arm 'zz'"):
+        load_study(str(bad))
 
 
 def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_path):
@@ -125,6 +185,8 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     )
     counts = {"path": "m.jsonl", "tasks": 10, "from_rl": 3, "from_sft": 2, "skipped": 5}
     (study / "mix" / "counts.json").write_text(json.dumps(counts))
+    for arm in ("merge", "mix"):
+        (study / arm / "DONE").write_text("{}")
     text = write_report([study], tmp_path / "out").read_text()
     assert text.startswith("# t (?)\n")  # the study's own title
     # a label with spaces and brackets would break the Markdown image link: the file takes the arm's name
@@ -133,29 +195,65 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     assert "3 episodes from the RL model, 2 from the SFT model, 5 of 10 tasks failed by both" in text
 
 
+# the cheapest recipe at a reduced size: a few steps per arm, 8 evaluation episodes per suite
+REDUCED = ["base.registry.enabled=false", "base.tensorboard=false", "base.eval.episodes=8",
+           "arms.0.config.stages.0.steps=3", "arms.0.config.stages.0.data.episodes=48",
+           "arms.1.config.stages.0.steps=3", "arms.1.config.stages.0.data.episodes=48",
+           "arms.2.config.stages.0.steps=2", "arms.2.config.stages.0.tasks_per_step=4"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_cheapest_tiny_recipe_runs_end_to_end_with_its_report(tiny_model, tmp_path, monkeypatch):
+def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    from deploy.metrics import read_metrics
     from sftrl.cli import main
 
-    monkeypatch.setenv("SFTRL_MODELS_DIR", str(Path(tiny_model).parent))
-    result = CliRunner().invoke(main, ["study", CHEAPEST, "--size", "tiny", "--output-dir", str(tmp_path),
-                                       "base.registry.enabled=false"], catch_exceptions=False)  # fmt: skip
+    monkeypatch.setenv("SFTRL_MODELS_DIR", str(tmp_path / "models"))  # gp-base: prepared by the study itself
+    args = [
+        "study",
+        CHEAPEST,
+        "--size",
+        "tiny",
+        "--seeds",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+        *REDUCED,
+    ]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    folder = tmp_path / f"{CHEAPEST}-tiny"
-    for arm in ("init", "sft", "rl"):
-        assert (folder / arm / "DONE").exists() and (folder / arm / "resolved_config.yaml").exists()
-    done = {arm: json.loads((folder / arm / "DONE").read_text())["output"] for arm in ("init", "sft", "rl")}
-    assert Path(done["init"]).is_dir()
+    folder = tmp_path / "out" / f"{CHEAPEST}-tiny"
     import yaml
 
-    for arm in ("sft", "rl"):  # both sides start from the init arm's checkpoint
-        assert yaml.safe_load((folder / arm / "resolved_config.yaml").read_text())["model"] == done["init"]
+    resolved = {}
+    for seed in (0, 1):
+        for arm in ("init", "sft", "rl"):
+            arm_dir = folder / f"seed-{seed}" / arm
+            assert (arm_dir / "DONE").exists()
+            resolved[seed, arm] = yaml.safe_load((arm_dir / "resolved_config.yaml").read_text())
+        init = json.loads((folder / f"seed-{seed}" / "init" / "DONE").read_text())["output"]
+        for arm in ("sft", "rl"):  # both sides start from this seed's init
+            assert resolved[seed, arm]["model"] == init
+    # seeds move the training seeds (so the demonstrations), never the evaluation tasks
+    assert [resolved[s, "rl"]["seed"] for s in (0, 1)] == [0, 1]
+    assert (
+        resolved[0, "rl"]["rollout"]["sampling"]["seed"] != resolved[1, "rl"]["rollout"]["sampling"]["seed"]
+    )
+    assert resolved[0, "rl"]["eval"] == resolved[1, "rl"]["eval"]
+    demos = [(folder / f"seed-{s}" / "init" / "data" / "sft.jsonl").read_text() for s in (0, 1)]
+    assert demos[0] != demos[1]
+    # the report pools both seeds: the rate over 2 x 8 episodes, with its Wilson interval
+    finals = [[r for r in read_metrics(folder / f"seed-{s}" / "init" / "metrics.jsonl") if r["kind"] == "eval"][-1]
+              for s in (0, 1)]  # fmt: skip
+    assert all(f["episodes/id"] == 8 for f in finals)
+    pooled = wilson(sum(round(f["success/id"] * 8) for f in finals), 16)
     text = (folder / "report" / "report.md").read_text()
-    for label in ("SFT init", "SFT", "RL (PPO)", "id", "ood_rule", "success_vs_compute.png"):
-        assert label in text
+    assert f"| SFT init | 2 | {pooled.estimate:.1%} ({pooled.low:.1%}–{pooled.high:.1%}) |" in text
+    assert "(8 episodes per suite and seed)" in text and "Seeds per arm: 2." in text
+    assert text.count("the interval excludes zero") + text.count("the interval does not exclude zero") == 5
+    for png in ("success_vs_compute.png", "final_success.png", "differences.png"):
+        assert f"]({png})" in text
     # a second run finds every arm done and only rewrites the report
-    again = CliRunner().invoke(main, ["study", CHEAPEST, "--size", "tiny", "--output-dir", str(tmp_path),
-                                      "base.registry.enabled=false"], catch_exceptions=False)  # fmt: skip
-    assert again.exit_code == 0 and again.output.count("done earlier") == 3
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.count("done earlier") == 6

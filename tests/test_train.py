@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy.metrics import read_metrics
 from deploy.train import Trainer, load_train_config
@@ -156,16 +157,30 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
                 assert x == pytest.approx(y, rel=1e-4, abs=1e-6), (ra, rb)
 
 
-def test_quickstart_command_runs_both_stages_and_prints_the_table(tmp_path):
+@pytest.mark.slow
+def test_quickstart_starts_from_the_base_and_prints_intervals_and_the_answer(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from sftrl.cli import main
+    from tests.test_studies import REDUCED
 
-    args = ["quickstart", "--output-dir", str(tmp_path), "stages.0.steps=4", "stages.0.data.episodes=64",
-            "stages.1.steps=2", "stages.1.tasks_per_step=4", "eval.episodes=8", "tensorboard=false"]  # fmt: skip
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    monkeypatch.setenv("SFTRL_MODELS_DIR", str(tmp_path / "models"))
+    result = CliRunner().invoke(
+        main, ["quickstart", "--output-dir", str(tmp_path), *REDUCED], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
-    for text in ("base", "after sft", "after ppo", "id", "ood_rule", "curves.png"):
+    for text in (
+        "SFT init",
+        "SFT",
+        "RL (PPO)",
+        "ID success",
+        "rule-OOD success",
+        "95% intervals",
+        "success_vs_compute.png",
+    ):
         assert text in result.output
-    records = read_metrics(tmp_path / "quickstart" / "metrics.jsonl")
-    assert [r["stage"] for r in records if r["kind"] == "stage_start"] == ["sft", "ppo"]
+    assert "Does RL carry to the unseen rule better than more SFT?" in result.output
+    assert "exclude zero" in result.output  # the sentence says what the interval supports
+    folder = tmp_path / "quickstart-tiny"
+    resolved = yaml.safe_load((folder / "seed-0" / "init" / "resolved_config.yaml").read_text())
+    assert Path(resolved["model"]).name == "gp-base"  # the base with a prior, not a random model

@@ -1,4 +1,10 @@
-"""``sftrl quickstart``: prepare the tiny model, SFT then PPO on GeneralPoints, print ID vs OOD."""
+"""``sftrl quickstart``: the papers' question on this machine, answered with intervals.
+
+From gp-base (a few-million-parameter model that reads the face-card rule from its prompt), the
+gp-l-rule-ood study at tiny size: a short SFT on the ID rule (the init), then from it more SFT and
+PPO; then a table of ID and rule-OOD success and rule adherence with 95% intervals, the report's
+figure and what the intervals support.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +14,49 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploy.metrics import read_metrics
+RECIPE = "gp-l-rule-ood"
+NAME = "quickstart"
 
-QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
+def results_table(study_dir: Path) -> tuple[Table, list[str]]:
+    """Per arm: ID success, rule-OOD success and OOD rule adherence (95% intervals); and the
+    sentences answering the recipe's questions."""
+    import yaml
 
-def results_table(run_dir: Path) -> Table:
-    """Success per suite at the start of each stage and at the end of the run."""
-    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "eval"]
-    suites = sorted({k.removeprefix("success/") for r in evals for k in r if k.startswith("success/")})
-    table = Table(title=f"GeneralPoints success ({run_dir.name})", title_justify="left")
+    from deploy.report import collect_runs
+    from deploy.study_stats import answer, cell, group_arms, mean_value, pooled
+
+    arms = [a for a in group_arms(collect_runs([study_dir])) if a.kind == "train"]
+    columns = (("ID success", "success", "id"), ("rule-OOD success", "success", "ood_rule"),
+               ("OOD: numbers follow the stated rule", "adherence", "ood_rule"))  # fmt: skip
+    table = Table(title=f"GeneralPoints, {len(arms[0].runs) if arms else 0} seed(s), 95% intervals",
+                  title_justify="left")  # fmt: skip
     table.add_column("model")
-    for suite in suites:
-        table.add_column(suite, justify="right")
-    rows: list[tuple[str, dict]] = []
-    for r in evals:
-        if r["stage_step"] == 0:
-            label = "base" if not rows else f"after {rows[-1][1]['stage']}"
-            rows.append((label, r))
-    if evals:
-        rows.append((f"after {evals[-1]['stage']}", evals[-1]))
-    for label, r in rows:
-        table.add_row(label, *(f"{r.get(f'success/{s}', float('nan')):.1%}" for s in suites))
-    return table
+    for title, _, _ in columns:
+        table.add_column(title, justify="right")
+    for arm in arms:
+        table.add_row(arm.label, *(cell(pooled(arm.finals, m, s), mean_value(arm.finals, f"{m}/{s}"))
+                                   for _, m, s in columns))  # fmt: skip
+    questions = (yaml.safe_load((study_dir / "study.yaml").read_text()) or {}).get("questions") or []
+    return table, [answer(q, arms)[0] for q in questions]
 
 
-def run_quickstart(output_dir: str, fresh: bool, overrides: list[str], console: Console) -> Path:
-    from deploy.train import Trainer, load_train_config
-    from sftrl.models import find_prepared, prepare_model
+def run_quickstart(
+    output_dir: str, fresh: bool, overrides: list[str], console: Console, seeds: int = 1
+) -> Path:
+    from deploy.report import write_report
+    from deploy.study import StudyRunner, load_study
 
-    if find_prepared("tiny") is None:
-        console.print("preparing the tiny model...")
-        prepare_model("tiny")
-    config = load_train_config(str(QUICKSTART_CONFIG), [f"output_dir={output_dir}", *overrides])
-    run_dir = Path(config.output_dir) / config.run_name
-    resume = run_dir.exists() and not fresh
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    trainer = Trainer(config, resume=resume, console=console)
-    plot = trainer.run()
-    console.print(results_table(trainer.run_dir))
-    console.print(f"curves: {plot}\nmetrics: {trainer.run_dir / 'metrics.jsonl'}", soft_wrap=True)
-    return trainer.run_dir
+    study = load_study(RECIPE, "tiny", [f"name={NAME}", *overrides], seeds)
+    runner = StudyRunner(study, output_dir, console)
+    if fresh and runner.dir.exists():
+        shutil.rmtree(runner.dir)
+    folder = runner.run()
+    report = write_report([folder], folder / "report", title=f"sftrl quickstart: {study.title}")
+    table, sentences = results_table(folder)
+    console.print(table)
+    if sentences:  # the recipe's first question is the papers' own; the rest are in the report
+        more = f" ({len(sentences) - 1} more answers in the report)" if len(sentences) > 1 else ""
+        console.print(f"{sentences[0]}{more}", highlight=False)
+    console.print(f"figure: {folder / 'report' / 'success_vs_compute.png'}\nreport: {report}", soft_wrap=True)
+    return folder

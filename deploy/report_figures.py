@@ -1,0 +1,152 @@
+"""The figures of a report (PNG), each drawn with its 95% intervals where the runs carry counts.
+
+Every function takes arms (:class:`deploy.study_stats.Arm`, one or more seeds each), writes one file
+under ``out`` and returns its name, or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+
+from deploy.intervals import Interval  # noqa: E402
+from deploy.study_stats import Arm, curve, pooled  # noqa: E402
+
+DPI = 110
+
+
+def _errors(intervals: list[Interval | None], values: list[float]) -> Any:
+    """Matplotlib's asymmetric error bars; None when any point lacks an interval."""
+    if not intervals or any(i is None for i in intervals):
+        return None
+    return [[v - i.low for v, i in zip(values, intervals, strict=True) if i],
+            [i.high - v for v, i in zip(values, intervals, strict=True) if i]]  # fmt: skip
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
+def compute_curves(arms: list[Arm], suites: list[str], metric: str, ylabel: str, out: Path, name: str) -> str:
+    """``metric`` per suite against training compute, one line per arm (pooled over its seeds)."""
+    fig, axes = plt.subplots(1, len(suites), figsize=(4.6 * len(suites), 3.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites, strict=True):
+        for arm in arms:
+            pts = curve(arm, metric, suite)
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            yerr = _errors([p[2] for p in pts], ys) if metric != "reward" else None
+            ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=_legend(arm))
+        ax.set_title(suite)
+        ax.set_xlabel("training compute (GFLOPs)")
+        if metric != "reward":
+            ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel(ylabel)
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[1]))
+    if labels:
+        axes[0][-1].legend(handles, labels, fontsize=8)
+    return _save(fig, out, name)
+
+
+def _legend(arm: Arm) -> str:
+    return arm.label if len(arm.runs) == 1 else f"{arm.label} ({len(arm.runs)} seeds)"
+
+
+def final_bars(
+    arms: list[Arm], suites: list[str], metric: str, ylabel: str, out: Path, name: str
+) -> str | None:
+    """The final ``metric`` of every arm per suite, as bars with their 95% intervals."""
+    found = [[pooled(arm.finals, metric, s) for s in suites] for arm in arms]
+    if not any(i for row in found for i in row):
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(suites) * len(arms) + 2), 3.8))
+    width = 0.8 / len(arms)
+    for j, (arm, row) in enumerate(zip(arms, found, strict=True)):
+        values = [i.estimate if i else 0.0 for i in row]
+        lows = [i.estimate - i.low if i else 0.0 for i in row]
+        highs = [i.high - i.estimate if i else 0.0 for i in row]
+        ax.bar([k + j * width for k in range(len(suites))], values, width, yerr=[lows, highs], capsize=3,
+               label=_legend(arm))  # fmt: skip
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(suites))], suites)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)
+
+
+def question_forest(answers: list[tuple[str, Interval]], out: Path, name: str) -> str | None:
+    """Each question's difference between two arms with its 95% interval, against zero."""
+    if not answers:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(answers) + 1.4))
+    ys = list(range(len(answers)))[::-1]
+    values = [a[1].estimate for a in answers]
+    ax.errorbar(values, ys, xerr=_errors([a[1] for a in answers], values), fmt="o", capsize=4)
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(ys, [a[0] for a in answers], fontsize=8)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("difference (95% interval)")
+    return _save(fig, out, name)
+
+
+def recognition_curves(arms: list[Arm], out: Path, name: str) -> str:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm in arms:
+        for suite in sorted(
+            {k.split("/", 1)[1] for f in arm.finals for k in f if k.startswith("recognition_accuracy/")}
+        ):
+            pts = curve(arm, "recognition_accuracy", suite)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{_legend(arm)} {suite}")
+    ax.set_xlabel("training compute (GFLOPs)")
+    ax.set_ylabel("recognition accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)
+
+
+def level_bars(arms: list[Arm], levels: list[str], out: Path, name: str) -> str:
+    """Accuracy per difficulty level, pooled over seeds, with intervals where items were counted."""
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(arms) + 3), 3.8))
+    width = 0.8 / len(arms)
+    for j, arm in enumerate(arms):
+        records = [r["levels"] for r in arm.runs]
+        found = [pooled(records, "accuracy", lv) for lv in levels]
+        values = [i.estimate if i else 0.0 for i in found]
+        yerr = [[v - i.low if i else 0.0 for v, i in zip(values, found, strict=True)],
+                [i.high - v if i else 0.0 for v, i in zip(values, found, strict=True)]]  # fmt: skip
+        ax.bar(
+            [k + j * width for k in range(len(levels))],
+            values,
+            width,
+            yerr=yerr,
+            capsize=3,
+            label=_legend(arm),
+        )
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(levels))], levels)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)
+
+
+def merge_curve(ratios: list[float], rows: dict[str, list[Interval | None]], values: dict[str, list[float]],
+                method: str, out: Path, name: str) -> str:  # fmt: skip
+    """Success of merges at each ratio, one line per suite (pooled over seeds)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for suite, ys in values.items():
+        ax.errorbar(ratios, ys, yerr=_errors(rows[suite], ys), marker="o", capsize=3, label=suite)
+    ax.set_xlabel(f"share of the second model ({method})")
+    ax.set_ylabel("episode success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)
