@@ -29,6 +29,7 @@ from services.envs import resolve_options
 from services.learner.checkpoint import step_of
 from services.rollout.group import RolloutGroup, episode_specs
 from sftrl.config import read_yaml, write_resolved_config
+from sftrl.hardware import resolve_dtype, resolve_precision
 from sftrl.models import resolve_model
 from sftrl.registry import RunRecord, open_registry
 from sftrl.registry.store import REGISTRY_ERRORS
@@ -47,6 +48,22 @@ def _data_seed(config: TrainConfig, data: SFTDataSpec) -> int:
     return data.seed + 1_000_000 * config.seed
 
 
+def _resolve_hardware(config: TrainConfig, console: Console) -> dict[str, str]:
+    """``auto`` precision and dtype made explicit for this machine, in place; the choices and their
+    reasons are printed and returned (the resolved config carries them)."""
+    precision, why_precision = resolve_precision(config.learner.precision, config.learner.device)
+    dtype, why_dtype = resolve_dtype(config.rollout.engine.dtype, config.rollout.engine.device)
+    config.learner.precision, config.rollout.engine.dtype = precision, dtype  # type: ignore[assignment]
+    notes = {
+        "learner.precision": f"{precision} ({why_precision})",
+        "rollout.engine.dtype": f"{dtype} ({why_dtype})",
+    }
+    console.print(
+        f"[dim]learner precision {notes['learner.precision']}; rollout dtype {notes['rollout.engine.dtype']}[/]"
+    )
+    return notes
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, console: Console | None = None):
         self.config = config
@@ -63,7 +80,7 @@ class Trainer:
                 f"{self.run_dir} already holds a run; use --resume, or another run_name / output_dir"
             )
         config.env.options = resolve_options(config.env.id, config.env.options)
-        write_resolved_config(config, self.run_dir)
+        write_resolved_config(config, self.run_dir, notes=_resolve_hardware(config, self.console))
         # On resume, metrics written after the checkpoint are replayed, so they are dropped first.
         keep_until = self.resume_state["global_step"] if self.resume_state else (0 if resume else None)
         self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)

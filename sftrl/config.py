@@ -119,14 +119,21 @@ def load_config(
     return build(model_cls, data, source=str(path) if path else "config")
 
 
-def write_resolved_config(config: BaseModel, out_dir: str | Path, name: str = RESOLVED_CONFIG_NAME) -> Path:
-    """Write the fully resolved config (defaults included) as YAML into ``out_dir``."""
+def write_resolved_config(
+    config: BaseModel,
+    out_dir: str | Path,
+    name: str = RESOLVED_CONFIG_NAME,
+    notes: dict[str, str] | None = None,
+) -> Path:
+    """Write the fully resolved config (defaults included) as YAML into ``out_dir``; ``notes`` (e.g. why
+    a precision was chosen) go above it as comments."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / name
     payload = config.model_dump(mode="json")
+    head = "".join(f"# {key}: {' '.join(str(value).split())}\n" for key, value in (notes or {}).items())
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
+    tmp.write_text(head + yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
     tmp.replace(target)
     return target
 

@@ -119,7 +119,7 @@ def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
     rows = tokenize_sft([SFTConversation(d.episode_id, d.messages) for d in demos], tok, 1024)
     data = [rows[i : i + 6] for i in range(0, 24, 6)]
     config = LearnerConfig.model_validate({
-        "model": str(tiny_model), "micro_batch_size": 4, "zero_stage": zero_stage,
+        "model": str(tiny_model), "micro_batch_size": 4, "zero_stage": zero_stage, "precision": "fp32",
         "optim": {"lr": 2e-3, "warmup_steps": 2, "total_steps": 6, "min_lr_ratio": 0.1, "weight_decay": 0.01},
     })  # fmt: skip
 

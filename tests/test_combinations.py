@@ -72,7 +72,7 @@ def test_interleaved_and_progressive_stages_in_one_run(tiny_model, tmp_path, mon
         "model=tiny", f"output_dir={tmp_path}", "run_name=combo", stages, "env.options.prompt_style=compact",
         "env.options.verify_iter=5", "eval.episodes=8", "eval.every=100", "eval.sampling.max_tokens=64",
         "rollout.sampling.max_tokens=64", "rollout.sampling.temperature=1.0", "rollout.engine.dtype=float32",
-        "rollout.engine.max_model_len=1536", "tensorboard=false", "learner.micro_batch_size=32",
+        "rollout.engine.max_model_len=1536", "tensorboard=false", "learner.micro_batch_size=32", "learner.precision=fp32",
         "save_trajectories=true", "checkpoint.every=100", "registry.enabled=false",
     ])  # fmt: skip
     trainer = Trainer(config)

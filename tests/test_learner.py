@@ -52,7 +52,8 @@ def write_demos(folder: Path, episodes: int, **options) -> tuple[Path, Path]:
 
 def learner_config(model: Path, **overrides) -> LearnerConfig:
     data = {
-        "model": str(model), "micro_batch_size": 4, "seed": 0,
+        # fp32 unless a test asks: these tests check the learner's arithmetic, the same on every CPU kind
+        "model": str(model), "micro_batch_size": 4, "seed": 0, "precision": "fp32",
         "optim": {"lr": 3e-3, "scheduler": "constant", "total_steps": 100, "max_grad_norm": 1.0},
     }  # fmt: skip
     for key, value in overrides.items():

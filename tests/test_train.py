@@ -29,7 +29,7 @@ BASE = [
     # Evaluation with paper 1's five attempts: the revision turns make success less of a coin flip.
     "eval.suites={id: {verify_iter: 5}, ood_rule: {face_cards: as_11_12_13, verify_iter: 5}}",
     "eval.sampling.max_tokens=64", "rollout.sampling.max_tokens=64", "rollout.engine.dtype=float32",
-    "rollout.engine.max_model_len=1536", "tensorboard=false", "learner.micro_batch_size=32",
+    "rollout.engine.max_model_len=1536", "tensorboard=false", "learner.micro_batch_size=32", "learner.precision=fp32",
 ]  # fmt: skip
 
 

@@ -30,7 +30,9 @@ class LearnerConfig(StrictModel):
     device: Literal["cpu", "cuda"] = "cpu"
     world_size: int = Field(1, ge=1, description="data-parallel learner processes (gloo on CPU, NCCL on GPU)")
     zero_stage: Literal[0, 1, 2, 3] = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the hardware computes it natively (AVX-512 BF16, AMX, GPUs), else fp32"
+    )
     micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward on one rank")
     gradient_checkpointing: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)

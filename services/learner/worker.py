@@ -39,6 +39,7 @@ from services.learner.config import LearnerConfig, RLConfig
 from services.learner.ds_config import deepspeed_config, lr_lambda
 from services.learner.sft_data import IGNORE_INDEX, SFTExample, load_tokenizer_or_processor
 from services.learner.value_head import ValueHead, save_value_head
+from sftrl.hardware import resolve_precision
 from sftrl.models import resolve_model
 from sftrl.threads import apply_cpu_threads, cpu_threads
 
@@ -186,7 +187,9 @@ class LearnerWorker:
     ):
         if rl is not None and rl.algorithm in ("ppo", "ppo_token") and not value_head:
             raise ValueError(f"algorithm {rl.algorithm!r} needs a value head (value_head=True)")
-        self.config, self.rl = config, rl
+        precision, _ = resolve_precision(config.precision, config.device)  # auto: what this node computes
+        self.config, self.rl = config.model_copy(update={"precision": precision}), rl
+        config = self.config
         self.rank, self.world_size = rank, world_size
         if config.device == "cpu":
             apply_cpu_threads(cpu_threads(config.threads, world_size))

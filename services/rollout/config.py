@@ -14,7 +14,9 @@ class EngineConfig(StrictModel):
 
     model: str = "tiny"  # a prepared name (sftrl models list), an HF folder, or a hub id
     device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 where the hardware computes it natively, else float32"
+    )
     max_model_len: int = Field(4096, ge=128)
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU: VLLM_CPU_KVCACHE_SPACE")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.rollout.config import EngineConfig, SamplingConfig
+from sftrl.hardware import resolve_dtype
 from sftrl.models import resolve_model
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
@@ -60,7 +61,7 @@ class VLLMEngine:
         self.model_path = resolve_model(config.model)
         kwargs: dict[str, Any] = {
             "model": self.model_path,
-            "dtype": config.dtype,
+            "dtype": resolve_dtype(config.dtype, config.device)[0],  # auto: what this node computes
             "max_model_len": config.max_model_len,
             "enforce_eager": config.enforce_eager,
             "enable_prefix_caching": config.enable_prefix_caching,
