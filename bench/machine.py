@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sftrl.hardware import cpu_facts
+from sftrl.hardware import cpu_facts, cpu_kind
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -34,8 +34,12 @@ def _git_commit() -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
+    import torch
+
     return {
         **cpu_facts(),
+        "kind": cpu_kind(),
+        "torch_threads": torch.get_num_threads(),
         "memory_gib": _mem_gib(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -45,8 +49,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with the machine description included."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``bench/results/<cpu kind>/<name>.json`` with the machine description included: results of
+    other kinds of CPU stay beside it."""
+    folder = RESULTS_DIR / cpu_kind()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2) + "\n")
     return path

@@ -100,3 +100,15 @@ def resolve_dtype(requested: str, device: str) -> tuple[str, str]:
     if requested == "bfloat16" and not native and device == "cpu":
         _warn_emulated("rollout dtype bfloat16")
     return requested, "set in the config"
+
+
+def cpu_kind() -> str:
+    """A short name for the kind of CPU, for file names: vendor family and its best matmul feature
+    (``intel-xeon-amx``, ``amd-epyc-avx512-bf16``, ``amd-epyc-avx2``)."""
+    model, flags = _cpuinfo()
+    lowered = model.lower()
+    family = next((name for key, name in (("xeon", "intel-xeon"), ("epyc", "amd-epyc"), ("intel", "intel"),
+                                           ("amd", "amd"), ("apple", "apple")) if key in lowered), "cpu")  # fmt: skip
+    feature = next((name for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"),
+                                            ("avx512f", "avx512"), ("avx2", "avx2")) if flag in flags), "baseline")  # fmt: skip
+    return f"{family}-{feature}"

@@ -70,3 +70,20 @@ def test_a_run_writes_the_choice_and_its_reason_into_its_resolved_config(cpu, tm
     assert text.startswith("# learner.precision: fp32 (auto: the CPU has no AVX-512 BF16 or AMX")
     assert yaml.safe_load(text)["learner"]["precision"] == "fp32"  # comments do not change the config
     assert "learner precision fp32" in console.export_text()
+
+
+@pytest.mark.parametrize(("kind", "name"), [(AVX2_ONLY, "amd-epyc-avx2"), (AVX512_BF16, "amd-epyc-avx512-bf16"),
+                                            (AMX, "intel-xeon-amx")])  # fmt: skip
+def test_benchmark_results_are_filed_by_the_kind_of_cpu(cpu, tmp_path, monkeypatch, kind, name):
+    import json
+
+    from bench import machine
+
+    cpu(kind)
+    assert hardware.cpu_kind() == name
+    monkeypatch.setattr(machine, "RESULTS_DIR", tmp_path)
+    path = machine.write_result("rollout", {"ratio": 1.0})
+    assert path == tmp_path / name / "rollout.json"  # results of other kinds stay beside it
+    recorded = json.loads(path.read_text())["machine"]
+    assert recorded["cpu"] == kind[0] and recorded["kind"] == name and recorded["torch_threads"] >= 1
+    assert set(recorded["flags"]) <= set(hardware.FLAGS_OF_INTEREST) and recorded["flags"]
