@@ -95,6 +95,7 @@ class SyncReport:
     checkpoints: int = 0
     dropped: list[str] = field(default_factory=list)  # registry records whose folder is gone
     skipped: list[str] = field(default_factory=list)  # folders that are not valid checkpoints / runs
+    unseen: list[str] = field(default_factory=list)  # registered runs whose folder is not visible here (kept)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -134,8 +135,10 @@ def resync_run(registry: Registry, run_dir: Path, report: SyncReport | None = No
     return report
 
 
-def resync(registry: Registry, roots: list[Path]) -> SyncReport:
-    """Resync every run under ``roots`` plus every run the registry already knows."""
+def resync(registry: Registry, roots: list[Path], prune: bool = False) -> SyncReport:
+    """Resync every run under ``roots`` plus every run the registry already knows. A registered run
+    whose folder cannot be seen here (another machine's disk, an unmounted volume) keeps its records
+    unless ``prune``: the index is never wiped for what this machine cannot see."""
     report = SyncReport()
     dirs: dict[Path, None] = {}
     for root in roots:
@@ -144,9 +147,11 @@ def resync(registry: Registry, roots: list[Path]) -> SyncReport:
         folder = Path(run.run_dir)
         if (folder / RESOLVED_CONFIG_NAME).is_file():
             dirs.setdefault(folder.resolve(), None)
-        else:  # the whole run folder is gone
+        elif prune:  # the whole run folder is gone, and the caller says so
             registry.delete_run(run.run_id)
             report.dropped.append(run.run_id)
+        else:
+            report.unseen.append(f"{run.run_id} ({run.run_dir})")
     for folder in dirs:
         resync_run(registry, folder, report)
     return report

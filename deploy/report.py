@@ -19,7 +19,7 @@ import yaml
 
 from deploy import report_figures as figures
 from deploy.metrics import read_metrics
-from deploy.study_stats import Arm, answer, cell, group_arms, mean_value, pooled
+from deploy.study_stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
 
 LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
 
@@ -158,6 +158,21 @@ def _final_table(arms: list[Arm], suites: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _along_training(arms: list[Arm], suites: list[str]) -> list[str]:
+    """Success at every evaluation of each arm (pooled over seeds): where a run still climbs and
+    where it has reached its plateau."""
+    lines = ["## Along training", "",
+             "Episode success at each evaluation (pooled over seeds), with the training compute (GFLOPs) "
+             "reached there.", ""]  # fmt: skip
+    for suite in [s for s in ("id", "ood_rule") if s in suites] or suites[:1]:
+        lines.append(f"- {suite}:")
+        for arm in arms:
+            points = curve(arm, "success", suite)
+            path = " → ".join(f"{v:.1%} ({g:.3g})" for g, v, _ in points)
+            lines.append(f"  - {arm.label}: {path}")
+    return lines + [""]
+
+
 def _answers(
     questions: list[dict[str, Any]], arms: list[Arm], out: Path
 ) -> tuple[list[str], list[tuple[str, str]], list[dict[str, Any]]]:
@@ -244,7 +259,11 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
         )
         if bars:
             shown.append(("Final episode success per suite (95% intervals)", bars))
-        lines += _final_table(trained, suites) + _adherence_table(trained, suites)
+        lines += (
+            _final_table(trained, suites)
+            + _adherence_table(trained, suites)
+            + _along_training(trained, suites)
+        )
     section, drawn, answers = _answers(_questions(paths), arms, out)
     lines, shown = lines + section, shown + drawn
     if any(k.startswith("recognition_accuracy/") for a in trained for f in a.finals for k in f):

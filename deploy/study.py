@@ -39,7 +39,7 @@ from sftrl.config import ConfigError, StrictModel, apply_overrides, build
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
 Size = Literal["tiny", "small", "paper"]
 DONE = "DONE"
-_REF = re.compile(r"^@([A-Za-z0-9_.-]+)$")
+_REF = re.compile(r"@([A-Za-z0-9_.-]+)")
 
 
 class StudyArm(StrictModel):
@@ -239,7 +239,7 @@ class StudyRunner:
             return {k: self._resolve(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._resolve(v) for v in value]
-        if isinstance(value, str) and (m := _REF.match(value)):
+        if isinstance(value, str) and (m := _REF.fullmatch(value)):
             arm = m.group(1)
             if arm not in self.outputs:
                 raise ConfigError(f"study {self.study.name}: @{arm} is used before arm {arm!r} has run")

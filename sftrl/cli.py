@@ -561,14 +561,15 @@ def registry_group() -> None:
 
 @registry_group.command("resync")
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
-def registry_resync(roots: tuple[Path, ...]) -> None:
+@click.option("--prune", is_flag=True, help="Also drop registered runs whose folder is not visible here.")
+def registry_resync(roots: tuple[Path, ...], prune: bool) -> None:
     """Rebuild the records of the runs under ROOTS (default: ./runs) and of every registered run."""
     from sftrl.commands.registry import resync_command
     from sftrl.registry import REGISTRY_ERRORS, open_registry
 
     try:
         with open_registry() as registry:
-            resync_command(console, registry, list(roots) or [Path("runs")])
+            resync_command(console, registry, list(roots) or [Path("runs")], prune)
     except (RuntimeError, *REGISTRY_ERRORS) as exc:
         fail(f"registry unavailable: {exc}")
 

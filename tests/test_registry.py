@@ -95,7 +95,7 @@ def test_checkpoint_refs(ref: str, expected: tuple[str, int | None]) -> None:
 
 
 @pytest.mark.parametrize(
-    "ref", ["", "@3", "run@", "run@-1", "run@x", "../etc@1", "run@1@2", "a b", "x" * 200]
+    "ref", ["", "@3", "run@", "run@-1", "run@x", "../etc@1", "run@1@2", "a b", "x" * 200, "run\n", "run\n@3"]
 )
 def test_bad_checkpoint_refs_are_refused(ref: str) -> None:
     with pytest.raises(ValueError, match="checkpoint reference"):
@@ -128,7 +128,11 @@ def test_resync_drops_what_is_gone_or_corrupt(registry: Registry, run_dir: Path)
     assert any("does not match its sha256" in s for s in report.skipped)
     assert [c.step for c in registry.list_checkpoints("gp-sft")] == [20]
     shutil.rmtree(run_dir)
+    # a folder this machine cannot see (unmounted volume, another host) is not proof it is gone
     report = resync(registry, [])
+    assert not report.dropped and report.unseen[0].startswith("gp-sft (") and registry.get_run("gp-sft")
+    assert [c.step for c in registry.list_checkpoints("gp-sft")] == [20]
+    report = resync(registry, [], prune=True)  # asked for: dropped
     assert report.dropped == ["gp-sft"] and registry.list_runs() == []
 
 

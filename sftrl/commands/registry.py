@@ -52,15 +52,19 @@ def print_checkpoints(console: Console, run_id: str, checkpoints: list[Checkpoin
     console.print(table)
 
 
-def resync_command(console: Console, registry: Registry, roots: list[Path]) -> None:
+def resync_command(console: Console, registry: Registry, roots: list[Path], prune: bool = False) -> None:
     from deploy.registry_sync import resync
 
-    report = resync(registry, roots)
+    report = resync(registry, roots, prune)
     console.print(
         f"re-synced {len(report.runs)} run(s), {report.checkpoints} checkpoint(s)"
         + (f"; dropped {len(report.dropped)} record(s) whose files are gone" if report.dropped else "")
     )
     for line in report.dropped:
         console.print(f"  dropped {line}", highlight=False)
+    if report.unseen:
+        console.print(f"kept {len(report.unseen)} run(s) whose folder is not visible here (--prune drops them):")
+    for line in report.unseen:
+        console.print(f"  kept {line}", highlight=False, soft_wrap=True)
     for line in report.skipped:
         console.print(f"  [yellow]skipped[/] {line}", highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" would accept "id\n"
 
 
 def utc_now() -> str:
@@ -26,7 +26,7 @@ def checkpoint_id(run_id: str, step: int) -> str:
 def parse_checkpoint_ref(ref: str) -> tuple[str, int | None]:
     """``RUN@STEP`` -> (RUN, STEP); ``RUN`` or ``RUN@latest`` -> (RUN, None). Raises ValueError."""
     run_id, sep, step = ref.partition("@")
-    if not RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.fullmatch(run_id):
         raise ValueError(f"bad checkpoint reference {ref!r}: expected RUN or RUN@STEP (e.g. quickstart@300)")
     if not sep or step == "latest":
         return run_id, None
