@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ class MetricsLog:
         if truncate_after_step is not None and self.path.exists():
             # Resuming: records written after the checkpoint belong to a future that is replayed.
             kept = [r for r in read_metrics(self.path) if r.get("global_step", 0) <= truncate_after_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.path)  # a crash here leaves the old file, never half of it
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -40,10 +43,25 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``. A torn last line (the process died mid-write) is dropped with
+    a warning; a bad line anywhere else is corruption and an error."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                warnings.warn(f"{path}: dropped a torn last line (a write cut short)", stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record (the file is corrupt)") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: not a JSON object")
+        records.append(record)
+    return records
 
 
 def plot_run(run_dir: Path) -> Path | None:

@@ -1,0 +1,36 @@
+"""metrics.jsonl is a run's record of truth: a torn last line (a process killed mid-write) is dropped
+with a warning so the run resumes; a bad line elsewhere is corruption and an error; the rewrite on
+resume keeps only the records up to the checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploy.metrics import MetricsLog, read_metrics
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning_and_the_run_resumes(tmp_path):
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in range(1, 4):
+        log.log({"kind": "train", "global_step": step, "loss": 1.0 / step})
+    with (tmp_path / "metrics.jsonl").open("a") as fh:
+        fh.write('{"kind": "train", "global_st')  # the process died here
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert [r["global_step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    with pytest.warns(UserWarning, match="torn last line"):
+        resumed = MetricsLog(tmp_path, tensorboard=False, truncate_after_step=2)
+    resumed.log({"kind": "train", "global_step": 3, "loss": 0.3})
+    assert [r["global_step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"global_step": 1}) + "\nnot json\n" + json.dumps({"global_step": 2}) + "\n")
+    with pytest.raises(ValueError, match="line 2: not a JSON record"):
+        read_metrics(path)
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_metrics(path)
