@@ -68,6 +68,60 @@ def test_latest_skips_unfinished_and_corrupt_checkpoints(tmp_path, caplog):
     assert not crashed.exists()
 
 
+def test_every_file_is_covered_and_a_replacement_cut_short_is_repaired(tmp_path, caplog):
+    """Optimizer shards (DeepSpeed loads them with pickle), the trainer state and the tokenizer are
+    hashed like the weights; a file added afterwards fails too; a crash between the two renames of
+    a replaced checkpoint loses nothing."""
+
+    def writer(step: int):
+        base = fake_writer(step)
+
+        def write(final: Path) -> None:
+            def extra(tmp: Path) -> None:
+                (tmp / "deepspeed").mkdir()
+                (tmp / "deepspeed" / "optim_states.pt").write_bytes(bytes(range(256)) * 4)
+                (tmp / "tokenizer.json").write_text('{"model": {}}')
+
+            with atomic_checkpoint(final) as tmp:
+                base_tmp = tmp.parent / (tmp.name + "-base")
+                base(base_tmp)  # a complete checkpoint of its own, copied in below
+                for path in base_tmp.iterdir():
+                    if path.name != COMPLETE_NAME:
+                        path.replace(tmp / path.name)
+                base_tmp.joinpath(COMPLETE_NAME).unlink()
+                base_tmp.rmdir()
+                extra(tmp)
+
+        return write
+
+    manager = CheckpointManager(tmp_path, keep=5)
+    for step in (1, 2):
+        manager.save(step, writer(step))
+    marker = json.loads((tmp_path / "step-000002" / COMPLETE_NAME).read_text())
+    assert set(marker["sha256"]) == {"model.safetensors", "config.json", "trainer_state.json",
+                                     "deepspeed/optim_states.pt", "tokenizer.json"}  # fmt: skip
+    shard = tmp_path / "step-000002" / "deepspeed" / "optim_states.pt"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes: only the hash sees it
+    shard.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert manager.latest() == tmp_path / "step-000001"  # skipped for the one before, and said so
+    assert "deepspeed/optim_states.pt does not match its sha256" in caplog.text
+    assert "trying the one before" in caplog.text
+    (tmp_path / "step-000001" / "notes.txt").write_text("dropped in later")
+    with pytest.raises(ValueError, match="files not in the marker: notes.txt"):
+        verify(tmp_path / "step-000001")
+    # a replacement cut short after step-000003 was moved aside and before the new one was renamed in
+    manager.save(3, writer(3))
+    aside = tmp_path / ".step-000003.old-999999"
+    (tmp_path / "step-000003").replace(aside)
+    assert manager.latest() == tmp_path / "step-000003" and not aside.exists()  # put back
+    (tmp_path / "step-000003").rename(aside)
+    manager.save(3, writer(3))  # the new one landed: the old copy is removed
+    manager.steps()
+    assert not aside.exists() and verify(tmp_path / "step-000003")
+
+
 def test_retention_keeps_the_newest(tmp_path):
     manager = CheckpointManager(tmp_path, keep=2)
     for step in range(1, 6):

@@ -10,12 +10,16 @@
 - ``deepspeed/``: the engine's own checkpoint (module, optimizer and scheduler state, per rank);
 - ``trainer_state.json``: the caller's ``extra`` (step, data position, metrics) and every rank's
   RNG states;
-- ``COMPLETE``, written last: the sha256 of every weight file.
+- ``COMPLETE``, written last: the sha256 and size of every other file of the checkpoint (weights,
+  optimizer shards, which DeepSpeed loads with pickle, trainer state, tokenizer).
 
-A checkpoint is written into ``.step-000042.tmp-<pid>`` and renamed into place with ``os.replace``
-once complete, so a crash mid-write leaves only a hidden temporary folder and the last good
-checkpoint stays the newest. :meth:`CheckpointManager.latest` re-hashes the weights and skips (with
-a warning naming it) any checkpoint that is incomplete or whose files changed.
+A checkpoint is written into ``.step-000042.tmp-<pid>``, every file and folder fsynced, and renamed
+into place with ``os.replace`` once complete, so a crash mid-write leaves only a hidden temporary
+folder and the last good checkpoint stays the newest; an older checkpoint is pruned only after the
+new one is durable. :meth:`CheckpointManager.latest` re-hashes every file and skips (with a warning
+naming it) any checkpoint that is incomplete or whose files changed; pruning checks names and sizes
+only. A crash between the two renames of a replaced checkpoint leaves ``.step-N.old-<pid>``: it is
+put back when ``step-N`` is missing, removed otherwise.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ COMPLETE_NAME = "COMPLETE"
 STATE_NAME = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
 VALUE_HEAD_DIR = "value_head"
-FORMAT = 1
-_STEP_RE = re.compile(r"^step-(\d+)$")
-_TMP_RE = re.compile(r"^\.step-\d+\.tmp-(\d+)$")
+FORMAT = 1  # trainer_state.json
+MARKER_FORMAT = 2  # COMPLETE: every file with its size (format 1 listed the weights only)
+_STEP_RE = re.compile(r"step-(\d+)")
+_TMP_RE = re.compile(r"\.step-\d+\.tmp-(\d+)")
+_OLD_RE = re.compile(r"\.(step-\d+)\.old-(\d+)")
 
 
 def step_name(step: int) -> str:
@@ -50,7 +56,7 @@ def step_name(step: int) -> str:
 
 def step_of(folder: Path) -> int | None:
     """The step of a ``step-N`` folder, None for any other name."""
-    m = _STEP_RE.match(folder.name)
+    m = _STEP_RE.fullmatch(folder.name)
     return int(m.group(1)) if m else None
 
 
@@ -63,6 +69,32 @@ def weight_files(folder: Path) -> list[Path]:
     """The files whose hashes make a checkpoint's identity: policy and value-head weights."""
     files = sorted(folder.glob("*.safetensors")) + sorted((folder / VALUE_HEAD_DIR).glob("*.safetensors"))
     return files
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """Every file of a checkpoint but its ``COMPLETE`` marker, in a fixed order."""
+    return sorted(p for p in folder.rglob("*") if p.name != COMPLETE_NAME and not p.is_dir())
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` (and ``folder`` itself) to disk."""
+    for path in [*checkpoint_files(folder), *(folder / COMPLETE_NAME,)]:
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [folder]:
+        _fsync_dir(sub)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -84,22 +116,29 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def write_complete(folder: Path) -> None:
-    """Hash the weight files and write the ``COMPLETE`` marker (the last file of a checkpoint)."""
-    files = weight_files(folder)
-    if not files:
+    """Hash every file and write the ``COMPLETE`` marker (the last file of a checkpoint)."""
+    if not weight_files(folder):
         raise ValueError(f"checkpoint {folder} holds no .safetensors weights")
-    hashes = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
-    _write_json(folder / COMPLETE_NAME, {"format": FORMAT, "sha256": hashes})
+    files = checkpoint_files(folder)
+    if any(p.is_symlink() or not p.is_file() for p in files):
+        raise ValueError(f"checkpoint {folder} holds a link or special file")
+    names = [p.relative_to(folder).as_posix() for p in files]
+    _write_json(folder / COMPLETE_NAME, {"format": MARKER_FORMAT,
+                                         "sha256": {n: _sha256(p) for n, p in zip(names, files, strict=True)},
+                                         "bytes": {n: p.stat().st_size for n, p in zip(names, files, strict=True)}})  # fmt: skip
 
 
 def commit(tmp: Path, final: Path) -> Path:
-    """Mark ``tmp`` complete and rename it to ``final`` (an existing ``final`` is replaced)."""
+    """Mark ``tmp`` complete, flush it to disk and rename it to ``final`` (an existing ``final`` is
+    replaced; see the module's note on ``.old`` folders)."""
     write_complete(tmp)
+    _fsync_tree(tmp)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"
         os.replace(final, old)
     os.replace(tmp, final)
+    _fsync_dir(final.parent)  # the rename itself is durable before anything older is pruned
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -121,9 +160,9 @@ def atomic_checkpoint(final: Path) -> Iterator[Path]:
         raise
 
 
-def verify(folder: str | Path) -> Path:
-    """``folder`` if it is a complete checkpoint whose weights match their recorded hashes; a
-    ``ValueError`` saying what is wrong otherwise."""
+def verify(folder: str | Path, deep: bool = True) -> Path:
+    """``folder`` if it is a complete checkpoint whose files match their recorded hashes (``deep``) or
+    at least their names and sizes; a ``ValueError`` saying what is wrong otherwise."""
     folder = Path(folder)
 
     def bad(why: str) -> ValueError:
@@ -136,20 +175,26 @@ def verify(folder: str | Path) -> Path:
         hashes = marker["sha256"]
         if not isinstance(hashes, dict) or not hashes:
             raise ValueError("no hashes")
+        sizes = marker.get("bytes") if marker.get("format") == MARKER_FORMAT else None
+        if sizes is not None and not isinstance(sizes, dict):
+            raise ValueError("bad sizes")
     except FileNotFoundError:
         raise bad(f"no {COMPLETE_NAME} marker (the write did not finish)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise bad(f"unreadable {COMPLETE_NAME} marker ({exc})") from None
     for name, expected in hashes.items():
         path = folder / name
-        if not path.is_file():
+        if ".." in Path(name).parts or Path(name).is_absolute() or not path.is_file() or path.is_symlink():
             raise bad(f"{name} is missing")
-        if _sha256(path) != expected:
+        if deep and _sha256(path) != expected:
             raise bad(f"{name} does not match its sha256 (changed or truncated after it was written)")
+        if not deep and sizes is not None and path.stat().st_size != sizes.get(name):
+            raise bad(f"{name} does not match its size (changed or truncated after it was written)")
     listed = {folder / name for name in hashes}
-    stray = [p.relative_to(folder).as_posix() for p in weight_files(folder) if p not in listed]
+    present = checkpoint_files(folder) if sizes is not None else weight_files(folder)  # format 1: weights
+    stray = [p.relative_to(folder).as_posix() for p in present if p not in listed]
     if stray:
-        raise bad(f"weight files not in the marker: {', '.join(stray)}")
+        raise bad(f"files not in the marker: {', '.join(stray)}")
     for needed in ("config.json", STATE_NAME):
         if not (folder / needed).is_file():
             raise bad(f"{needed} is missing")
@@ -192,12 +237,26 @@ class CheckpointManager:
         """Every ``step-N`` folder (complete or not), oldest first."""
         if not self.root.is_dir():
             return []
+        self._recover_replaced()
         found = []
         for child in self.root.iterdir():
-            m = _STEP_RE.match(child.name)
+            m = _STEP_RE.fullmatch(child.name)
             if m and child.is_dir():
                 found.append((int(m.group(1)), child))
         return sorted(found)
+
+    def _recover_replaced(self) -> None:
+        """``.step-N.old-<pid>`` of a dead process: put back when ``step-N`` is missing, else removed."""
+        for child in list(self.root.iterdir()):
+            m = _OLD_RE.fullmatch(child.name)
+            if not m or int(m.group(2)) == os.getpid() or pid_alive(int(m.group(2))):
+                continue
+            final = self.root / m.group(1)
+            if final.exists():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                os.replace(child, final)
+                log.warning("put back %s (its replacement was interrupted)", final)
 
     def save(self, step: int, writer: Callable[[Path], Any]) -> Path:
         """``writer(final_path)`` writes the checkpoint atomically (``LearnerGroup.save_checkpoint``,
@@ -205,7 +264,7 @@ class CheckpointManager:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(step)
         writer(final)
-        verify(final)
+        verify(final, deep=False)  # just hashed by the writer; names and sizes say it landed whole
         self.prune()
         return final
 
@@ -215,7 +274,7 @@ class CheckpointManager:
             try:
                 return verify(folder)
             except ValueError as exc:
-                log.warning("skipping %s", exc)
+                log.warning("skipping %s; trying the one before", exc)
         return None
 
     def prune(self) -> list[Path]:
@@ -226,7 +285,7 @@ class CheckpointManager:
         newest_good_step: int | None = None
         for step, folder in reversed(self.steps()):
             try:
-                verify(folder)
+                verify(folder, deep=False)  # names and sizes: pruning must not re-read every optimizer shard
             except ValueError:
                 if newest_good_step is not None and step < newest_good_step:
                     removed.append(folder)
@@ -237,7 +296,7 @@ class CheckpointManager:
         removed.extend(good[self.keep :])
         if self.root.is_dir():
             for child in self.root.iterdir():
-                m = _TMP_RE.match(child.name)
+                m = _TMP_RE.fullmatch(child.name)
                 if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
                     removed.append(child)
         for folder in removed:
