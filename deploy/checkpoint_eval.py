@@ -142,8 +142,8 @@ def create_evaluation(
 
 def load_player(ckpt: CheckpointRecord, run_config: dict[str, Any], **engine_overrides: Any) -> Any:
     """A rollout worker (one in-process vLLM engine) on a verified checkpoint."""
-    from services.learner.checkpoint import verify
     from services.rollout.worker import RolloutWorker
+    from sftrl.checkpoint import verify
 
     verify(ckpt.path)  # ValueError "incomplete/corrupt: ..." before vLLM sees the files
     return RolloutWorker(engine_config(ckpt.path, run_config, **engine_overrides))

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from services.learner.checkpoint import CheckpointManager, read_trainer_state
+from sftrl.checkpoint import CheckpointManager, read_trainer_state
 from sftrl.config import RESOLVED_CONFIG_NAME
 from sftrl.registry.records import CheckpointRecord, RunRecord, checkpoint_id
 from sftrl.registry.store import REGISTRY_ERRORS, Registry

@@ -26,8 +26,8 @@ from deploy.metrics import MetricsLog, plot_run
 from deploy.registry_sync import RunRegistrar
 from deploy.train_config import RLStage, SFTDataSpec, SFTStage, TrainConfig
 from services.envs import resolve_options
-from services.learner.checkpoint import step_of
 from services.rollout.group import RolloutGroup, episode_specs
+from sftrl.checkpoint import step_of
 from sftrl.config import read_yaml, write_resolved_config
 from sftrl.hardware import resolve_dtype, resolve_precision
 from sftrl.models import resolve_model
@@ -96,7 +96,7 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------
 
     def _load_state(self) -> dict[str, Any] | None:
-        from services.learner.checkpoint import CheckpointManager
+        from sftrl.checkpoint import CheckpointManager
 
         latest = CheckpointManager(self.ckpt_root, keep=self.config.checkpoint.keep).latest()
         if latest is None:
@@ -106,7 +106,7 @@ class Trainer:
         return state
 
     def _save(self, stage_index: int, step: int, final: bool) -> Path:
-        from services.learner.checkpoint import CheckpointManager
+        from sftrl.checkpoint import CheckpointManager
 
         extra = {"stage_index": stage_index, "stage_step": step, "global_step": self.global_step,
                  "flops": self.flops, "stage_final": final,

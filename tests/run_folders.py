@@ -12,7 +12,7 @@ def make_run_folder(run_dir: Path, model: Path, steps: list[int], **config: obje
     import shutil
 
     from deploy.train_config import TrainConfig
-    from services.learner.checkpoint import CheckpointManager, write_complete, write_trainer_state
+    from sftrl.checkpoint import CheckpointManager, write_complete, write_trainer_state
     from sftrl.config import write_resolved_config
 
     cfg = TrainConfig.model_validate({"run_name": run_dir.name, "output_dir": str(run_dir.parent),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.learner.checkpoint import (
+from sftrl.checkpoint import (
     COMPLETE_NAME,
     CheckpointManager,
     atomic_checkpoint,

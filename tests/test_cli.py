@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from sftrl.cli import main, parse_env_options
+from deploy.cli import main, parse_env_options
 
 
 def run(*args: str, input: str | None = None):

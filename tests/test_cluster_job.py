@@ -99,7 +99,7 @@ def test_ray_job_submit_trains_and_registers_checkpoints(
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     submit = [RAY, "job", "submit", "--address", cluster, "--no-wait", "--submission-id", "sftrl-test-job",
               "--runtime-env-json", json.dumps(runtime_env), "--",
-              sys.executable, "-m", "sftrl.cli", "train", "--config", str(config_path)]  # fmt: skip
+              sys.executable, "-m", "deploy.cli", "train", "--config", str(config_path)]  # fmt: skip
     for _ in range(40):  # the head's job agent may come up a little after its dashboard
         out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
         if out.returncode == 0 or "No available agent" not in out.stderr + out.stdout:

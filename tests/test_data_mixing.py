@@ -115,7 +115,7 @@ def test_data_mix_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) ->
 
     from click.testing import CliRunner
 
-    from sftrl.cli import main
+    from deploy.cli import main
 
     sft = shutil.copytree(tiny_model, tmp_path / "sft-model")
     out = tmp_path / "mixed.jsonl"

@@ -78,7 +78,7 @@ def test_tagged_sets_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
 def test_difficulty_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from sftrl.cli import main
+    from deploy.cli import main
 
     levels = tmp_path / "levels.jsonl"
     runner = CliRunner()

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import services.envs  # noqa: F401
+from deploy.cli import main
 from services.verifier.face_rules import canonical_rule, draw_face_values, parse_face_rule, rule_text
 from services.verifier.general_points import card_value
-from sftrl.cli import main
 from sftrl.config import ConfigError
 
 GP = "sftrl/GeneralPoints-v0"

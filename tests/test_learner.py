@@ -413,8 +413,8 @@ def test_zero3_over_two_ranks_gathers_saves_and_resumes(local_ray, tiny_model, g
     from safetensors import safe_open
 
     from services.learner.batch import build_rl_batch
-    from services.learner.checkpoint import CheckpointManager
     from services.learner.group import LearnerGroup
+    from sftrl.checkpoint import CheckpointManager
 
     rl = RLConfig(algorithm="ppo", epochs=1)
     group = LearnerGroup(learner_config(tiny_model, world_size=2, zero_stage=3), rl, value_head=True)
@@ -467,7 +467,7 @@ def test_policy_weights_reach_a_running_vllm_engine(tiny_model, gp_examples, tmp
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from services.learner.checkpoint import CheckpointManager
+    from sftrl.checkpoint import CheckpointManager
 
     worker = make_worker(tiny_model, value_head=True, optim={"lr": 5e-3})
     try:

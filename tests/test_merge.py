@@ -147,7 +147,7 @@ def test_models_that_do_not_fit_are_refused(small_llama: Path, tiny_model: Path,
 
 
 def test_a_corrupt_checkpoint_is_refused_and_nothing_is_written(small_llama: Path, tmp_path: Path) -> None:
-    from services.learner.checkpoint import COMPLETE_NAME
+    from sftrl.checkpoint import COMPLETE_NAME
 
     ckpt = variant(small_llama, tmp_path, "step-000010", {})
     (ckpt / COMPLETE_NAME).write_text(json.dumps({"sha256": {"model.safetensors": "0" * 64}}))
@@ -163,7 +163,7 @@ def test_a_corrupt_checkpoint_is_refused_and_nothing_is_written(small_llama: Pat
 def test_cli_merge(small_llama: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from sftrl.cli import main
+    from deploy.cli import main
 
     a = variant(small_llama, tmp_path, "a", {NORM: torch.zeros(8)})
     b = variant(small_llama, tmp_path, "b", {NORM: torch.full((8,), 10.0)})
@@ -190,10 +190,10 @@ def test_merge_sweep_evaluates_every_ratio_in_vllm(tiny_model: Path, tmp_path: P
     """Real merges loaded into a real vLLM engine (in place after the first); ratio 0 is model A."""
     from click.testing import CliRunner
 
+    from deploy.cli import main
     from deploy.evaluation import evaluate
     from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
     from services.rollout.worker import RolloutWorker
-    from sftrl.cli import main
 
     state = load_file(tiny_model / "model.safetensors")
     gen = torch.Generator().manual_seed(1)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import services.envs  # noqa: F401  (registers the environments)
-from sftrl.cli import main
+from deploy.cli import main
 from sftrl.models import (
     CATALOG,
     PrepareOptions,

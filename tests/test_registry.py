@@ -11,8 +11,8 @@ import redis
 from click.testing import CliRunner
 
 from deploy.checkpoint_eval import EvalInputError, EvalRequest, UnknownCheckpoint, create_evaluation
+from deploy.cli import main
 from deploy.registry_sync import RunRegistrar, read_run, resync
-from sftrl.cli import main
 from sftrl.registry import (
     LocalRedis,
     Registry,

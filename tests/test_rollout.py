@@ -177,7 +177,7 @@ def test_tiny_vl_plays_general_points_image_episodes(tiny_vl_model):
 def test_sftrl_rollout_command(tiny_model, tmp_path, mode):
     from click.testing import CliRunner
 
-    from sftrl.cli import main
+    from deploy.cli import main
 
     out = tmp_path / "run" / "traj.parquet"
     args = ["rollout", "--model", str(tiny_model), "--env", "sftrl/GeneralPoints-v0", "--episodes", "6",
@@ -194,7 +194,7 @@ def test_sftrl_rollout_command(tiny_model, tmp_path, mode):
 def test_sftrl_rollout_command_errors(tmp_path):
     from click.testing import CliRunner
 
-    from sftrl.cli import main
+    from deploy.cli import main
 
     result = CliRunner().invoke(main, ["rollout", "--model", str(tmp_path), "--env", "sftrl/GeneralPoints-v0",
                                        "--out", str(tmp_path / "t.jsonl"), "--in-process"])  # fmt: skip

@@ -116,7 +116,7 @@ def test_evaluation_over_http_matches_the_in_process_evaluation(endpoint: str, r
     assert metrics["turns"] >= 1 and 0 <= metrics["success"] <= 1 and "reward" in metrics
 
     env = {**os.environ, "REDIS_URL": registry_server}
-    cmd = [sys.executable, "-m", "sftrl.cli", "evaluate", "gp@20", "--suite", "id", "--episodes", "12", "--seed", "5",
+    cmd = [sys.executable, "-m", "deploy.cli", "evaluate", "gp@20", "--suite", "id", "--episodes", "12", "--seed", "5",
            "--threads", "2"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -206,8 +206,8 @@ REDUCED = ["base.registry.enabled=false", "base.tensorboard=false", "base.eval.e
 def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    from deploy.cli import main
     from deploy.metrics import read_metrics
-    from sftrl.cli import main
 
     monkeypatch.setenv("SFTRL_MODELS_DIR", str(tmp_path / "models"))  # gp-base: prepared by the study itself
     args = [

@@ -113,7 +113,7 @@ def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sftrl.cli", "train", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
@@ -161,7 +161,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
 def test_quickstart_starts_from_the_base_and_prints_intervals_and_the_answer(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from sftrl.cli import main
+    from deploy.cli import main
     from tests.test_studies import REDUCED
 
     monkeypatch.setenv("SFTRL_MODELS_DIR", str(tmp_path / "models"))

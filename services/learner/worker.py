@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.learner import checkpoint as ckpt
 from services.learner.batch import RLBatch
 from services.learner.config import LearnerConfig, RLConfig
 from services.learner.ds_config import deepspeed_config, lr_lambda
 from services.learner.sft_data import IGNORE_INDEX, SFTExample, load_tokenizer_or_processor
 from services.learner.value_head import ValueHead, save_value_head
+from sftrl import checkpoint as ckpt
 from sftrl.hardware import resolve_precision
 from sftrl.models import resolve_model
 from sftrl.threads import apply_cpu_threads, cpu_threads
@@ -809,7 +809,7 @@ class LearnerWorker:
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a complete checkpoint at ``path`` (collective: every rank writes its DeepSpeed
-        shards, rank 0 the HF files); atomic: see :mod:`services.learner.checkpoint`."""
+        shards, rank 0 the HF files); atomic: see :mod:`sftrl.checkpoint`."""
         final = Path(path)
         tmp = Path(self._broadcast_object(str(ckpt.temp_path(final)) if self.rank == 0 else None))
         if self.rank == 0:

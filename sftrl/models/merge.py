@@ -92,7 +92,7 @@ def _model_folder(name: str) -> Path:
     if not folder.is_dir():
         raise MergeError(f"{name!r} is not a local model folder (merging needs the weights on disk)")
     if (folder / "COMPLETE").exists():  # an sftrl checkpoint: refuse a corrupt one before reading it
-        from services.learner.checkpoint import verify
+        from sftrl.checkpoint import verify
 
         try:
             verify(folder)

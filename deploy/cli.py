@@ -67,7 +67,7 @@ def env_list() -> None:
     """List the environments and their options."""
     from rich.table import Table
 
-    from sftrl.commands.env_list import describe_envs
+    from deploy.commands.env_list import describe_envs
 
     for env_id, fields in describe_envs().items():
         table = Table(title=env_id, title_justify="left", show_lines=False)
@@ -93,7 +93,7 @@ def env_play(ctx: click.Context, env_id: str, seed: int | None, image_out: Path 
 
     Environment options follow as --name value, e.g. `sftrl env play sftrl/GeneralPoints-v0 --mode image`.
     """
-    from sftrl.commands.env_play import play_episode
+    from deploy.commands.env_play import play_episode
 
     try:
         options = parse_env_options(ctx.args)
@@ -149,7 +149,7 @@ def data_sft(
 
     Environment options follow as --name value, e.g. `--mode image --suits black`.
     """
-    from sftrl.commands.data_sft import write_sft_data
+    from deploy.commands.data_sft import write_sft_data
     from sftrl.config import SFTDataConfig
 
     try:
@@ -254,7 +254,7 @@ def rollout_cmd(
 
     Environment options follow as --name value, e.g. `--face-cards as_11_12_13`.
     """
-    from sftrl.commands.rollout import RolloutRunConfig, run_rollout
+    from deploy.commands.rollout import RolloutRunConfig, run_rollout
 
     try:
         data = {
@@ -314,7 +314,7 @@ def models_prepare(
     retrain: bool | None,
 ) -> None:
     """Make model NAME (tiny, smollm2-135m, gp-base, tiny-vl) once in the models folder."""
-    from sftrl.commands.models import prepare
+    from deploy.commands.models import prepare
 
     given = {
         "seed": seed, "arch": arch, "steps": steps, "retrain": retrain,
@@ -330,7 +330,7 @@ def models_prepare(
 @models_group.command("list")
 def models_list() -> None:
     """Show prepared models (kind, parameters, size, folder) and those that can be prepared."""
-    from sftrl.commands.models import print_models
+    from deploy.commands.models import print_models
 
     print_models(console)
 
@@ -373,7 +373,7 @@ def quickstart_cmd(output_dir: str, fresh: bool, seeds: int, overrides: tuple[st
     """The papers' question here: from gp-base, SFT init, then more SFT or PPO; ID and rule-OOD
     success and rule adherence with 95% intervals (the gp-l-rule-ood study at tiny; overrides as
     for `sftrl study`)."""
-    from sftrl.commands.quickstart import run_quickstart
+    from deploy.commands.quickstart import run_quickstart
 
     try:
         run_quickstart(output_dir, fresh, list(overrides), console, seeds)
@@ -390,7 +390,7 @@ RAW_ARGS = {"ignore_unknown_options": True, "help_option_names": []}  # argparse
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def merge_cmd(argv: tuple[str, ...]) -> None:
     """Merge models: --method linear|slerp|ties --models A B [...] --out DIR (see -h)."""
-    from sftrl.commands.merge import merge_command
+    from deploy.commands.merge import merge_command
 
     try:
         merge_command(console, list(argv))
@@ -402,7 +402,7 @@ def merge_cmd(argv: tuple[str, ...]) -> None:
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def merge_sweep_cmd(argv: tuple[str, ...]) -> None:
     """Merge two models at several ratios and evaluate each (see -h)."""
-    from sftrl.commands.merge import sweep_command
+    from deploy.commands.merge import sweep_command
 
     try:
         sweep_command(console, list(argv))
@@ -493,8 +493,8 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
                    items: int, samples: int, seed: int, temperature: float | None, max_tokens: int,
                    out: Path | None, device: str) -> None:  # fmt: skip
     """Tag a suite's items L1 (easy) .. L5 (hard) by MODEL's pass rate, or report accuracy per level."""
+    from deploy.commands.difficulty import levels_command, tag_command
     from services.rollout.config import SamplingConfig
-    from sftrl.commands.difficulty import levels_command, tag_command
 
     engine = {"device": device, "max_model_len": 4096}
     try:
@@ -528,7 +528,7 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
 @main.command("runs")
 def runs_cmd() -> None:
     """List the registered runs (REDIS_URL, else the local registry)."""
-    from sftrl.commands.registry import print_runs
+    from deploy.commands.registry import print_runs
     from sftrl.registry import REGISTRY_ERRORS, open_registry
 
     try:
@@ -542,7 +542,7 @@ def runs_cmd() -> None:
 @click.argument("run")
 def checkpoints_cmd(run: str) -> None:
     """List the registered checkpoints of RUN, with the evaluation at each step."""
-    from sftrl.commands.registry import print_checkpoints
+    from deploy.commands.registry import print_checkpoints
     from sftrl.registry import REGISTRY_ERRORS, open_registry
 
     try:
@@ -564,7 +564,7 @@ def registry_group() -> None:
 @click.option("--prune", is_flag=True, help="Also drop registered runs whose folder is not visible here.")
 def registry_resync(roots: tuple[Path, ...], prune: bool) -> None:
     """Rebuild the records of the runs under ROOTS (default: ./runs) and of every registered run."""
-    from sftrl.commands.registry import resync_command
+    from deploy.commands.registry import resync_command
     from sftrl.registry import REGISTRY_ERRORS, open_registry
 
     try:
@@ -594,7 +594,7 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
                  threads: int | None) -> None:  # fmt: skip
     """Evaluate CHECKPOINT (RUN@STEP, or RUN for its latest) in this process; stored in the registry."""
     from deploy.checkpoint_eval import EvalInputError, EvalRequest
-    from sftrl.commands.evaluate import evaluate_command
+    from deploy.commands.evaluate import evaluate_command
     from sftrl.registry import REGISTRY_ERRORS, SuiteSpec, open_registry
 
     if (suite is None) == (env_id is None):
@@ -637,7 +637,7 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
 def serve_cmd(host: str, port: int, token_file: str | None, max_episodes: int, warm_models: int, device: str,
               address: str | None) -> None:  # fmt: skip
     """Serve the evaluation endpoint (Ray Serve + FastAPI) until Ctrl-C."""
-    from sftrl.commands.serve import serve_command
+    from deploy.commands.serve import serve_command
 
     settings = {"max_episodes": max_episodes, "warm_models": warm_models, "device": device}
     if token_file:

@@ -1,1 +1,0 @@
-"""Implementations behind the ``sftrl`` subcommands (kept out of ``sftrl.cli`` so imports stay lazy)."""
