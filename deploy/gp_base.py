@@ -111,7 +111,7 @@ def initial_model(config: GPBaseConfig, tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from sftrl.models.tiny import set_generation_config, special_ids
+    from deploy.models.tiny import set_generation_config, special_ids
 
     ids = special_ids(tokenizer)
     model_config = LlamaConfig(

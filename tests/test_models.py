@@ -23,6 +23,7 @@ from PIL import Image
 
 import services.envs  # noqa: F401  (registers the environments)
 from deploy.cli import main
+from deploy.models.tiny_vl import IMAGE_SEQ_LEN
 from sftrl.models import (
     CATALOG,
     PrepareOptions,
@@ -35,7 +36,6 @@ from sftrl.models import (
 from sftrl.models.chat_template import TEXT_CHAT_TEMPLATE, VISION_CHAT_TEMPLATE
 from sftrl.models.store import RECORD_NAME, weights_sha256
 from sftrl.models.testing import prepared_model, vllm_test_env
-from sftrl.models.tiny_vl import IMAGE_SEQ_LEN
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODELS = REPO / ".cache" / "test-models"  # kept across runs (git-ignored)

@@ -34,7 +34,9 @@ class CatalogEntry:
 
     kind: Literal["text", "vision"]
     description: str
-    builder: str  # "module:function", imported only when preparing (torch is heavy)
+    # "module:function", imported only when preparing: torch is heavy, and builders that need the
+    # tasks' text live in deploy/ (this floor names them, never imports them at load)
+    builder: str
     options: tuple[str, ...] = ()  # the PrepareOptions fields this model takes
 
 
@@ -43,7 +45,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "text",
         "Llama (or Qwen2) causal LM, 1.3M parameters, random weights from a seed; "
         "byte-level BPE tokenizer (1844 tokens) trained on the tasks' text",
-        "sftrl.models.tiny:build_tiny",
+        "deploy.models.tiny:build_tiny",
         ("seed", "arch"),
     ),
     "smollm2-135m": CatalogEntry(
@@ -62,7 +64,7 @@ CATALOG: dict[str, CatalogEntry] = {
     "tiny-vl": CatalogEntry(
         "vision",
         "Idefics3 (SmolVLM architecture) vision-language model, 1.0M parameters, 64-pixel images",
-        "sftrl.models.tiny_vl:build_tiny_vl",
+        "deploy.models.tiny_vl:build_tiny_vl",
         ("seed",),
     ),
 }

@@ -68,7 +68,7 @@ def set_generation_config(model: Any, ids: dict[str, int]) -> None:
 
 
 def build_tiny(out_dir: Path, options: PrepareOptions, report: Report) -> BuildResult:
-    from sftrl.models.tokenizer import task_tokenizer
+    from deploy.models.task_tokenizer import task_tokenizer
 
     report("training the tokenizer on the tasks' text")
     tokenizer = task_tokenizer()

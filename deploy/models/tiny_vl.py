@@ -77,8 +77,8 @@ def build_tiny_vl(out_dir: Path, options: PrepareOptions, report: Report) -> Bui
     import torch
     from transformers import Idefics3ForConditionalGeneration
 
-    from sftrl.models.tiny import set_generation_config, special_ids
-    from sftrl.models.tokenizer import task_tokenizer
+    from deploy.models.task_tokenizer import task_tokenizer
+    from deploy.models.tiny import set_generation_config, special_ids
 
     report("training the tokenizer on the tasks' text")
     tokenizer = task_tokenizer(extra_special_tokens=IMAGE_SPECIAL_TOKENS)
