@@ -346,18 +346,28 @@ def models_list() -> None:
     default=None,
     help="Run config (YAML); see configs/.",
 )
-@click.option("--resume", is_flag=True, help="Continue from the run's last complete checkpoint.")
+@click.option(
+    "--resume",
+    type=click.Choice(["no", "yes", "auto"]),
+    default="no",
+    is_flag=False,
+    flag_value="yes",
+    help="yes (or the bare flag): continue from the run's last complete checkpoint; auto: the same when the "
+    "run folder exists, else start (what a retried cluster job runs).",
+)
 @click.argument("overrides", nargs=-1)
-def train_cmd(config_path: str | None, resume: bool, overrides: tuple[str, ...]) -> None:
+def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) -> None:
     """Train: stages of SFT and RL, evaluated on ID and OOD suites, checkpointed.
 
-    Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`.
+    Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`
+    (put a bare --resume after them, or write --resume yes).
     """
     from deploy.train import Trainer, load_train_config
 
     try:
         config = load_train_config(config_path, list(overrides))
-        trainer = Trainer(config, resume=resume, console=console)
+        exists = (Path(config.output_dir) / config.run_name).exists()
+        trainer = Trainer(config, resume=resume == "yes" or (resume == "auto" and exists), console=console)
         result = trainer.run()
         console.print(f"run folder: {trainer.run_dir}\ncurves: {result}", soft_wrap=True)
     except (ConfigError, ValueError) as exc:

@@ -133,7 +133,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
     assert ckpt.exists(), "no checkpoint appeared before the kill"
     os.killpg(killed.pid, signal.SIGKILL)  # the driver and everything in its session, mid-run
     killed.wait()
-    resumed = _run_cli([*overrides, "run_name=killed", "--resume"], env)
+    resumed = _run_cli([*overrides, "run_name=killed", "--resume", "auto"], env)  # as a retried cluster job
     out = resumed.stdout.read().decode()
     assert resumed.wait(timeout=900) == 0, out[-3000:]
     assert "resuming from" in out

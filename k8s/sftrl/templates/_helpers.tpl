@@ -95,8 +95,9 @@ The training config of the RayJob, rendered to YAML text ("" when job.config is 
 {{- end }}
 
 {{/*
-The RayJob entrypoint: sftrl train --config FILE 'key=value' ... (overrides quoted for the shell),
-after `sftrl models prepare NAME` for each of job.prepareModels (a no-op once prepared).
+The RayJob entrypoint: sftrl train --config FILE --resume auto 'key=value' ... (overrides quoted for
+the shell; --resume auto so that a retried job continues its run), after `sftrl models prepare NAME`
+for each of job.prepareModels (a no-op once prepared).
 */}}
 {{- define "sftrl.jobEntrypoint" -}}
 {{- $config := "" }}
@@ -113,7 +114,7 @@ after `sftrl models prepare NAME` for each of job.prepareModels (a no-op once pr
 {{- range .Values.job.prepareModels }}
 {{- $steps = append $steps (printf "sftrl models prepare %s" (squote .)) }}
 {{- end }}
-{{- $args := list "sftrl" "train" "--config" (squote $config) }}
+{{- $args := list "sftrl" "train" "--config" (squote $config) "--resume" "auto" }}
 {{- range .Values.job.overrides }}
 {{- $args = append $args (printf "'%s'" (replace "'" "'\\''" .)) }}
 {{- end }}
