@@ -36,7 +36,7 @@ from rich.console import Console
 
 from sftrl.config import ConfigError, StrictModel, apply_overrides, build
 
-STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
+STUDIES_DIR = Path(__file__).resolve().parent / "configs" / "studies"  # package data: in a wheel too
 Size = Literal["tiny", "small", "paper"]
 DONE = "DONE"
 _REF = re.compile(r"@([A-Za-z0-9_.-]+)")

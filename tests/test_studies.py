@@ -257,3 +257,21 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     # a second run finds every arm done and only rewrites the report
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0 and again.output.count("done earlier") == 6
+
+
+def test_recipes_ship_as_package_data():
+    """Recipes are found beside the code (deploy/configs), and the wheel's package data carries them,
+    so an installed sftrl finds them without a checkout."""
+    import tomllib
+
+    from deploy.study import STUDIES_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "deploy"
+    ]
+    package = root / "deploy"
+    assert STUDIES_DIR.is_relative_to(package)
+    shipped = {p for pattern in globs for p in package.glob(pattern)}
+    assert {p for p in (package / "configs").rglob("*.yaml")} <= shipped
+    assert (root / "configs" / "quickstart.yaml").is_file()  # the checkout's configs/ still works
