@@ -362,7 +362,7 @@ def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) 
     Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`
     (put a bare --resume after them, or write --resume yes).
     """
-    from deploy.train import Trainer, load_train_config
+    from deploy.train import RunInterrupted, Trainer, load_train_config
 
     try:
         config = load_train_config(config_path, list(overrides))
@@ -370,6 +370,9 @@ def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) 
         trainer = Trainer(config, resume=resume == "yes" or (resume == "auto" and exists), console=console)
         result = trainer.run()
         console.print(f"run folder: {trainer.run_dir}\ncurves: {result}", soft_wrap=True)
+    except RunInterrupted as exc:
+        console.print(f"[yellow]{exc}[/]", soft_wrap=True)
+        sys.exit(128 + 15)  # as a process ended by SIGTERM reports it
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 

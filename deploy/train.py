@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +66,10 @@ def _resolve_hardware(config: TrainConfig, console: Console) -> dict[str, str]:
     return notes
 
 
+class RunInterrupted(Exception):
+    """The run stopped on SIGTERM after checkpointing its last step (resume with --resume auto)."""
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False, console: Console | None = None):
         self.config = config
@@ -92,6 +98,7 @@ class Trainer:
         self.rollout: RolloutGroup | None = None
         self.learner: Any = None
         self.params = 0
+        self.stop_requested = False  # set by SIGTERM: stop after this step, checkpointed
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -322,23 +329,49 @@ class Trainer:
             self._evaluate(stage.name, step)
         if step % self.config.checkpoint.every == 0 or last:
             self.last_checkpoint = self._save(stage_index, step, last)
+        elif self.stop_requested:
+            self.last_checkpoint = self._save(stage_index, step, False)
+        if self.stop_requested:
+            raise RunInterrupted(
+                f"stopped by SIGTERM after step {self.global_step}; checkpoint {self.last_checkpoint} "
+                "(continue with --resume auto)"
+            )
 
     # -- run ---------------------------------------------------------------------------------------------
 
     def run(self) -> Path:
         with contextlib.ExitStack() as stack:
             self.registrar = self._open_registrar(stack)
+            stack.enter_context(self._stop_on_sigterm())
             status = "failed"
             try:
                 result = self._run()
                 status = "finished"
                 return result
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, RunInterrupted):
                 status = "interrupted"
                 raise
             finally:
                 if self.registrar is not None:
                     self.registrar.finish(status)
+
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self) -> Any:
+        """While the run lasts, SIGTERM (a pod or job being stopped) asks it to finish the step it is in,
+        write a checkpoint and stop with the status "interrupted"."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+            self.console.print("[yellow]SIGTERM: stopping after this step, with a checkpoint[/]")
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _open_registrar(self, stack: contextlib.ExitStack) -> RunRegistrar | None:
         """The run's registry writer; a registry that cannot be had is a warning, never a failed run."""

@@ -117,7 +117,7 @@ def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
-def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+def test_resume_after_a_kill_or_a_sigterm_reproduces_the_uninterrupted_run(tmp_path, registry):
     overrides = [*BASE, "model=tiny", f"output_dir={tmp_path}", sft_stage(12, episodes=200), "eval.every=4",
                  "eval.episodes=16", "checkpoint.every=4", "checkpoint.keep=5"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -144,17 +144,39 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
                 "reward/ood_rule")  # fmt: skip
         return [tuple(r.get(k) for k in keys) for r in rows if r["kind"] in ("train", "eval")]
 
-    a, b = comparable("straight"), comparable("killed")
-    assert [r[:4] for r in a] == [r[:4] for r in b]
-    # Two uninterrupted processes can differ in float32's last digits: one CI run saw grad_norm 6.44305 vs
-    # 6.44292 at step 7, before the kill (loss equal to 1e-6), so a relative tolerance; a resume that
-    # replays other data, another learning rate or other RNG state moves these numbers by far more.
-    for ra, rb in zip(a, b, strict=True):
-        for x, y in zip(ra[4:], rb[4:], strict=True):
-            if x is None or y is None:  # a metric only one kind of row has
-                assert x == y, (ra, rb)
-            else:
-                assert x == pytest.approx(y, rel=1e-4, abs=1e-6), (ra, rb)
+    def same_as_straight(run: str) -> None:
+        a, b = comparable("straight"), comparable(run)
+        assert [r[:4] for r in a] == [r[:4] for r in b]
+        # Two uninterrupted processes can differ in float32's last digits: one CI run saw grad_norm 6.44305
+        # vs 6.44292 at step 7, before the kill (loss equal to 1e-6), so a relative tolerance; a resume that
+        # replays other data, another learning rate or other RNG state moves these numbers by far more.
+        for ra, rb in zip(a, b, strict=True):
+            for x, y in zip(ra[4:], rb[4:], strict=True):
+                if x is None or y is None:  # a metric only one kind of row has
+                    assert x == y, (ra, rb)
+                else:
+                    assert x == pytest.approx(y, rel=1e-4, abs=1e-6), (ra, rb)
+
+    same_as_straight("killed")
+    # SIGTERM to the driver alone (what Kubernetes sends a pod being stopped): it finishes its step,
+    # checkpoints it, says so, exits with 143 and leaves the run "interrupted"; a retry continues it
+    termed = _run_cli([*overrides, "run_name=termed"], env)
+    first = tmp_path / "termed" / "checkpoints" / "step-000004"
+    deadline = time.time() + 900
+    while not first.exists() and time.time() < deadline and termed.poll() is None:
+        time.sleep(0.2)
+    os.kill(termed.pid, signal.SIGTERM)
+    out = termed.stdout.read().decode()
+    assert termed.wait(timeout=900) == 143, out[-3000:]
+    assert "stopped by SIGTERM after step" in out
+    steps = sorted(p.name for p in (tmp_path / "termed" / "checkpoints").glob("step-*"))
+    assert "step-000004" <= steps[-1] < "step-000012", steps  # the step it was in, checkpointed
+    assert registry.get_run("termed").status == "interrupted"
+    resumed = _run_cli([*overrides, "run_name=termed", "--resume", "auto"], env)
+    out = resumed.stdout.read().decode()
+    assert resumed.wait(timeout=900) == 0, out[-3000:]
+    assert registry.get_run("termed").status == "finished"
+    same_as_straight("termed")
 
 
 @pytest.mark.slow
