@@ -33,6 +33,7 @@ from deploy.checkpoint_eval import (
     execute_evaluation,
     load_player,
 )
+from deploy.serve.guard import RequestGuard
 from deploy.serve.schemas import (
     ChatRequest,
     ChatResponse,
@@ -41,7 +42,7 @@ from deploy.serve.schemas import (
     EvaluationStatus,
     Health,
 )
-from deploy.serve.settings import ServeSettings, body_limit, set_body_limit
+from deploy.serve.settings import ServeSettings, set_guard
 from services.rollout.config import SamplingConfig
 from sftrl.registry import REGISTRY_ERRORS, CheckpointRecord, Registry, RegistryError
 
@@ -77,21 +78,7 @@ for _kind in REGISTRY_ERRORS:
     api.add_exception_handler(_kind, _registry_down)
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next: Any) -> Any:
-    """Refuse oversized bodies before parsing them (413), whether or not a length is declared."""
-    limit = body_limit()
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            return JSONResponse({"detail": "bad Content-Length"}, status_code=400)
-        if int(declared) > limit:
-            return JSONResponse({"detail": f"body larger than {limit} bytes"}, status_code=413)
-    elif request.method in ("POST", "PUT", "PATCH"):
-        body = await request.body()  # chunked: read (Starlette caches it for the handler) and measure
-        if len(body) > limit:
-            return JSONResponse({"detail": f"body larger than {limit} bytes"}, status_code=413)
-    return await call_next(request)
+api.add_middleware(RequestGuard)  # token, then body size while it streams: before any handler or parser
 
 
 # -- the evaluation replicas -------------------------------------------------------------------------
@@ -163,7 +150,7 @@ class SftrlAPI:
         self._token = settings.resolved_token().encode()
         self.registry = Registry(settings.resolved_redis_url())
         self.evaluator = evaluator
-        set_body_limit(settings.max_body_bytes)
+        set_guard(settings.max_body_bytes, self._token)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # Dependencies and handlers are methods so that they see this replica's settings.

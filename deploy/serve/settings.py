@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
@@ -50,17 +50,21 @@ class ServeSettings(StrictModel):
         return url
 
 
-# The ingress replica's body limit. Serve runs copies of the FastAPI app and of the deployment class in
-# each replica, so the limit lives in this module (imported, never copied) and is set by the replica.
-_BODY_LIMIT = {"bytes": ServeSettings.model_fields["max_body_bytes"].default}
+# The ingress replica's body limit and token. Serve runs copies of the FastAPI app and of the deployment
+# class in each replica, so they live in this module (imported, never copied) and are set by the replica.
+_GUARD: dict[str, Any] = {"bytes": ServeSettings.model_fields["max_body_bytes"].default, "token": b""}
 
 
-def set_body_limit(limit: int) -> None:
-    _BODY_LIMIT["bytes"] = limit
+def set_guard(limit: int, token: bytes) -> None:
+    _GUARD["bytes"], _GUARD["token"] = limit, token
 
 
 def body_limit() -> int:
-    return _BODY_LIMIT["bytes"]
+    return int(_GUARD["bytes"])
+
+
+def guard_token() -> bytes:
+    return bytes(_GUARD["token"])
 
 
 def local_token_file() -> Path:
