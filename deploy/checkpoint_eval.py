@@ -2,13 +2,19 @@
 the Serve endpoint's replicas, so both give the same numbers for the same seed.
 
 A suite is either a name defined by the checkpoint's run (``eval.suites``: ``id``, ``ood_rule``, ...),
-applied on top of the run's environment, or an explicit environment id and options.
+applied on top of the run's environment, or an explicit environment id and options. A client of the
+endpoint never names a file to open: options that name files (V-IRL ``routes``, VisualQA ``dataset``)
+take only the name of a dataset the server offers (a file in its ``data_dir``), mapped to the file when
+the evaluation runs.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -21,6 +27,8 @@ from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec
 from sftrl.registry.store import Registry, RegistryError
 
 CHUNK_EPISODES = 16  # progress is reported per chunk; chunking never changes results (per-episode seeds)
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+log = logging.getLogger(__name__)
 
 
 class EvalInputError(ValueError):
@@ -41,7 +49,9 @@ class EvalRequest(StrictModel):
     checkpoint: str = Field(min_length=1, max_length=200, description="RUN@STEP, RUN@latest or RUN")
     suite: str | SuiteSpec = Field(description="a suite name of the checkpoint's run, or {env, options}")
     episodes: int = Field(32, ge=1, le=100_000)
-    samples: int = Field(1, ge=1, le=64, description="samples of each task; > 1 adds pass@k (needs temperature > 0)")
+    samples: int = Field(
+        1, ge=1, le=64, description="samples of each task; > 1 adds pass@k (needs temperature > 0)"
+    )
     seed: int = Field(10_000, ge=0, le=2**31 - 1)
     sampling: EvalSampling | None = Field(None, description="default: the run's evaluation sampling")
 
@@ -66,6 +76,57 @@ def resolve_suite(run_config: dict[str, Any], suite: str | SuiteSpec) -> SuiteSp
     except (ConfigError, ValueError) as exc:
         raise EvalInputError(f"bad suite: {exc}") from None
     return spec.model_copy(update={"options": options})
+
+
+def offered_datasets(data_dir: Path | None) -> list[str]:
+    """The names a client may give file options: the regular files directly in ``data_dir``."""
+    if data_dir is None or not data_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in data_dir.iterdir()
+        if p.is_file() and not p.is_symlink() and DATASET_NAME.fullmatch(p.name)
+    )
+
+
+def with_dataset_files(spec: SuiteSpec, data_dir: Path | None) -> SuiteSpec:
+    """``spec`` with each dataset name in a file option replaced by its file in ``data_dir`` (values that
+    are not plain names, e.g. the paths of a run's own suites, stay)."""
+    from services.envs import file_options
+
+    options = dict(spec.options)
+    for name in file_options(spec.env):
+        value = options.get(name)
+        if data_dir is not None and isinstance(value, str) and DATASET_NAME.fullmatch(value):
+            options[name] = str(data_dir / value)
+    return spec.model_copy(update={"options": options})
+
+
+def client_suite(spec: SuiteSpec, data_dir: Path | None) -> SuiteSpec:
+    """A suite a client sent: file options must name offered datasets; validated against the files
+    with errors that reveal no server path; returned with the names (never paths) for the record."""
+    from services.envs import file_options
+
+    try:
+        named = file_options(spec.env)
+    except ValueError as exc:
+        raise EvalInputError(f"bad suite: {exc}") from None
+    offered = offered_datasets(data_dir)
+    for name in named:
+        value = spec.options.get(name)
+        if value is not None and (not isinstance(value, str) or value not in offered):
+            raise EvalInputError(f"option {name!r} takes the name of a dataset this server offers "
+                                 f"({', '.join(offered) or 'none'}), not a path")  # fmt: skip
+    if not any(spec.options.get(n) is not None for n in named):
+        return resolve_suite({}, spec)
+    try:
+        resolved = resolve_suite({}, with_dataset_files(spec, data_dir))
+    except EvalInputError:
+        raise EvalInputError(
+            f"bad suite: the options do not fit {spec.env!r} or a dataset could not be read"
+        ) from None
+    names = {n: spec.options[n] for n in named if spec.options.get(n) is not None}
+    return resolved.model_copy(update={"options": {**resolved.options, **names}})
 
 
 def eval_sampling(run_config: dict[str, Any], requested: EvalSampling | None) -> SamplingConfig:
@@ -107,9 +168,15 @@ def run_evaluation(
 
 
 def create_evaluation(
-    registry: Registry, request: EvalRequest, owner: str = "", max_episodes: int | None = None
+    registry: Registry,
+    request: EvalRequest,
+    owner: str = "",
+    max_episodes: int | None = None,
+    client: bool = False,
+    data_dir: Path | None = None,
 ) -> EvaluationRecord:
-    """Validate ``request`` against the registry and store it as a queued evaluation.
+    """Validate ``request`` against the registry and store it as a queued evaluation. A ``client``'s
+    own suite may name files only as datasets of ``data_dir`` (:func:`client_suite`).
 
     Raises UnknownCheckpoint (404) or EvalInputError (400) with a message for the caller."""
     if max_episodes is not None and request.episodes * request.samples > max_episodes:
@@ -122,7 +189,10 @@ def create_evaluation(
         raise UnknownCheckpoint(str(exc)) from None
     run = registry.get_run(ckpt.run_id)
     run_config = run.config if run is not None else {}
-    suite = resolve_suite(run_config, request.suite)
+    if client and not isinstance(request.suite, str):
+        suite = client_suite(request.suite, data_dir)
+    else:
+        suite = resolve_suite(run_config, request.suite)
     sampling = eval_sampling(run_config, request.sampling)
     if request.samples > 1 and sampling.temperature == 0:
         raise EvalInputError("several samples of a task (pass@k) need a temperature above 0")
@@ -140,6 +210,16 @@ def create_evaluation(
     return record
 
 
+def error_text(exc: BaseException, detailed: bool, context: str) -> str:
+    """What a record says about a failure: the message itself, or (for clients of a server) its kind
+    and an error id, the message going to the log under that id."""
+    if detailed:
+        return f"{type(exc).__name__}: {exc}"[:2000]
+    error_id = uuid.uuid4().hex[:12]
+    log.error("%s failed (error %s): %s: %s", context, error_id, type(exc).__name__, exc)
+    return f"{type(exc).__name__} (error {error_id}; the server's log has the details)"
+
+
 def load_player(ckpt: CheckpointRecord, run_config: dict[str, Any], **engine_overrides: Any) -> Any:
     """A rollout worker (one in-process vLLM engine) on a verified checkpoint."""
     from services.rollout.worker import RolloutWorker
@@ -154,8 +234,12 @@ def execute_evaluation(
     eval_id: str,
     get_player: Callable[[CheckpointRecord, dict[str, Any]], Any],
     on_progress: Callable[[int], None] | None = None,
+    data_dir: Path | None = None,
+    detailed_errors: bool = True,
 ) -> EvaluationRecord:
-    """Run a queued evaluation; its status, progress and metrics (or error) land in the registry."""
+    """Run a queued evaluation; its status, progress and metrics (or error) land in the registry.
+    Without ``detailed_errors`` (a server) the record says what failed and an error id; the message,
+    which may hold server paths, goes to this process's log under that id."""
     ev = registry.get_evaluation(eval_id)
     if ev is None:
         raise RegistryError(f"unknown evaluation {eval_id!r}")
@@ -171,12 +255,13 @@ def execute_evaluation(
         run = registry.get_run(ckpt.run_id)
         player = get_player(ckpt, run.config if run is not None else {})
         sampling = SamplingConfig.model_validate(ev.sampling)
+        suite = with_dataset_files(ev.suite, data_dir)
         metrics = run_evaluation(
-            player, ev.suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
+            player, suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
         )
     except Exception as exc:  # noqa: BLE001 - any failure is reported on the evaluation, not lost
         return registry.update_evaluation(
-            eval_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000]
+            eval_id, status="failed", error=error_text(exc, detailed_errors, eval_id)
         )
     return registry.update_evaluation(
         eval_id, status="done", metrics=metrics, episodes_done=ev.episodes * ev.samples

@@ -647,14 +647,18 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
 @click.option("--warm-models", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--address", default=None, help="Ray address to join (default: a local Ray).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Datasets clients may name (routes, dataset options): the files in this folder, by name.")  # fmt: skip
 def serve_cmd(host: str, port: int, token_file: str | None, max_episodes: int, warm_models: int, device: str,
-              address: str | None) -> None:  # fmt: skip
+              address: str | None, data_dir: str | None) -> None:  # fmt: skip
     """Serve the evaluation endpoint (Ray Serve + FastAPI) until Ctrl-C."""
     from deploy.commands.serve import serve_command
 
     settings = {"max_episodes": max_episodes, "warm_models": warm_models, "device": device}
     if token_file:
         settings["token_file"] = token_file
+    if data_dir:
+        settings["data_dir"] = data_dir
     try:
         serve_command(console, host, port, settings, address)
     except (ConfigError, RuntimeError) as exc:

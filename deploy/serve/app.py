@@ -30,6 +30,7 @@ from deploy.checkpoint_eval import (
     EvalRequest,
     UnknownCheckpoint,
     create_evaluation,
+    error_text,
     execute_evaluation,
     load_player,
 )
@@ -112,7 +113,8 @@ class EvalReplica:
 
     def _evaluate(self, eval_id: str) -> str:
         with self.lock:
-            return execute_evaluation(self.registry, eval_id, self._player).status
+            return execute_evaluation(self.registry, eval_id, self._player, data_dir=self.settings.resolved_data_dir(),
+                                      detailed_errors=False).status  # fmt: skip
 
     async def evaluate(self, eval_id: str) -> str:
         return await asyncio.to_thread(self._evaluate, eval_id)
@@ -183,7 +185,7 @@ class SftrlAPI:
         self.authorize(request)
         if run is not None and self.registry.get_run(run) is None:
             raise HTTPException(404, f"unknown run {run!r}")
-        return CheckpointList(checkpoints=self.registry.list_checkpoints(run))
+        return CheckpointList.public(self.registry.list_checkpoints(run))
 
     @api.post("/v1/evaluations", response_model=EvaluationCreated, status_code=202)
     async def create(self, body: EvalRequest, request: Request) -> EvaluationCreated:
@@ -195,7 +197,8 @@ class SftrlAPI:
                 f"{self.settings.max_concurrent_evals_per_token}); poll them and retry",
             )  # fmt: skip
         try:
-            record = create_evaluation(self.registry, body, owner, self.settings.max_episodes)
+            record = create_evaluation(self.registry, body, owner, self.settings.max_episodes, client=True,
+                                       data_dir=self.settings.resolved_data_dir())  # fmt: skip
         except UnknownCheckpoint as exc:
             raise HTTPException(404, str(exc)) from None
         except EvalInputError as exc:
@@ -212,13 +215,11 @@ class SftrlAPI:
         try:
             await self.evaluator.evaluate.remote(eval_id)
         except Exception as exc:  # noqa: BLE001 - reported on the evaluation record
-            log.warning("evaluation %s failed on its replica: %s", eval_id, exc)
             try:
                 ev = self.registry.get_evaluation(eval_id)
-                if ev is not None and ev.status in ACTIVE:
-                    self.registry.update_evaluation(
-                        eval_id, status="failed", error=f"replica failed: {exc}"[:2000]
-                    )
+                if ev is not None and ev.status in ACTIVE:  # a remote traceback never reaches the client
+                    error = error_text(exc, False, f"evaluation {eval_id} on its replica")
+                    self.registry.update_evaluation(eval_id, status="failed", error=error)
             except REGISTRY_ERRORS:
                 pass
 

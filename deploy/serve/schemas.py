@@ -14,8 +14,31 @@ class Health(BaseModel):
     registry: bool
 
 
+class PublicCheckpoint(BaseModel):
+    """A checkpoint as clients see it: no server path."""
+
+    checkpoint_id: str
+    run_id: str
+    step: int
+    stage: str
+    stage_step: int
+    final: bool
+    flops: float
+    metrics: dict[str, float]
+    created: str
+
+
 class CheckpointList(BaseModel):
-    checkpoints: list[CheckpointRecord]
+    checkpoints: list[PublicCheckpoint]
+
+    @classmethod
+    def public(cls, records: list[CheckpointRecord]) -> CheckpointList:
+        fields = PublicCheckpoint.model_fields
+        return cls(
+            checkpoints=[
+                PublicCheckpoint(**{k: v for k, v in r.model_dump().items() if k in fields}) for r in records
+            ]
+        )
 
 
 class EvaluationCreated(BaseModel):
@@ -41,9 +64,25 @@ class EvaluationStatus(BaseModel):
 
     @classmethod
     def from_record(cls, ev: EvaluationRecord) -> EvaluationStatus:
-        return cls(id=ev.eval_id, checkpoint=ev.checkpoint_id, suite=ev.suite, status=ev.status,
+        return cls(id=ev.eval_id, checkpoint=ev.checkpoint_id, suite=_without_paths(ev.suite), status=ev.status,
                    progress=ev.progress, episodes=ev.episodes, seed=ev.seed, metrics=ev.metrics,
                    error=ev.error, created=ev.created, updated=ev.updated)  # fmt: skip
+
+
+def _without_paths(suite: SuiteSpec) -> SuiteSpec:
+    """The suite with file options shown by file name only (a run's own suites may hold server paths)."""
+    from pathlib import PurePath
+
+    from services.envs import file_options
+
+    try:
+        named = file_options(suite.env)
+    except ValueError:
+        return suite
+    options = {
+        k: PurePath(v).name if k in named and isinstance(v, str) else v for k, v in suite.options.items()
+    }
+    return suite.model_copy(update={"options": options})
 
 
 # -- OpenAI-compatible chat completions ----------------------------------------------------------------

@@ -17,6 +17,9 @@ class ServeSettings(StrictModel):
     redis_url: str | None = Field(None, description="default: $REDIS_URL")
     token: SecretStr | None = Field(None, description="default: $SFTRL_API_TOKEN, else token_file")
     token_file: str | None = Field(None, description="a file holding the bearer token")
+    data_dir: str | None = Field(
+        None, description="datasets clients may name in file options (file names in this folder, never paths)"
+    )
     max_episodes: int = Field(1024, ge=1, description="most episodes one evaluation may ask for")
     max_concurrent_evals_per_token: int = Field(2, ge=1)
     max_body_bytes: int = Field(65_536, ge=1024)
@@ -42,6 +45,9 @@ class ServeSettings(StrictModel):
                 return value
             raise ConfigError(f"the API token file {self.token_file} is empty")
         raise ConfigError("no API token: set SFTRL_API_TOKEN, or pass a token file")
+
+    def resolved_data_dir(self) -> Path | None:
+        return Path(self.data_dir).resolve() if self.data_dir else None
 
     def resolved_redis_url(self) -> str:
         url = self.redis_url or os.environ.get("REDIS_URL")

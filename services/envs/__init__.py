@@ -38,6 +38,17 @@ def options_model(env_id: str) -> type:
     return getattr(importlib.import_module(module), cls_name).options_model
 
 
+def file_options(env_id: str) -> list[str]:
+    """The options of ``env_id`` that name a file to open (marked ``names_a_file`` in its model):
+    a server never takes them from a client as paths."""
+    fields = options_model(env_id).model_fields
+    return [
+        name
+        for name, f in fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("names_a_file")
+    ]
+
+
 def resolve_options(env_id: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate ``options`` for ``env_id`` and return them with every default filled in."""
     from sftrl.config import build

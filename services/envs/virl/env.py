@@ -38,7 +38,11 @@ class VIRLOptions(EnvOptions):
     actions: ActionSpace = "absolute"
     city: str = Field("new_york", min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9 _\-]*$")
     verify_iter: int = Field(2, ge=1, le=100)
-    routes: str | None = Field(None, description="route file in the published V-IRL format; None: generated")
+    routes: str | None = Field(
+        None,
+        description="route file in the published V-IRL format; None: generated",
+        json_schema_extra={"names_a_file": True},
+    )
     image_size: int = Field(256, ge=32, le=2048, description="side of each of the 4 views (pixels)")
 
     @field_validator("routes")

@@ -34,7 +34,11 @@ class VisualQAOptions(EnvOptions):
     mode: Literal["image", "text"] = "image"
     kinds: list[GeneratorKind] = Field(default_factory=lambda: list(GENERATOR_KINDS), min_length=1)
     answer_format: Literal["mixed", "multiple_choice", "numeric"] = "mixed"
-    dataset: str | None = None  # a benchmark file (.jsonl/.json/.parquet); None: generated questions
+    dataset: str | None = Field(
+        None,
+        description="a benchmark file (.jsonl/.json/.parquet); None: generated questions",
+        json_schema_extra={"names_a_file": True},
+    )
     verify_iter: int = Field(default=1, ge=1)
     image_size: int = Field(default=384, ge=64, le=4096)
     difficulty: int | None = Field(default=None, ge=1, le=5)  # None: drawn per episode
