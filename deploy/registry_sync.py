@@ -187,6 +187,9 @@ class RunRegistrar:
         try:
             if self.dirty:  # missed writes: rebuild this run's records from its folder first
                 resync_run(self.registry, Path(self.run.run_dir))
+                # the id the registry gave this folder (suffixed if another folder holds the name), so that
+                # every later write lands on this run's records, never on another run's
+                self.run = self.registry.run_for_dir(self.run.run_dir) or self.run
                 self.dirty = False
                 self._warn("connection back; records re-synced from the run folder")
             fn(self.registry)

@@ -139,19 +139,29 @@ def test_resync_drops_what_is_gone_or_corrupt(registry: Registry, run_dir: Path)
 def test_run_writer_survives_losing_redis_and_catches_up(tmp_path: Path, run_dir: Path) -> None:
     server = LocalRedis(tmp_path / "redis-down")
     url = server.start()
+    server.release(force=True)  # Redis is down when the run starts: the run's id is not known yet
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
     reg = Registry(url, timeout_s=1.0)
     run, checkpoints, _ = read_run(run_dir)
     registrar = RunRegistrar(reg, run)
+    assert registrar.dirty
+    LocalRedis(tmp_path / "redis-down", port=port).start()
+    other = run.model_copy(update={"run_dir": str(tmp_path / "another-folder")})
+    reg.register_run(other)  # meanwhile another folder took the run's name
+    assert reg.get_run(run.run_id).run_dir == other.run_dir
     registrar.checkpoint(checkpoints[0][0], {"success/id": 0.5})
     server.release(force=True)  # Redis goes away mid-run
     registrar.checkpoint(checkpoints[1][0], None)  # no exception: the run goes on
     registrar.checkpoint(checkpoints[2][0], None)
     assert registrar.dirty
-    LocalRedis(tmp_path / "redis-down", port=int(url.rsplit(":", 1)[1].split("/")[0])).start()
+    LocalRedis(tmp_path / "redis-down", port=port).start()
     registrar.finish("finished")  # reconnects, resyncs from the folder, then records the status
     assert not registrar.dirty
-    assert [c.step for c in reg.list_checkpoints(run.run_id)] == [10, 20, 30]
-    assert reg.get_run(run.run_id).status == "finished"
+    own = registrar.run_id
+    assert own != run.run_id and own.startswith(f"{run.run_id}-")  # suffixed: the name was taken
+    assert [c.step for c in reg.list_checkpoints(own)] == [10, 20, 30]
+    assert reg.get_run(own).status == "finished"
+    assert reg.get_run(run.run_id).run_dir == other.run_dir and reg.list_checkpoints(run.run_id) == []
     reg.close()
     LocalRedis(tmp_path / "redis-down").release(force=True)
 
