@@ -3,7 +3,7 @@
     python -m bench.envs [--seconds 3] [--quick]
 
 Each episode mixes a wrong attempt, a malformed one and the expert's answer, so every verifier
-path is exercised. Writes bench/results/envs.json. Target (issue 2): GeneralPoints text mode at
+path is exercised. Writes bench/results/envs.json. Target: GeneralPoints text mode at
 least 10,000 scored attempts per second on one core.
 """
 

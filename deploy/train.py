@@ -36,8 +36,6 @@ from sftrl.models import resolve_model
 from sftrl.registry import RunRecord, open_registry
 from sftrl.registry.store import REGISTRY_ERRORS
 
-STATE_FILE = "run_state.json"
-
 
 def _stage_seed(config: TrainConfig, stage_index: int, step: int, tasks: int) -> int:
     """Training task seeds: disjoint per (stage, step), and below the evaluation seeds."""
@@ -90,7 +88,8 @@ class Trainer:
         # On resume, metrics written after the checkpoint are replayed, so they are dropped first.
         keep_until = self.resume_state["global_step"] if self.resume_state else (0 if resume else None)
         self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)
-        self.final_policy_version: int | None = None
+        self.final_policy_version: list[int] | None = None  # per rollout actor, at the end of the run
+        self.last_checkpoint: Path | None = None
         self.registrar: RunRegistrar | None = None
         self.eval_at_step: dict[int, dict[str, float]] = {}
         self.flops = float(self.resume_state["flops"]) if self.resume_state else 0.0
