@@ -411,8 +411,10 @@ def test_inconsistent_values_fail_with_a_message(chart: Chart, args: list[str], 
 def test_endpoint_disabled_needs_no_token(chart: Chart) -> None:
     proc = chart.run("template", RELEASE, str(CHART), "--set", "serve.enabled=false")
     assert proc.returncode == 0, proc.stderr
-    kinds = {d["kind"] for d in yaml.safe_load_all(proc.stdout) if d}
-    assert "RayService" not in kinds and "Secret" not in kinds
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert "RayService" not in {d["kind"] for d in docs}
+    secrets = [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+    assert secrets == [f"{RELEASE}-redis"]  # no API token; Redis keeps its password
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +462,9 @@ def test_no_gpus_in_the_laptop_example(chart: Chart) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_token_secret_is_referenced_by_the_serve_pods(chart: Chart, case: str) -> None:
     docs = chart.render(case)
-    secrets = {d["metadata"]["name"]: d for d in _by_kind(docs, "Secret")}
+    secrets = {
+        d["metadata"]["name"]: d for d in _by_kind(docs, "Secret") if "redis" not in d["metadata"]["name"]
+    }
     if case == "8gpu":
         assert not secrets, "an existing Secret was named: the chart must not create one"
         expected = "sftrl-api-token"
@@ -493,10 +497,24 @@ def test_redis_statefulset_keeps_its_data(chart: Chart) -> None:
     redis_svc = services[f"{RELEASE}-redis"]
     assert redis_svc["spec"]["ports"][0]["port"] == 6379
     assert redis_svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    # the password: a random one in the chart's Secret, given to Redis and to every sftrl pod from it
+    secret = {d["metadata"]["name"]: d for d in _by_kind(docs, "Secret")}[f"{RELEASE}-redis"]
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    assert len(password) == 32 and password.isalnum()
+    from_secret = {"secretKeyRef": {"name": f"{RELEASE}-redis", "key": "password"}}
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert (
+        _env(container)["REDIS_PASSWORD"] == from_secret and _env(container)["REDISCLI_AUTH"] == from_secret
+    )
     for doc in docs:
         if doc["kind"] in RAY_KINDS:
             for _, group in _groups(doc):
-                assert _env(_ray_container(group))["REDIS_URL"] == f"redis://{RELEASE}-redis:6379/0"
+                env = _ray_container(group)["env"]
+                names = [e["name"] for e in env]
+                assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")  # defined first: $() expands
+                assert _env(_ray_container(group))["REDIS_PASSWORD"] == from_secret
+                url = _env(_ray_container(group))["REDIS_URL"]
+                assert url == f"redis://:$(REDIS_PASSWORD)@{RELEASE}-redis:6379/0" and password not in url
 
 
 def test_external_redis_replaces_the_statefulset(chart: Chart) -> None:
@@ -619,3 +637,75 @@ def test_rayservice_serves_the_sftrl_application(chart: Chart, case: str) -> Non
     assert service["spec"]["serveService"]["spec"]["ports"] == [{"name": "serve", "port": 8000}]
     head = _ray_container(service["spec"]["rayClusterConfig"]["headGroupSpec"])
     assert {"name": "serve", "containerPort": 8000} in head["ports"]
+
+
+def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], bool]]:
+    """(where, pod spec, may talk to the Kubernetes API) of every pod the chart makes."""
+    pods = []
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "StatefulSet":
+            pods.append((name, doc["spec"]["template"]["spec"], False))
+        if doc["kind"] in RAY_KINDS:
+            autoscaling = bool(_cluster_spec(doc).get("enableInTreeAutoscaling"))
+            for group, spec in _groups(doc):
+                pods.append((f"{name}/{group}", spec["template"]["spec"], group == "head" and autoscaling))
+        if doc["kind"] == "RayJob":
+            pods.append((f"{name}/submitter", doc["spec"]["submitterPodTemplate"]["spec"], False))
+    return pods
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_pod_meets_pod_security_restricted(chart: Chart, case: str) -> None:
+    """Kubernetes' "restricted" profile: non-root, RuntimeDefault seccomp, no privilege escalation, every
+    capability dropped; and no service-account token where no API access is needed."""
+    pods = _pod_specs(chart.render(case))
+    assert pods
+    for where, pod, needs_api in pods:
+        pod_ctx = pod.get("securityContext", {})
+        assert pod.get("automountServiceAccountToken") is needs_api, where
+        for container in pod["containers"]:
+            ctx = container.get("securityContext", {})
+            assert ctx.get("allowPrivilegeEscalation") is False and not ctx.get("privileged"), where
+            assert "ALL" in ctx.get("capabilities", {}).get("drop", []), where
+            assert True in (ctx.get("runAsNonRoot"), pod_ctx.get("runAsNonRoot")), where
+            assert ctx.get("runAsUser", pod_ctx.get("runAsUser", 1)) != 0, where
+            seccomp = ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}
+            assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), where
+            for volume in pod.get("volumes", []):
+                assert "hostPath" not in volume, where
+
+
+def test_network_policies_fence_redis_and_keep_metrics_inside(chart: Chart) -> None:
+    docs = chart.render("defaults")
+    policies = {d["metadata"]["name"]: d["spec"] for d in _by_kind(docs, "NetworkPolicy")}
+    redis = policies[f"{RELEASE}-redis"]
+    assert redis["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    (rule,) = redis["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE,
+                                                             "app.kubernetes.io/part-of": "sftrl"}}}]  # fmt: skip
+    # every pod of the release carries the labels the policies admit
+    for doc in docs:
+        if doc["kind"] in RAY_KINDS:
+            for _, group in _groups(doc):
+                labels = group["template"]["metadata"]["labels"]
+                assert (
+                    labels["app.kubernetes.io/instance"] == RELEASE
+                    and labels["app.kubernetes.io/part-of"] == "sftrl"
+                )
+    # the metrics port is open to the namespace only; from anywhere, only the endpoint's port
+    for name, spec in policies.items():
+        for rule in spec["ingress"]:
+            ports = {p["port"] for p in rule.get("ports", [])}
+            sources = rule.get("from")
+            if sources is None or any(
+                "namespaceSelector" in s and not s["namespaceSelector"] for s in sources
+            ):
+                assert ports == {8000}, name
+            if 8080 in ports:
+                assert sources == [{"podSelector": {}}], name
+    off = chart.run(
+        "template", RELEASE, str(CHART), "--set", f"api.token={TOKEN}", "--set", "networkPolicy.enabled=false"
+    )
+    assert off.returncode == 0 and "kind: NetworkPolicy" not in off.stdout

@@ -51,10 +51,10 @@ Image of a Ray pod. Call with (dict "ctx" $ "flavor" "cpu"|"cuda").
 Redis URL: the chart's StatefulSet or redis.externalUrl.
 */}}
 {{- define "sftrl.redisUrl" -}}
-{{- if and .Values.redis.enabled .Values.redis.externalUrl }}
+{{- if and .Values.redis.enabled (or .Values.redis.externalUrl .Values.redis.externalUrlSecret.name) }}
 {{- fail "redis.externalUrl is set: also set redis.enabled=false (the chart would run an unused Redis)" }}
 {{- else if .Values.redis.enabled }}
-{{- printf "redis://%s-redis:6379/%d" (include "sftrl.fullname" .) (int .Values.redis.database) }}
+{{- printf "redis://:$(REDIS_PASSWORD)@%s-redis:6379/%d" (include "sftrl.fullname" .) (int .Values.redis.database) }}
 {{- else if .Values.redis.externalUrl }}
 {{- .Values.redis.externalUrl }}
 {{- else }}
@@ -73,6 +73,13 @@ neither api.token nor api.existingSecret is given: there is no default token.
 {{- $_ := required "the evaluation endpoint needs a bearer token: set api.token (e.g. --set api.token=$(openssl rand -hex 32)) or api.existingSecret (a Secret you created), or serve.enabled=false" .Values.api.token }}
 {{- printf "%s-api-token" (include "sftrl.fullname" .) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the chart's Redis password.
+*/}}
+{{- define "sftrl.redisSecretName" -}}
+{{- default (printf "%s-redis" (include "sftrl.fullname" .)) .Values.redis.auth.existingSecret }}
 {{- end }}
 
 {{/*
@@ -129,8 +136,24 @@ Environment of every sftrl container. Call with (dict "ctx" $ "token" bool).
 {{- $ctx := .ctx -}}
 - name: SFTRL_HOME
   value: /data
+{{- if $ctx.Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sftrl.redisSecretName" $ctx }}
+      key: {{ $ctx.Values.redis.auth.secretKey }}
 - name: REDIS_URL
   value: {{ include "sftrl.redisUrl" $ctx | quote }}
+{{- else if $ctx.Values.redis.externalUrlSecret.name }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ctx.Values.redis.externalUrlSecret.name }}
+      key: {{ required "redis.externalUrlSecret needs a key" $ctx.Values.redis.externalUrlSecret.key }}
+{{- else }}
+- name: REDIS_URL
+  value: {{ include "sftrl.redisUrl" $ctx | quote }}
+{{- end }}
 {{- with $ctx.Values.modelsDir }}
 - name: SFTRL_MODELS_DIR
   value: {{ . | quote }}
@@ -178,6 +201,8 @@ metadata:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 spec:
+  # only the head of an autoscaling cluster talks to the Kubernetes API (KubeRay's autoscaler sidecar)
+  automountServiceAccountToken: {{ and (eq .node "head") (default false .autoscaling) }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -284,7 +309,7 @@ headGroupSpec:
   rayStartParams:
     {{- toYaml (merge (dict "dashboard-host" "0.0.0.0") $s.head.rayStartParams) | nindent 4 }}
   template:
-    {{- include "sftrl.rayPodTemplate" (dict "ctx" $ctx "component" .component "node" "head" "group" $s.head "flavor" $flavor "gpus" 0 "token" .token "jobConfig" .jobConfig) | nindent 4 }}
+    {{- include "sftrl.rayPodTemplate" (dict "ctx" $ctx "component" .component "node" "head" "group" $s.head "flavor" $flavor "gpus" 0 "token" .token "jobConfig" .jobConfig "autoscaling" $s.autoscaling.enabled) | nindent 4 }}
 {{- $groups := list }}
 {{- range $key := list "cpu" "gpu" }}
 {{- $g := index $s.workerGroups $key }}
