@@ -68,3 +68,16 @@ def test_bodies_are_measured_while_they_stream(client):
 def test_an_unset_token_lets_nothing_through(client):
     set_guard(LIMIT, b"")
     assert client.post("/v1/echo", content=b"{}", headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_tokens_are_stripped_wherever_they_come_from(monkeypatch, tmp_path):
+    """A Secret made from a file (`kubectl create secret --from-file`) ends in a newline; the token
+    must still match what clients send."""
+    from deploy.serve.settings import ServeSettings
+
+    monkeypatch.setenv("SFTRL_API_TOKEN", f"{TOKEN}\n")
+    assert ServeSettings().resolved_token() == TOKEN
+    monkeypatch.delenv("SFTRL_API_TOKEN")
+    assert ServeSettings(token=f"  {TOKEN}\r\n").resolved_token() == TOKEN
+    (tmp_path / "token").write_text(f"{TOKEN}\n")
+    assert ServeSettings(token_file=str(tmp_path / "token")).resolved_token() == TOKEN

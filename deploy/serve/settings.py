@@ -31,9 +31,10 @@ class ServeSettings(StrictModel):
 
     def resolved_token(self) -> str:
         """The bearer token: ``token``, ``$SFTRL_API_TOKEN`` or ``token_file``; ConfigError without one."""
-        if self.token is not None and self.token.get_secret_value():
-            return self.token.get_secret_value()
-        env = os.environ.get("SFTRL_API_TOKEN", "")
+        # stripped everywhere: a Secret made from a file ending in a newline must not lock everyone out
+        if self.token is not None and self.token.get_secret_value().strip():
+            return self.token.get_secret_value().strip()
+        env = os.environ.get("SFTRL_API_TOKEN", "").strip()
         if env:
             return env
         if self.token_file:
