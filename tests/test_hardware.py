@@ -87,3 +87,20 @@ def test_benchmark_results_are_filed_by_the_kind_of_cpu(cpu, tmp_path, monkeypat
     recorded = json.loads(path.read_text())["machine"]
     assert recorded["cpu"] == kind[0] and recorded["kind"] == name and recorded["torch_threads"] >= 1
     assert set(recorded["flags"]) <= set(hardware.FLAGS_OF_INTEREST) and recorded["flags"]
+
+
+def test_caches_go_where_the_user_can_write(tmp_path, monkeypatch):
+    """In an image, the code's tree belongs to root and the pods run as another user: vLLM's caches
+    then live under $SFTRL_HOME (the shared volume), never in the read-only tree."""
+    from services.rollout import engine
+    from services.rollout.config import EngineConfig
+
+    monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
+    monkeypatch.setenv("SFTRL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(engine, "REPO_CACHE", tmp_path / "tree" / ".cache")
+    assert engine.vllm_cache_dir(EngineConfig()) == tmp_path / "tree" / ".cache" / "vllm"  # a checkout
+    monkeypatch.setattr(engine.os, "access", lambda path, mode: False)  # what a non-root user sees there
+    assert engine.vllm_cache_dir(EngineConfig()) == tmp_path / "home" / "cache" / "vllm"
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "set"))
+    assert engine.vllm_cache_dir(EngineConfig()) == tmp_path / "set"
+    assert engine.vllm_cache_dir(EngineConfig(cache_dir=str(tmp_path / "cfg"))) == tmp_path / "cfg"

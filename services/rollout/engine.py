@@ -20,9 +20,24 @@ from sftrl.models import resolve_model
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 
+def vllm_cache_dir(config: EngineConfig) -> Path:
+    """Where vLLM and torch.compile keep their caches: the config's folder, else ``$VLLM_CACHE_ROOT``,
+    else the checkout's ``.cache/vllm``, else (an installed image, whose tree is read-only to its
+    non-root user) ``$SFTRL_HOME/cache/vllm``."""
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    if os.environ.get("VLLM_CACHE_ROOT"):
+        return Path(os.environ["VLLM_CACHE_ROOT"])
+    if os.access(REPO_CACHE if REPO_CACHE.exists() else REPO_CACHE.parent, os.W_OK):
+        return REPO_CACHE / "vllm"
+    from sftrl.home import sftrl_home
+
+    return sftrl_home() / "cache" / "vllm"
+
+
 def configure_process(config: EngineConfig) -> None:
     """Environment variables vLLM reads at import and start-up; must run before ``import vllm``."""
-    cache = Path(config.cache_dir) if config.cache_dir else REPO_CACHE / "vllm"
+    cache = vllm_cache_dir(config)
     cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
