@@ -97,6 +97,7 @@ def test_caches_go_where_the_user_can_write(tmp_path, monkeypatch):
 
     monkeypatch.delenv("VLLM_CACHE_ROOT", raising=False)
     monkeypatch.setenv("SFTRL_HOME", str(tmp_path / "home"))
+    (tmp_path / "tree").mkdir()
     monkeypatch.setattr(engine, "REPO_CACHE", tmp_path / "tree" / ".cache")
     assert engine.vllm_cache_dir(EngineConfig()) == tmp_path / "tree" / ".cache" / "vllm"  # a checkout
     monkeypatch.setattr(engine.os, "access", lambda path, mode: False)  # what a non-root user sees there
