@@ -490,6 +490,10 @@ def test_redis_statefulset_keeps_its_data(chart: Chart) -> None:
     container = sts["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert (
+        args[args.index("--maxmemory") + 1] == "768mb"
+        and args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    )
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
     services = {d["metadata"]["name"]: d for d in _by_kind(docs, "Service")}
     assert sts["spec"]["serviceName"] in services

@@ -218,7 +218,9 @@ def test_evaluation_requests_are_checked(registry: Registry, run_dir: Path) -> N
     with pytest.raises(EvalInputError, match="episodes x samples must be at most 8"):
         create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=3, samples=4, sampling=hot),
                           max_episodes=8)  # fmt: skip
-    sampled = create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=2, samples=4, sampling=hot))
+    sampled = create_evaluation(
+        registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=2, samples=4, sampling=hot)
+    )
     assert sampled.samples == 4 and sampled.sampling["temperature"] == 1.0
     assert registry.update_evaluation(sampled.eval_id, episodes_done=4).progress == 0.5
 
@@ -257,3 +259,69 @@ def test_evaluate_command_refuses_bad_requests_before_loading_a_model(
     unknown = runner.invoke(main, ["evaluate", "gp-sft@7", "--suite", "id"])
     assert unknown.exit_code == 2 and "unknown checkpoint 'gp-sft@7'" in unknown.output
     assert registry.list_evaluations() == []  # nothing half-recorded
+
+
+# -- concurrent writers, expiry, a full Redis -------------------------------------------------------------
+
+
+def _queued(registry: Registry, eval_id: str = "eval-00000000000000aa") -> str:
+    from sftrl.registry.records import EvaluationRecord, SuiteSpec
+
+    suite = SuiteSpec(env="sftrl/GeneralPoints-v0")
+    registry.save_evaluation(
+        EvaluationRecord(eval_id=eval_id, checkpoint_id="r@1", suite=suite, episodes=400, seed=1)
+    )
+    return eval_id
+
+
+def test_concurrent_updates_never_lose_each_others_change(registry: Registry, registry_server: str) -> None:
+    """A replica's progress and an API replica's status land on the same record at once: each
+    read-modify-write is a WATCH transaction, so the last of each writer's changes survives."""
+    import threading
+
+    eval_id = _queued(registry)
+    n = 150
+
+    def progress() -> None:
+        with Registry(registry_server) as mine:
+            for i in range(1, n + 1):
+                mine.update_evaluation(eval_id, episodes_done=i)
+
+    def errors() -> None:
+        with Registry(registry_server) as mine:
+            for i in range(1, n + 1):
+                mine.update_evaluation(eval_id, error=f"note {i}")
+
+    threads = [threading.Thread(target=progress), threading.Thread(target=errors)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = registry.get_evaluation(eval_id)
+    assert final.episodes_done == n and final.error == f"note {n}"
+
+
+def test_finished_evaluations_expire_and_leave_the_index(registry_server: str) -> None:
+    with Registry(registry_server, eval_ttl_s=1) as short:
+        short.redis.flushdb()
+        eval_id = _queued(short)
+        assert short.redis.ttl(f"sftrl:eval:{eval_id}") == -1  # queued: kept
+        short.update_evaluation(eval_id, status="done")
+        assert 0 < short.redis.ttl(f"sftrl:eval:{eval_id}") <= 1
+        short.redis.pexpire(f"sftrl:eval:{eval_id}", 1)
+        import time
+
+        time.sleep(0.05)
+        assert short.list_evaluations() == [] and short.redis.zcard("sftrl:evals") == 0
+
+
+def test_a_full_redis_is_a_registry_trouble_that_says_so(registry: Registry) -> None:
+    from sftrl.registry.store import REGISTRY_ERRORS, RegistryFull
+
+    registry.redis.config_set("maxmemory", "1")  # everything is over the limit now
+    try:
+        with pytest.raises(RegistryFull, match="registry's Redis is full") as info:
+            _queued(registry, "eval-00000000000000bb")
+        assert isinstance(info.value, REGISTRY_ERRORS)  # a training run only warns; the endpoint says 503
+    finally:
+        registry.redis.config_set("maxmemory", "1gb")

@@ -126,6 +126,8 @@ class LocalRedis:
                 "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes",
                 "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--save", "", "--logfile", str(log), "--daemonize", "no",
+                # bounded: a full registry refuses writes with a clear error instead of eating the machine
+                "--maxmemory", "1gb", "--maxmemory-policy", "noeviction",
             ]  # fmt: skip
             # Its own session: Ctrl-C in the terminal reaches sftrl, which then shuts Redis down cleanly.
             self.process = subprocess.Popen(

@@ -11,14 +11,19 @@ Keys (all under ``sftrl:``)::
     eval:<id>                json  EvaluationRecord
     ckpt:<run@step>:evals    zset  eval_id -> created
 
-Multi-key writes go through one MULTI/EXEC transaction, so readers never see half a record.
+Multi-key writes go through one MULTI/EXEC transaction, so readers never see half a record; changes
+to a record (a status, progress) are optimistic transactions (WATCH the key, re-read, write in
+MULTI/EXEC, retry on a concurrent change), so two writers never lose each other's change. A finished
+evaluation's record expires after ``eval_ttl_s`` (its index entries are dropped when found missing).
+A Redis that reached its ``maxmemory`` refuses writes: that surfaces as a RegistryError saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 
@@ -32,6 +37,9 @@ from sftrl.registry.records import (
 )
 
 PREFIX = "sftrl:"
+EVAL_TTL_S = 30 * 24 * 3600  # finished evaluations are kept a month
+FINISHED = ("done", "failed")
+R = TypeVar("R", RunRecord, EvaluationRecord)
 # Registry failures surface as one of these (connection refused, reset, timeout, server errors).
 REGISTRY_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
@@ -40,9 +48,15 @@ class RegistryError(RuntimeError):
     """The registry cannot do what was asked (unknown run, checkpoint or evaluation)."""
 
 
+class RegistryFull(redis.RedisError):
+    """Redis reached its memory limit: like a lost connection, a registry trouble (never a failed run,
+    a 503 at the endpoint), with a message that says what to do."""
+
+
 class Registry:
-    def __init__(self, url: str, timeout_s: float = 5.0):
+    def __init__(self, url: str, timeout_s: float = 5.0, eval_ttl_s: int = EVAL_TTL_S):
         self.url = url
+        self.eval_ttl_s = eval_ttl_s
         # Short timeouts: a training run must never hang on its index (the files are the truth).
         self.redis = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
@@ -79,7 +93,7 @@ class Registry:
         pipe.set(f"{PREFIX}run:{run_id}", run.model_dump_json())
         pipe.hset(f"{PREFIX}rundirs", run.run_dir, run_id)
         pipe.zadd(f"{PREFIX}runs", {run_id: time.time()}, nx=True)
-        pipe.execute()
+        _execute(pipe)
         return run
 
     def run_for_dir(self, run_dir: str) -> RunRecord | None:
@@ -87,11 +101,29 @@ class Registry:
         return self.get_run(run_id) if run_id else None
 
     def set_run_status(self, run_id: str, status: str) -> None:
-        run = self.get_run(run_id)
-        if run is None:
-            raise RegistryError(f"unknown run {run_id!r}")
-        run = run.model_copy(update={"status": status, "updated": utc_now()})
-        self.redis.set(f"{PREFIX}run:{run_id}", run.model_dump_json())
+        self._modify(f"{PREFIX}run:{run_id}", RunRecord, lambda run: run.model_copy(
+            update={"status": status, "updated": utc_now()}), f"unknown run {run_id!r}")  # fmt: skip
+
+    def _modify(self, key: str, model: type[R], change: Callable[[R], R], missing: str,
+                after: Callable[[Any, R], None] | None = None) -> R:  # fmt: skip
+        """Read the record at ``key``, apply ``change`` and write it back atomically: WATCH, re-read,
+        MULTI/EXEC, again if another writer changed the key in between (``after`` adds writes)."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if not raw:
+                        raise RegistryError(missing)
+                    record = change(model.model_validate_json(raw))
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json())
+                    if after is not None:
+                        after(pipe, record)
+                    _execute(pipe)
+                    return record
+                except redis.WatchError:
+                    continue
 
     def get_run(self, run_id: str) -> RunRecord | None:
         raw = self.redis.get(f"{PREFIX}run:{run_id}")
@@ -112,7 +144,7 @@ class Registry:
             pipe.hdel(f"{PREFIX}rundirs", run.run_dir)
         pipe.delete(f"{PREFIX}run:{run_id}", f"{PREFIX}run:{run_id}:ckpts")
         pipe.zrem(f"{PREFIX}runs", run_id)
-        pipe.execute()
+        _execute(pipe)
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -124,14 +156,14 @@ class Registry:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{PREFIX}ckpt:{ckpt.checkpoint_id}", ckpt.model_dump_json())
         pipe.zadd(f"{PREFIX}run:{ckpt.run_id}:ckpts", {ckpt.checkpoint_id: ckpt.step})
-        pipe.execute()
+        _execute(pipe)
 
     def forget_checkpoint(self, cid: str) -> None:
         run_id, _ = parse_checkpoint_ref(cid)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(f"{PREFIX}ckpt:{cid}")
         pipe.zrem(f"{PREFIX}run:{run_id}:ckpts", cid)
-        pipe.execute()
+        _execute(pipe)
 
     def list_checkpoints(self, run_id: str | None = None) -> list[CheckpointRecord]:
         runs = [run_id] if run_id else self.redis.zrange(f"{PREFIX}runs", 0, -1)
@@ -164,15 +196,19 @@ class Registry:
         pipe.set(f"{PREFIX}eval:{ev.eval_id}", ev.model_dump_json())
         pipe.zadd(f"{PREFIX}evals", {ev.eval_id: now}, nx=True)
         pipe.zadd(f"{PREFIX}ckpt:{ev.checkpoint_id}:evals", {ev.eval_id: now}, nx=True)
-        pipe.execute()
+        self._expire_finished(pipe, ev)
+        _execute(pipe)
+
+    def _expire_finished(self, pipe: Any, ev: EvaluationRecord) -> None:
+        if ev.status in FINISHED:
+            pipe.expire(f"{PREFIX}eval:{ev.eval_id}", self.eval_ttl_s)
 
     def update_evaluation(self, eval_id: str, **changes: Any) -> EvaluationRecord:
-        ev = self.get_evaluation(eval_id)
-        if ev is None:
-            raise RegistryError(f"unknown evaluation {eval_id!r}")
-        ev = EvaluationRecord.model_validate({**ev.model_dump(), **changes})
-        self.save_evaluation(ev)
-        return ev
+        def change(ev: EvaluationRecord) -> EvaluationRecord:
+            return EvaluationRecord.model_validate({**ev.model_dump(), **changes, "updated": utc_now()})
+
+        return self._modify(f"{PREFIX}eval:{eval_id}", EvaluationRecord, change,
+                            f"unknown evaluation {eval_id!r}", after=self._expire_finished)  # fmt: skip
 
     def get_evaluation(self, eval_id: str) -> EvaluationRecord | None:
         raw = self.redis.get(f"{PREFIX}eval:{eval_id}")
@@ -182,4 +218,20 @@ class Registry:
         key = f"{PREFIX}ckpt:{checkpoint}:evals" if checkpoint else f"{PREFIX}evals"
         ids = self.redis.zrange(key, 0, -1)
         raws = self.redis.mget([f"{PREFIX}eval:{i}" for i in ids]) if ids else []
+        expired = [i for i, r in zip(ids, raws, strict=True) if not r]
+        if expired:  # records that expired: their index entries go too
+            self.redis.zrem(key, *expired)
         return [EvaluationRecord.model_validate_json(r) for r in raws if r]
+
+
+def _execute(pipe: Any) -> Any:
+    """``pipe.execute()``, with a Redis that reached its memory limit said in words."""
+    try:
+        return pipe.execute()
+    except redis.ResponseError as exc:  # redis-py names it OutOfMemoryError; older ones leave "OOM ..."
+        if type(exc).__name__ == "OutOfMemoryError" or str(exc).startswith("OOM"):
+            raise RegistryFull(
+                "the registry's Redis is full (maxmemory reached): finished evaluations expire on their "
+                "own; raise maxmemory, or drop runs with `sftrl registry resync --prune`"
+            ) from None
+        raise
