@@ -171,6 +171,19 @@ def measure_bar(model_dir: Path, config: GPBaseConfig) -> dict[str, Any]:
     return {"episodes_per_rule": episodes, "seconds": time.perf_counter() - t0, "metrics": metrics}
 
 
+def bar_intervals(metrics: dict[str, float]) -> dict[str, list[float]]:
+    """95% Wilson intervals of the bar's rates, from the counts the evaluation recorded beside them."""
+    from deploy.study_stats import pooled
+
+    out = {}
+    for suite in BAR_RULES:
+        for metric in ("success", "adherence", "adherence_training"):
+            found = pooled([metrics], metric, suite)
+            if found is not None:
+                out[f"{metric}/{suite}"] = [round(found.low, 4), round(found.high, 4)]
+    return out
+
+
 def train(
     model_dir: Path, rows: list[Any], config: GPBaseConfig, report: Callable[[str], None]
 ) -> list[dict[str, float]]:
@@ -281,6 +294,7 @@ def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) ->
         "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
         "final_loss": log[-1]["loss"], "loss_every_25": [r["loss"] for r in log[24::25]],
         "episodes_per_rule": bar["episodes_per_rule"], "bar": bar["metrics"],
+        "intervals_95": bar_intervals(bar["metrics"]),
     }  # fmt: skip
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return BuildResult(

@@ -120,3 +120,5 @@ def test_preparation_at_reduced_size(tmp_path):
     for suite in BAR_RULES:
         assert summary["bar"][f"field/{suite}/formula_wellformed"] >= 0.8
         assert 0.0 <= summary["bar"][f"adherence/{suite}"] <= 1.0
+        low, high = summary["intervals_95"][f"success/{suite}"]  # every rate with its 95% interval
+        assert low <= summary["bar"][f"success/{suite}"] <= high and summary["bar"][f"episodes/{suite}"] == 64
