@@ -15,7 +15,8 @@ Multi-key writes go through one MULTI/EXEC transaction, so readers never see hal
 to a record (a status, progress) are optimistic transactions (WATCH the key, re-read, write in
 MULTI/EXEC, retry on a concurrent change), so two writers never lose each other's change. A finished
 evaluation's record expires after ``eval_ttl_s`` (its index entries are dropped when found missing).
-A Redis that reached its ``maxmemory`` refuses writes: that surfaces as a RegistryError saying so.
+A Redis that reached its ``maxmemory`` refuses writes: that surfaces as ``RegistryFull`` (a registry
+trouble like a lost connection) saying what to do.
 """
 
 from __future__ import annotations
