@@ -85,6 +85,8 @@ def curve(arm: Arm, metric: str, suite: str) -> list[tuple[float, float, Interva
     points = []
     for i in range(min(len(e) for e in evals) if evals else 0):
         at = [e[i] for e in evals]
+        if all(not r.get("flops") for r in at):  # nothing trained yet: every seed played the same model
+            at = at[:1]
         value = mean_value(at, f"{metric}/{suite}")
         if value is None:
             continue

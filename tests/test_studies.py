@@ -158,6 +158,12 @@ def test_a_study_of_seeds_pools_them_and_answers_its_questions(tmp_path):
     assert "the interval does not exclude zero (no difference shown)" in lines[1]
     for png in ("success_vs_compute.png", "final_success.png", "differences.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000 and f"]({png})" in text
+    # before any training every seed plays the same model on the same tasks: 256 episodes, not 768
+    from deploy.report import collect_runs
+    from deploy.study_stats import curve, group_arms
+
+    first = curve(group_arms(collect_runs([tmp_path / "s-tiny"]))[0], "success", "id")[0][2]
+    assert (first.low, first.high) == (wilson(round(0.1 * 256), 256).low, wilson(round(0.1 * 256), 256).high)
     answers = json.loads((tmp_path / "out" / "report.json").read_text())["answers"]
     assert (
         answers[0]["difference"]["low"] > 0
