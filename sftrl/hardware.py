@@ -79,27 +79,26 @@ def _warn_emulated(what: str) -> None:
     warnings.warn(f"{what}: {EMULATED_BF16_COST}; `auto` would pick float32 here", stacklevel=3)
 
 
+def _resolve(requested: str, device: str, bf16: str, fp32: str, what: str) -> tuple[str, str]:
+    native, why = bf16_support(device)
+    if requested == "auto":
+        return (bf16 if native else fp32), f"auto: {why}"
+    if requested == bf16 and not native and device == "cpu":
+        _warn_emulated(f"{what} {bf16}")
+    return requested, "set in the config"
+
+
 def resolve_precision(requested: str, device: str) -> tuple[str, str]:
     """The learner's precision (``fp32`` or ``bf16``) for ``requested`` (``auto``, ``fp32``, ``bf16``)
     on ``device``, with the reason. ``auto`` takes bf16 only where the hardware computes it; asking
     for bf16 elsewhere is obeyed with a warning (once per process)."""
-    native, why = bf16_support(device)
-    if requested == "auto":
-        return ("bf16" if native else "fp32"), f"auto: {why}"
-    if requested == "bf16" and not native and device == "cpu":
-        _warn_emulated("learner precision bf16")
-    return requested, "set in the config"
+    return _resolve(requested, device, "bf16", "fp32", "learner precision")
 
 
 def resolve_dtype(requested: str, device: str) -> tuple[str, str]:
     """The rollout engine's dtype for ``requested`` (``auto``, ``float32``, ``bfloat16``, ``float16``)
     on ``device``, with the reason; the same rule as :func:`resolve_precision`."""
-    native, why = bf16_support(device)
-    if requested == "auto":
-        return ("bfloat16" if native else "float32"), f"auto: {why}"
-    if requested == "bfloat16" and not native and device == "cpu":
-        _warn_emulated("rollout dtype bfloat16")
-    return requested, "set in the config"
+    return _resolve(requested, device, "bfloat16", "float32", "rollout dtype")
 
 
 def cpu_kind() -> str:
