@@ -55,7 +55,7 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
             if not (arm_dir / "DONE").is_file():  # finished arms only: a half-run arm would skew the pooling
                 continue
             run = _run(arm_dir, arm.get("label") or arm["name"], arm.get("kind", "train"))
-            run |= {"arm": arm["name"], "seed": seed}
+            run |= {"study": str(path), "arm": arm["name"], "seed": seed}
             parent = str((arm.get("config") or {}).get("model", ""))
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
@@ -128,7 +128,8 @@ def _questions(paths: list[str | Path]) -> list[dict[str, Any]]:
     found = []
     for path in paths:
         if (Path(path) / "study.yaml").exists():
-            found += (yaml.safe_load((Path(path) / "study.yaml").read_text()) or {}).get("questions") or []
+            asked = (yaml.safe_load((Path(path) / "study.yaml").read_text()) or {}).get("questions") or []
+            found += [{**q, "study": str(Path(path))} for q in asked]
     return found
 
 
@@ -185,7 +186,7 @@ def _answers(
         lines.append(f"- {sentence}")
         answers.append({**q, "sentence": sentence} | ({"difference": vars(found)} if found else {}))
         if found is not None:
-            by_key = {a.key: a.label for a in arms}
+            by_key = {a.name: a.label for a in arms if a.key == f"{q['study']}/{a.name}"}
             drawn.append(
                 (
                     f"{q.get('metric', 'success')} {q.get('suite', 'id')}: {by_key[q['a']]} - {by_key[q['b']]}",
@@ -228,7 +229,7 @@ def _merge_section(arm: Arm, out: Path) -> tuple[list[str], list[tuple[str, str]
     at = [[rows[i] for rows in rows_by_seed if i < len(rows)] for i in range(len(ratios))]
     intervals = {s: [pooled(rows, "success", s) for rows in at] for s in suites}
     values = {s: [mean_value(rows, f"success/{s}") or 0.0 for rows in at] for s in suites}
-    name = figures.merge_curve(ratios, intervals, values, method, out, f"merge-{arm.key}.png")
+    name = figures.merge_curve(ratios, intervals, values, method, out, f"merge-{arm.name}.png")
     lines = [f"## Merges: {arm.label}", "",
              f"Episode success of {method} merges; ratio = share of the second model (0: the first model).",
              "", "| ratio | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]  # fmt: skip

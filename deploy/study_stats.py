@@ -9,6 +9,7 @@ paired by seed when both arms ran the same seeds (they share each seed's start).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from deploy.intervals import Interval, bootstrap_rate_difference, wilson
@@ -24,9 +25,11 @@ DENOMINATORS = {
 
 @dataclass
 class Arm:
-    """One arm of a study (or one plain run): its runs, one per seed, in seed order."""
+    """One arm of a study (or one plain run): its runs, one per seed, in seed order. ``key`` is unique
+    across the studies of one report (study folder and arm name); ``name`` is the arm's own name."""
 
     key: str
+    name: str
     label: str
     kind: str
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -41,11 +44,12 @@ class Arm:
 
 
 def group_arms(runs: list[dict[str, Any]]) -> list[Arm]:
-    """Runs of the same arm (``arm`` key; plain runs are arms of their own), in first-seen order."""
+    """Runs of the same arm of the same study (plain runs are arms of their own), in first-seen order."""
     arms: dict[str, Arm] = {}
     for run in runs:
-        key = run.get("arm") or run["dir"]
-        arm = arms.setdefault(key, Arm(key, run["label"], run["kind"]))
+        name = run.get("arm") or Path(run["dir"]).name
+        key = f"{run['study']}/{name}" if "study" in run else run["dir"]
+        arm = arms.setdefault(key, Arm(key, name, run["label"], run["kind"]))
         arm.runs.append(run)
     for arm in arms.values():
         arm.runs.sort(key=lambda r: r.get("seed", 0))
@@ -107,9 +111,10 @@ def difference(a: Arm, b: Arm, metric: str, suite: str) -> Interval | None:
 
 def answer(question: dict[str, Any], arms: list[Arm]) -> tuple[str, Interval | None]:
     """One sentence answering a study question from its arms' final evaluations."""
-    by_key = {arm.key: arm for arm in arms}
+    study = question.get("study")  # the study folder it came from (a report may hold several)
+    by_name = {arm.name: arm for arm in arms if study is None or arm.key == f"{study}/{arm.name}"}
     metric, suite = question.get("metric", "success"), question.get("suite", "id")
-    a, b = by_key.get(question["a"]), by_key.get(question["b"])
+    a, b = by_name.get(question["a"]), by_name.get(question["b"])
     if a is None or b is None:
         return (
             f"{question['text']} Not answered: arm {question['a'] if a is None else question['b']} has no runs.",

@@ -281,3 +281,15 @@ def test_recipes_ship_as_package_data():
     shipped = {p for pattern in globs for p in package.glob(pattern)}
     assert {p for p in (package / "configs").rglob("*.yaml")} <= shipped
     assert (root / "configs" / "quickstart.yaml").is_file()  # the checkout's configs/ still works
+
+
+def test_two_studies_in_one_report_keep_their_arms_apart(tmp_path):
+    q = [{"text": "RL vs SFT?", "a": "rl", "b": "sft", "suite": "ood_rule"}]
+    _seeded_study(tmp_path / "a-tiny", {"sft": [(128, 20)] * 3, "rl": [(128, 90)] * 3}, q)
+    _seeded_study(tmp_path / "b-tiny", {"sft": [(10, 10)] * 3, "rl": [(10, 10)] * 3}, q)
+    text = write_report([tmp_path / "a-tiny", tmp_path / "b-tiny"], tmp_path / "out").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| SFT | 3 | ")]
+    assert len(rows) == 2 and "| SFT | 6 | " not in text  # 3 seeds each, never pooled into 6
+    sentences = [line for line in text.splitlines() if line.startswith("- RL vs SFT?")]
+    assert "excludes zero (the difference is above zero)" in sentences[0]
+    assert "does not exclude zero" in sentences[1]  # study b: the two arms alike
