@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
-import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -98,7 +99,10 @@ def test_data_sft_bad_option_writes_nothing(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(shutil.which("sftrl") is None, reason="console script not installed (pip install -e .)")
 def test_console_script_is_installed():
-    proc = subprocess.run(["sftrl", "--help"], capture_output=True, text=True, timeout=60)
+    """`make install` puts `sftrl` beside the venv's python (on PATH once the venv is activated)."""
+    script = Path(sys.executable).parent / "sftrl"
+    found = str(script) if script.is_file() else shutil.which("sftrl")
+    assert found, "no sftrl console script beside this python or on PATH: run make install"
+    proc = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "env" in proc.stdout and "data" in proc.stdout
