@@ -5,11 +5,10 @@ tested against the real Serve deployment in test_serve.py."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from deploy.serve.guard import RequestGuard
@@ -21,17 +20,22 @@ LIMIT = 1024
 
 @pytest.fixture
 def client():
+    """A FastAPI app like the endpoint's: it parses JSON bodies itself (and turns errors while reading
+    one into a 400), behind the gate."""
+    from fastapi import FastAPI
+
     seen: list[int] = []
+    app = FastAPI()
 
-    async def echo(request: Request) -> JSONResponse:
-        body = await request.body()
-        seen.append(len(body))
-        return JSONResponse({"bytes": len(body)})
+    @app.post("/v1/echo")
+    async def echo(payload: dict[str, Any]) -> dict[str, int]:
+        seen.append(len(payload.get("pad", "")))
+        return {"bytes": len(payload.get("pad", ""))}
 
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
 
-    app = Starlette(routes=[Route("/v1/echo", echo, methods=["POST"]), Route("/healthz", health)])
     app.add_middleware(RequestGuard)
     set_guard(LIMIT, TOKEN.encode())
     with TestClient(app) as c:
@@ -40,9 +44,15 @@ def client():
     set_guard(LIMIT, b"")
 
 
+def _json(pad: int) -> bytes:
+    return json.dumps({"pad": "x" * pad}).encode()
+
+
 def test_no_token_is_refused_before_the_body_is_read(client):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        r = client.post("/v1/echo", content=b"{not json" * 10, headers=headers)
+        r = client.post(
+            "/v1/echo", content=b"{not json" * 10, headers={**headers, "Content-Type": "application/json"}
+        )
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     huge = client.post("/v1/echo", content=b"x" * (LIMIT * 100))  # oversized and anonymous: 401 first
     assert huge.status_code == 401 and client.seen == []
@@ -50,17 +60,22 @@ def test_no_token_is_refused_before_the_body_is_read(client):
 
 
 def test_bodies_are_measured_while_they_stream(client):
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    assert client.post("/v1/echo", content=b"x" * LIMIT, headers=auth).json() == {"bytes": LIMIT}
-    declared = client.post("/v1/echo", content=b"x" * (LIMIT + 1), headers=auth)
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    fits = LIMIT - len(_json(0))
+    assert client.post("/v1/echo", content=_json(fits), headers=auth).json() == {"bytes": fits}
+    declared = client.post("/v1/echo", content=_json(fits + 1), headers=auth)
     assert declared.status_code == 413 and "larger than 1024" in declared.json()["detail"]
 
     def chunks():  # no Content-Length: chunked transfer, measured chunk by chunk
-        for _ in range(64):
-            yield b"y" * 256
+        body = _json(4 * LIMIT)
+        for i in range(0, len(body), 256):
+            yield body[i : i + 256]
 
     chunked = client.post("/v1/echo", content=chunks(), headers=auth)
-    assert chunked.status_code == 413 and client.seen == [LIMIT]  # the handler never saw the big bodies
+    assert chunked.status_code == 413, chunked.text  # not FastAPI's 400 "error parsing the body"
+    small = client.post("/v1/echo", content=iter([_json(10)[:5], _json(10)[5:]]), headers=auth)
+    assert small.json() == {"bytes": 10}  # a small chunked body reaches the app whole
+    assert client.seen == [fits, 10]  # the handler never saw the big bodies
     bad = client.post("/v1/echo", content=b"{}", headers={**auth, "Content-Length": "12x"})
     assert bad.status_code in (400, 413)  # a malformed length is refused, never trusted
 

@@ -1,6 +1,7 @@
 """The ingress's first gate, as plain ASGI middleware: the bearer token is checked before any byte of
 a body is read (401 before 422), and a body is measured while it streams in (413 as soon as it passes
-the limit, chunked or not), so an anonymous or oversized request never costs memory.
+the limit, chunked or not; at most the limit is held, then handed to the app), so an anonymous or
+oversized request never costs more than the limit in memory.
 
 Serve runs a copy of the app in each ingress replica; the token and the limit live in
 :mod:`deploy.serve.settings` and are set by the replica (``set_guard``).
@@ -16,10 +17,6 @@ from starlette.responses import JSONResponse
 from deploy.serve.settings import body_limit, guard_token
 
 OPEN_PATHS = ("/healthz",)
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def token_ok(authorization: str) -> bool:
@@ -52,25 +49,26 @@ class RequestGuard:
         if declared is not None and int(declared) > limit:
             await JSONResponse({"detail": f"body larger than {limit} bytes"}, 413)(scope, receive, send)
             return
-        received = 0
-        started = False
-
-        async def measured_receive() -> dict[str, Any]:
-            nonlocal received
+        # The body is read here, up to the limit, and replayed to the app: FastAPI turns any error raised
+        # while it reads a body into a 400, so the 413 must be answered before the app reads anything.
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge
-            return message
-
-        async def tracked_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, measured_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > limit:
                 await JSONResponse({"detail": f"body larger than {limit} bytes"}, 413)(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the client to go away
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
