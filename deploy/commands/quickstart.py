@@ -60,6 +60,6 @@ def run_quickstart(
     console.print(table)
     if sentences:  # the recipe's first question is the papers' own; the rest are in the report
         more = f" ({len(sentences) - 1} more answers in the report)" if len(sentences) > 1 else ""
-        console.print(f"{sentences[0]}{more}", highlight=False)
+        console.print(f"{sentences[0]}{more}", highlight=False, soft_wrap=True)
     console.print(f"figure: {folder / 'report' / 'success_vs_compute.png'}\nreport: {report}", soft_wrap=True)
     return folder
