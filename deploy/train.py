@@ -339,12 +339,15 @@ class Trainer:
     # -- run ---------------------------------------------------------------------------------------------
 
     def run(self) -> Path:
+        from sftrl.ray_setup import init_ray
+
         with contextlib.ExitStack() as stack:
             self.registrar = self._open_registrar(stack)
-            stack.enter_context(self._stop_on_sigterm())
             status = "failed"
             try:
-                result = self._run()
+                init_ray(self.config.ray_address)  # first: ray.init installs a SIGTERM handler of its own
+                with self._stop_on_sigterm():
+                    result = self._run()
                 status = "finished"
                 return result
             except (KeyboardInterrupt, RunInterrupted):
