@@ -8,6 +8,7 @@ figure and what the intervals support.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,13 +22,10 @@ NAME = "quickstart"
 ENDS_ONLY = ["base.eval.every=1000000", "arms.2.config.eval.every=1000000"]
 
 
-def results_table(study_dir: Path) -> tuple[Table, list[str]]:
-    """Per arm: ID success, rule-OOD success and OOD rule adherence (95% intervals); and the
-    sentences answering the recipe's questions."""
-    import yaml
-
+def results_table(study_dir: Path) -> Table:
+    """Per arm: ID success, rule-OOD success and OOD rule adherence (95% intervals)."""
     from deploy.report import collect_runs
-    from deploy.study_stats import answer, cell, group_arms, mean_value, pooled
+    from deploy.study_stats import cell, group_arms, mean_value, pooled
 
     arms = [a for a in group_arms(collect_runs([study_dir])) if a.kind == "train"]
     columns = (("ID success", "success", "id"), ("rule-OOD success", "success", "ood_rule"),
@@ -40,8 +38,7 @@ def results_table(study_dir: Path) -> tuple[Table, list[str]]:
     for arm in arms:
         table.add_row(arm.label, *(cell(pooled(arm.finals, m, s), mean_value(arm.finals, f"{m}/{s}"))
                                    for _, m, s in columns))  # fmt: skip
-    questions = (yaml.safe_load((study_dir / "study.yaml").read_text()) or {}).get("questions") or []
-    return table, [answer(q, arms)[0] for q in questions]
+    return table
 
 
 def run_quickstart(
@@ -56,8 +53,10 @@ def run_quickstart(
         shutil.rmtree(runner.dir)
     folder = runner.run()
     report = write_report([folder], folder / "report", title=f"sftrl quickstart: {study.title}")
-    table, sentences = results_table(folder)
-    console.print(table)
+    console.print(results_table(folder))
+    # the report already answered the recipe's questions (bootstrapped once): its report.json has them
+    answers = json.loads((report.parent / "report.json").read_text(encoding="utf-8"))["answers"]
+    sentences = [a["sentence"] for a in answers]
     if sentences:  # the recipe's first question is the papers' own; the rest are in the report
         more = f" ({len(sentences) - 1} more answers in the report)" if len(sentences) > 1 else ""
         console.print(f"{sentences[0]}{more}", highlight=False, soft_wrap=True)
