@@ -5,8 +5,8 @@ generation length, learning rate and number of policy epochs.
                                [--precision auto|fp32|bf16] [--quick]
 
 sftrl: Ray with one vLLM rollout actor and one DeepSpeed learner (world size 1); a step is
-``RolloutGroup.play`` -> ``build_rl_batch`` -> ``LearnerGroup.rl_step`` -> weight push, as
-``deploy.train.Trainer._run_rl`` does it. TRL: ``GRPOTrainer`` with generation through
+:class:`deploy.rl_step.RLStep` (play -> batch -> ``LearnerGroup.rl_step`` -> weight push), the same
+object the training loop runs, and its compute is counted by the same ``FlopsCounter``. TRL: ``GRPOTrainer`` with generation through
 transformers (``use_vllm=False``; TRL's vLLM path needs CUDA). Both play GeneralPoints text
 (single attempt, compact prompt) from the same task seeds and score with ``verify_general_points``.
 Each side runs 3 steps in its own process (vLLM changes torch's thread settings in its process);
@@ -110,7 +110,7 @@ def _summary(steps: list[dict[str, Any]], samples: int) -> dict[str, Any]:
 
 def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
     from deploy.evaluation import suite_metrics
-    from services.learner.batch import build_rl_batch
+    from deploy.rl_step import RLStep
     from services.learner.config import LearnerConfig, OptimConfig, RLConfig
     from services.learner.group import LearnerGroup
     from services.rollout.config import RolloutConfig, SamplingConfig
@@ -136,35 +136,26 @@ def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     learner = LearnerGroup(learner_cfg, rl=rl)
     startup = time.perf_counter() - t0
-    params = int(learner.flops_per_token() / 6)
-    tokenizer = _tokenizer(path)
+    rl_step = RLStep(rollout, learner, rl, _tokenizer(path), 2048, _engine_dtype(args.precision))
+    params = rl_step.flops.params
     sampling: SamplingConfig = rollout_cfg.sampling
     steps = []
     try:
         for step in range(STEPS):
-            t0 = time.perf_counter()
-            trajs = rollout.play(_specs(step, args.prompts, args.group, args.style), sampling)
-            rollout_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            batch = build_rl_batch(trajs, tokenizer, rl, tokenizer.pad_token_id, max_len=2048)
-            m = learner.rl_step(batch)
-            learn_s = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            weights = learner.policy_state_dict(_engine_dtype(args.precision), as_ref=True)
-            rollout.update_weights(weights, version=step + 1)
-            push_s = time.perf_counter() - t2
+            t0 = time.perf_counter()  # the training loop's RL step: play, batch, update, push
+            trajs, out, rollout_s = rl_step(
+                _specs(step, args.prompts, args.group, args.style), sampling, step + 1
+            )
             step_s = time.perf_counter() - t0
-            trained = int(batch.attention_mask.sum())
-            # epochs x (forward + backward), plus the no-grad scoring forward when the learner made one
-            flops = (6 * rl.epochs + 2 * m.get("scoring_passes", 1.0)) * params * trained
+            learn_s, push_s = out.learn_s, out.push_s
             stats = suite_metrics(trajs)
             steps.append({
                 "step": step + 1, "step_s": round(step_s, 3), "rollout_s": round(rollout_s, 3),
                 "learn_s": round(learn_s, 3), "push_s": round(push_s, 3),
-                "generated_tokens": sum(t.num_generated_tokens for t in trajs), "trained_tokens": trained,
-                "batch_shape": list(batch.input_ids.shape), "learner_flops": flops,
-                "learner_gflop_per_s": round(flops / learn_s / 1e9, 2),
-                "mean_reward": round(float(stats["reward"]), 4), "loss": m.get("loss"),
+                "generated_tokens": out.generated_tokens, "trained_tokens": out.trained_tokens,
+                "batch_shape": list(out.batch_shape), "learner_flops": out.learner_flops,
+                "learner_gflop_per_s": round(out.learner_flops / learn_s / 1e9, 2),
+                "mean_reward": round(float(stats["reward"]), 4), "loss": out.metrics.get("loss"),
             })  # fmt: skip
             print(f"  sftrl step {step + 1}: {step_s:.1f} s (rollout {rollout_s:.1f}, learn {learn_s:.1f}, "
                   f"push {push_s:.2f})", file=sys.stderr, flush=True)  # fmt: skip
@@ -196,20 +187,13 @@ def _tokenizer(path: str) -> Any:
 # -- TRL side ---------------------------------------------------------------------------------------
 
 
-def run_trl(args: argparse.Namespace) -> dict[str, Any]:
-    import dataclasses
-
-    import torch
-    import trl
+def _trl_task(args: argparse.Namespace) -> tuple[Any, Any, list[int], list[float]]:
+    """TRL's dataset of the benchmark's tasks, its reward function (the project's verifier), and the
+    lists the reward function fills per step: generated tokens, mean reward."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     from services.verifier.general_points import GPTask, verify_general_points
-    from sftrl.models import resolve_model
 
-    torch.manual_seed(0)
-    path = resolve_model(args.model)
     rows = _tasks(STEPS, args.prompts, args.style)
     data = Dataset.from_list([
         {"prompt": [{"role": "user", "content": r["text"]}], "cards": r["cards"], "numbers": r["numbers"],
@@ -231,8 +215,12 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         rewards.append(sum(out) / max(len(out), 1))
         return out
 
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    kwargs: dict[str, Any] = {
+    return data, gp_reward, gen_tokens, rewards
+
+
+def _grpo_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """GRPOConfig's settings matching sftrl's side (batch, generation, learning rate, one epoch)."""
+    return {
         "output_dir": os.path.join(os.environ.get("TMPDIR", "/tmp"), "sftrl-bench-trl"),
         "use_cpu": True, "per_device_train_batch_size": args.prompts * args.group,
         "gradient_accumulation_steps": 1, "num_generations": args.group,
@@ -242,6 +230,23 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         "bf16": args.precision == "bf16", "gradient_checkpointing": False, "seed": 0,
         "dataloader_num_workers": 0, "disable_tqdm": True,
     }  # fmt: skip
+
+
+def run_trl(args: argparse.Namespace) -> dict[str, Any]:
+    import dataclasses
+
+    import torch
+    import trl
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from sftrl.models import resolve_model
+
+    torch.manual_seed(0)
+    path = resolve_model(args.model)
+    data, gp_reward, gen_tokens, rewards = _trl_task(args)
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    kwargs = _grpo_kwargs(args)
     dropped = sorted(k for k in kwargs if k not in fields)
     config = GRPOConfig(**{k: v for k, v in kwargs.items() if k in fields})
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -379,8 +384,9 @@ def main() -> None:
                      "dtype": {"sftrl_learner": args.precision, "sftrl_rollout": _engine_dtype(args.precision),
                                "trl": args.precision}},
         "matmul_peak_gflop_per_s": peak,
-        "flops_formula": "(6 x params x trained tokens, + 2 x params x trained tokens when the learner made a "
-                         "no-grad scoring pass) / learn seconds; trained tokens = batch.attention_mask.sum()",
+        "flops_formula": "deploy.rl_step.FlopsCounter.rl_update: (6 x params x trained tokens, + 2 x params x "
+                         "trained tokens when the learner made a no-grad scoring pass) / learn seconds; "
+                         "trained tokens = batch.attention_mask.sum()",
         "sftrl": ours, "trl": theirs,
         "target": {"metric": "samples/s, sftrl over TRL", "ratio": TARGET_RATIO, "measured": ratio,
                    "met": bool(ratio is not None and ratio >= TARGET_RATIO)},

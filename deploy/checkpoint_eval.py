@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from deploy.eval_metrics import suite_metrics
-from deploy.evaluation import suite_specs
+from deploy.evaluation import play_suite
 from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
 from sftrl.config import ConfigError, StrictModel
-from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec
-from sftrl.registry.store import Registry, RegistryError
+from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec, parse_checkpoint_ref
+from sftrl.registry.store import FINISHED, REGISTRY_ERRORS, Registry, RegistryError
+
+if TYPE_CHECKING:
+    from services.rollout.protocol import Rollout
+    from services.rollout.worker import RolloutWorker
 
 CHUNK_EPISODES = 16  # progress is reported per chunk; chunking never changes results (per-episode seeds)
+LEASE_S = 60.0  # an evaluation nobody renews for this long is lost
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 log = logging.getLogger(__name__)
 
@@ -145,7 +153,7 @@ def engine_config(checkpoint_path: str, run_config: dict[str, Any], **overrides:
 
 
 def run_evaluation(
-    player: Any,
+    rollout: Rollout,
     suite: SuiteSpec,
     episodes: int,
     seed: int,
@@ -153,14 +161,10 @@ def run_evaluation(
     on_progress: Callable[[int], None] | None = None,
     samples: int = 1,
 ) -> dict[str, float]:
-    """Play ``episodes`` tasks of ``suite`` (``samples`` times each) with ``player.play(specs, sampling)``;
+    """Play ``episodes`` tasks of ``suite`` (``samples`` times each) with ``rollout.play(specs, sampling)``;
     returns suite metrics (with pass@k when ``samples`` > 1)."""
-    specs = suite_specs(suite.name, suite.env, suite.options, episodes, seed, samples)
-    played = []
-    for start in range(0, len(specs), CHUNK_EPISODES):
-        played.extend(player.play(specs[start : start + CHUNK_EPISODES], sampling))
-        if on_progress is not None:
-            on_progress(len(played))
+    played = play_suite(rollout, suite.name, suite.env, suite.options, episodes, seed, sampling, samples,
+                        CHUNK_EPISODES, on_progress)  # fmt: skip
     return suite_metrics(played)
 
 
@@ -174,6 +178,8 @@ def create_evaluation(
     max_episodes: int | None = None,
     client: bool = False,
     data_dir: Path | None = None,
+    roots: Sequence[Path] | None = None,
+    lease_s: float = LEASE_S,
 ) -> EvaluationRecord:
     """Validate ``request`` against the registry and store it as a queued evaluation. A ``client``'s
     own suite may name files only as datasets of ``data_dir`` (:func:`client_suite`).
@@ -183,10 +189,7 @@ def create_evaluation(
         raise EvalInputError(
             f"episodes x samples must be at most {max_episodes} (got {request.episodes * request.samples})"
         )
-    try:
-        ckpt = registry.resolve_checkpoint(request.checkpoint)
-    except RegistryError as exc:
-        raise UnknownCheckpoint(str(exc)) from None
+    ckpt, note = usable_checkpoint(registry, request.checkpoint, roots)
     run = registry.get_run(ckpt.run_id)
     run_config = run.config if run is not None else {}
     if client and not isinstance(request.suite, str):
@@ -205,9 +208,44 @@ def create_evaluation(
         samples=request.samples,
         sampling=sampling.model_dump(mode="json"),
         owner=owner,
+        note=note,
+        lease_until=time.time() + lease_s,  # whoever runs it renews the lease; nobody: lost
     )
     registry.save_evaluation(record)
     return record
+
+
+def usable_checkpoint(
+    registry: Registry, ref: str, roots: Sequence[Path] | None = None
+) -> tuple[CheckpointRecord, str]:
+    """The checkpoint ``ref`` names, and a note. ``RUN`` or ``RUN@latest`` is the newest of the run
+    whose folder lies under ``roots`` and passes a quick check (names and sizes; loading re-hashes
+    every file): newer ones that fail are skipped, and the note names them. Raises UnknownCheckpoint."""
+    from sftrl.checkpoint import checkpoint_roots, trusted
+
+    try:
+        run_id, step = parse_checkpoint_ref(ref)
+        if step is not None:
+            return registry.resolve_checkpoint(ref), ""
+        candidates = registry.list_checkpoints(run_id)
+    except (RegistryError, ValueError) as exc:
+        raise UnknownCheckpoint(str(exc)) from None
+    roots = roots or checkpoint_roots()
+    skipped = []
+    for ckpt in sorted(candidates, key=lambda c: c.step, reverse=True):
+        try:
+            trusted(ckpt.path, roots, deep=False)
+        except ValueError as exc:  # UntrustedCheckpoint included
+            log.warning("skipping %s: %s", ckpt.checkpoint_id, exc)
+            skipped.append(ckpt.checkpoint_id)
+            continue
+        note = f"skipped {', '.join(skipped)}: failed verification (see the server's log)" if skipped else ""
+        return ckpt, note
+    if not candidates:
+        raise UnknownCheckpoint(f"run {run_id!r} has no registered checkpoint")
+    raise UnknownCheckpoint(
+        f"no checkpoint of run {run_id!r} passes verification ({', '.join(skipped)} failed)"
+    )
 
 
 def error_text(exc: BaseException, detailed: bool, context: str) -> str:
@@ -220,49 +258,103 @@ def error_text(exc: BaseException, detailed: bool, context: str) -> str:
     return f"{type(exc).__name__} (error {error_id}; the server's log has the details)"
 
 
-def load_player(ckpt: CheckpointRecord, run_config: dict[str, Any], **engine_overrides: Any) -> Any:
-    """A rollout worker (one in-process vLLM engine) on a verified checkpoint."""
+def load_rollout(
+    ckpt: CheckpointRecord,
+    run_config: dict[str, Any],
+    roots: Sequence[Path] | None = None,
+    **engine_overrides: Any,
+) -> RolloutWorker:
+    """A rollout worker (one in-process vLLM engine) on the record's checkpoint, once it is known to
+    lie under ``roots`` (default: :func:`sftrl.checkpoint.checkpoint_roots`) and to verify: the
+    registry's records are not trusted to name the folder vLLM opens."""
     from services.rollout.worker import RolloutWorker
-    from sftrl.checkpoint import verify
+    from sftrl.checkpoint import checkpoint_roots, trusted
 
-    verify(ckpt.path)  # ValueError "incomplete/corrupt: ..." before vLLM sees the files
-    return RolloutWorker(engine_config(ckpt.path, run_config, **engine_overrides))
+    folder = trusted(ckpt.path, roots or checkpoint_roots())  # before vLLM sees any file
+    return RolloutWorker(engine_config(str(folder), run_config, **engine_overrides))
+
+
+class EvaluationCancelled(Exception):
+    """The evaluation was cancelled (or marked lost) while it ran: stop, and leave its record as is."""
+
+
+@contextmanager
+def held_lease(registry: Registry, eval_id: str, seconds: float) -> Iterator[None]:
+    """Renew the evaluation's lease every ``seconds / 3`` while the block runs, from a thread (one
+    chunk of episodes can outlast a lease)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(seconds / 3):
+            try:
+                registry.renew_lease(eval_id, seconds)
+            except (*REGISTRY_ERRORS, RegistryError) as exc:  # the next renewal may get through
+                log.warning("could not renew the lease of %s: %s", eval_id, exc)
+
+    registry.renew_lease(eval_id, seconds)
+    thread = threading.Thread(target=renew, name=f"lease-{eval_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def execute_evaluation(
     registry: Registry,
     eval_id: str,
-    get_player: Callable[[CheckpointRecord, dict[str, Any]], Any],
+    get_rollout: Callable[[CheckpointRecord, dict[str, Any]], Rollout],
     on_progress: Callable[[int], None] | None = None,
     data_dir: Path | None = None,
     detailed_errors: bool = True,
+    lease_s: float = LEASE_S,
 ) -> EvaluationRecord:
-    """Run a queued evaluation; its status, progress and metrics (or error) land in the registry.
-    Without ``detailed_errors`` (a server) the record says what failed and an error id; the message,
-    which may hold server paths, goes to this process's log under that id."""
+    """Run a queued evaluation, holding its lease; its status, progress and metrics (or error) land
+    in the registry. One cancelled or marked lost meanwhile stops at the next chunk of episodes and
+    keeps that status. Without ``detailed_errors`` (a server) the record says what failed and an
+    error id; the message, which may hold server paths, goes to this process's log under that id."""
     ev = registry.get_evaluation(eval_id)
     if ev is None:
         raise RegistryError(f"unknown evaluation {eval_id!r}")
-    registry.update_evaluation(eval_id, status="running")
+    if ev.status in FINISHED:
+        return ev
+    registry.finish_evaluation(eval_id, status="running")
+    with held_lease(registry, eval_id, lease_s):
+        return _run_recorded(registry, ev, get_rollout, on_progress, data_dir, detailed_errors)
+
+
+def _run_recorded(
+    registry: Registry,
+    ev: EvaluationRecord,
+    get_rollout: Callable[[CheckpointRecord, dict[str, Any]], Rollout],
+    on_progress: Callable[[int], None] | None,
+    data_dir: Path | None,
+    detailed_errors: bool,
+) -> EvaluationRecord:
+    eval_id = ev.eval_id
 
     def progress(done: int) -> None:
-        registry.update_evaluation(eval_id, episodes_done=done)
+        if registry.finish_evaluation(eval_id, episodes_done=done).status in FINISHED:
+            raise EvaluationCancelled(eval_id)
         if on_progress is not None:
             on_progress(done)
 
     try:
         ckpt = registry.resolve_checkpoint(ev.checkpoint_id)
         run = registry.get_run(ckpt.run_id)
-        player = get_player(ckpt, run.config if run is not None else {})
+        rollout = get_rollout(ckpt, run.config if run is not None else {})
         sampling = SamplingConfig.model_validate(ev.sampling)
         suite = with_dataset_files(ev.suite, data_dir)
         metrics = run_evaluation(
-            player, suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
+            rollout, suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
         )
+    except EvaluationCancelled:
+        return registry.get_evaluation(eval_id) or ev
     except Exception as exc:  # noqa: BLE001 - any failure is reported on the evaluation, not lost
-        return registry.update_evaluation(
+        return registry.finish_evaluation(
             eval_id, status="failed", error=error_text(exc, detailed_errors, eval_id)
         )
-    return registry.update_evaluation(
+    return registry.finish_evaluation(
         eval_id, status="done", metrics=metrics, episodes_done=ev.episodes * ev.samples
     )

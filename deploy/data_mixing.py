@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
@@ -19,6 +19,9 @@ from services.rollout.config import EngineConfig, SamplingConfig
 from services.rollout.group import episode_specs
 from sftrl.config import EnvSpec, StrictModel
 from sftrl.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from services.rollout.protocol import Rollout
 
 
 class DataMixConfig(StrictModel):
@@ -61,12 +64,12 @@ def _successes(trajectories: list[Trajectory]) -> dict[int, Trajectory]:
 
 def mix_datasets(
     config: DataMixConfig,
-    make_player: Callable[[str], Any] | None = None,
+    make_rollout: Callable[[str], Rollout] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Play the tasks with the RL model, then the failed ones with the SFT model; write the mixed set.
 
-    Returns counts per source and the path. ``make_player(model)`` builds a rollout worker (default:
+    Returns counts per source and the path. ``make_rollout(model)`` builds a rollout worker (default:
     an in-process vLLM engine with ``config.engine`` settings); each model's engine is shut down before
     the next starts, so the two never share the machine's memory."""
     from services.envs import resolve_options
@@ -74,7 +77,7 @@ def mix_datasets(
     options = resolve_options(config.env.id, config.env.options)
     from services.rollout.worker import RolloutWorker
 
-    make = make_player or (lambda model: RolloutWorker.on_model(model, config.engine))
+    make = make_rollout or (lambda model: RolloutWorker.on_model(model, config.engine))
 
     def play(model: str, seeds: list[int]) -> dict[int, Trajectory]:
         specs = [
@@ -82,11 +85,11 @@ def mix_datasets(
             for s in seeds
             for spec in episode_specs(config.env.id, options, 1, seed=s, samples_per_task=config.samples)
         ]
-        player = make(model)
+        rollout = make(model)
         try:
-            return _successes(player.play(specs, config.sampling))
+            return _successes(rollout.play(specs, config.sampling))
         finally:
-            player.shutdown()
+            rollout.shutdown()
 
     seeds = list(range(config.seed, config.seed + config.tasks))
     if on_progress:

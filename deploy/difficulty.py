@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -19,6 +19,10 @@ from services.rollout.config import SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs
 from sftrl.config import ConfigError, StrictModel
+
+if TYPE_CHECKING:
+    from services.rollout.protocol import Rollout
+    from sftrl.trajectory import Trajectory
 
 LEVELS = (1, 2, 3, 4, 5)
 # (level, lowest pass fraction) from paper 2's counts out of 16 samples; below the last: L5
@@ -49,18 +53,18 @@ class TaggedItem(StrictModel):
     tagged_by: str = ""
 
 
-def _plays(player: Any, specs: list[EpisodeSpec], sampling: SamplingConfig, chunk: int,
-           on_progress: Callable[[int], None] | None) -> list[Any]:  # fmt: skip
-    played: list[Any] = []
+def _plays(rollout: Rollout, specs: list[EpisodeSpec], sampling: SamplingConfig, chunk: int,
+           on_progress: Callable[[int], None] | None) -> list[Trajectory]:  # fmt: skip
+    played: list[Trajectory] = []
     for start in range(0, len(specs), chunk):
-        played.extend(player.play(specs[start : start + chunk], sampling))
+        played.extend(rollout.play(specs[start : start + chunk], sampling))
         if on_progress is not None:
             on_progress(len(played))
     return played
 
 
 def tag_items(
-    player: Any,
+    rollout: Rollout,
     env_id: str,
     options: dict[str, Any],
     items: int,
@@ -77,7 +81,7 @@ def tag_items(
         raise ConfigError("pass rates over several samples need temperature > 0")
     specs = episode_specs(env_id, options, items, seed=seed, samples_per_task=samples)
     passes: dict[int, int] = defaultdict(int)
-    for spec, traj in zip(specs, _plays(player, specs, sampling, chunk, on_progress), strict=True):
+    for spec, traj in zip(specs, _plays(rollout, specs, sampling, chunk, on_progress), strict=True):
         passes[spec.seed] += bool(traj.success)
     return [
         TaggedItem(
@@ -94,13 +98,13 @@ def tag_items(
 
 
 def accuracy_by_level(
-    player: Any,
+    rollout: Rollout,
     tagged: Sequence[TaggedItem],
     sampling: SamplingConfig,
     chunk: int = 64,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Episode success of ``player`` on the tagged items: overall and per level (``accuracy/L3``...)."""
+    """Episode success of ``rollout`` on the tagged items: overall and per level (``accuracy/L3``...)."""
     specs = [
         EpisodeSpec(
             f"level-{t.env_id.split('/')[-1]}-s{t.seed}-0",
@@ -112,7 +116,7 @@ def accuracy_by_level(
         for t in tagged
     ]
     by_level: dict[int, list[bool]] = defaultdict(list)
-    for item, traj in zip(tagged, _plays(player, specs, sampling, chunk, on_progress), strict=True):
+    for item, traj in zip(tagged, _plays(rollout, specs, sampling, chunk, on_progress), strict=True):
         by_level[item.level].append(bool(traj.success))
     out: dict[str, float] = {"accuracy": sum(sum(v) for v in by_level.values()) / max(1, len(tagged))}
     for level in LEVELS:

@@ -1,8 +1,14 @@
-"""Evaluation suites: the same environment under ID and OOD variants, played by the rollout actors."""
+"""Evaluation suites: the same environment under ID and OOD variants, played by the rollout actors.
+
+The one way a suite is played: the training loop's evaluations (:func:`evaluate`, every suite of a
+run), ``sftrl evaluate`` and the endpoint (:func:`deploy.checkpoint_eval.run_evaluation`, one suite)
+all call :func:`play_suite`, so the same seed gives the same episodes everywhere.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from deploy.eval_metrics import suite_metrics
 from services.rollout.config import SamplingConfig
@@ -10,7 +16,10 @@ from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs
 from sftrl.trajectory import Trajectory
 
-__all__ = ["evaluate", "suite_metrics", "suite_specs"]
+if TYPE_CHECKING:
+    from services.rollout.protocol import Rollout
+
+__all__ = ["evaluate", "play_suite", "suite_metrics", "suite_specs"]
 
 
 def suite_specs(
@@ -24,8 +33,33 @@ def suite_specs(
     ]
 
 
+def play_suite(
+    rollout: Rollout,
+    name: str,
+    env_id: str,
+    options: dict[str, Any],
+    episodes: int,
+    seed: int,
+    sampling: SamplingConfig,
+    samples: int = 1,
+    chunk: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Trajectory]:
+    """Play ``episodes`` tasks of suite ``name`` (``samples`` times each). With ``chunk``, in chunks
+    of that many episodes, calling ``on_progress(episodes played)`` after each; chunking never
+    changes the episodes (their seeds come from their ids)."""
+    specs = suite_specs(name, env_id, options, episodes, seed, samples)
+    step = chunk or len(specs) or 1
+    played: list[Trajectory] = []
+    for start in range(0, len(specs), step):
+        played.extend(rollout.play(specs[start : start + step], sampling))
+        if on_progress is not None:
+            on_progress(len(played))
+    return played
+
+
 def evaluate(
-    rollout: Any,
+    rollout: Rollout,
     env_id: str,
     base_options: dict[str, Any],
     suites: dict[str, dict[str, Any]],
@@ -43,12 +77,12 @@ def evaluate(
     played: dict[str, list[Trajectory]] = {}
     for name, overrides in suites.items():
         options = {**base_options, **overrides}
-        trajs = rollout.play(suite_specs(name, env_id, options, episodes, seed), sampling)
+        trajs = play_suite(rollout, name, env_id, options, episodes, seed, sampling)
         played[name] = trajs
         metrics.update(_named(suite_metrics(trajs), name))
         if pass_k > 1:
             hot = sampling.model_copy(update={"temperature": pass_k_temperature})
-            sampled = rollout.play(suite_specs(f"{name}-pass", env_id, options, episodes, seed, pass_k), hot)
+            sampled = play_suite(rollout, f"{name}-pass", env_id, options, episodes, seed, hot, pass_k)
             found = suite_metrics(sampled)
             metrics.update(_named({k: v for k, v in found.items() if k.startswith("pass@")}, name))
     return metrics, played

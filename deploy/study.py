@@ -28,13 +28,16 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
 from rich.console import Console
 
 from sftrl.config import ConfigError, StrictModel, apply_overrides, build
+
+if TYPE_CHECKING:
+    from services.rollout.worker import RolloutWorker
 
 STUDIES_DIR = Path(__file__).resolve().parent / "configs" / "studies"  # package data: in a wheel too
 Size = Literal["tiny", "small", "paper"]
@@ -142,14 +145,20 @@ def size_variables(path: Path, size: str) -> dict[str, Any]:
 
 
 def load_study(
-    name: str, size: Size = "tiny", overrides: list[str] | None = None, seeds: int | None = None
+    name: str,
+    size: Size = "tiny",
+    overrides: list[str] | None = None,
+    seeds: int | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> Study:
-    """Read a recipe at ``size``: its variables substituted, then ``overrides`` (key=value) applied;
-    ``seeds`` (when given) replaces the recipe's number of seeds."""
+    """Read a recipe at ``size``: its variables substituted (``variables`` on top of the size's),
+    then ``overrides`` (key=value) applied; ``seeds`` (when given) replaces the recipe's number of
+    seeds."""
     path = recipe_path(name)
     _, body = _split(path)
+    chosen = {**size_variables(path, size), **(variables or {})}
     variables = {k: json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v
-                 for k, v in size_variables(path, size).items()}  # fmt: skip
+                 for k, v in chosen.items()}  # fmt: skip
     data = _substitute(path, body, variables, size)
     shared = _substitute(
         STUDIES_DIR / "_bases.yaml", (STUDIES_DIR / "_bases.yaml").read_text(), variables, size
@@ -339,11 +348,11 @@ class StudyRunner:
         spec = self.study.levels
         assert spec is not None
         sampling = SamplingConfig(temperature=0.0, max_tokens=spec.max_tokens, seed=spec.seed)
-        player = self._player(checkpoint)
+        rollout = self._rollout(checkpoint)
         try:
-            metrics = accuracy_by_level(player, tagged, sampling)
+            metrics = accuracy_by_level(rollout, tagged, sampling)
         finally:
-            player.shutdown()
+            rollout.shutdown()
         (arm_dir / "levels.json").write_text(json.dumps(metrics, indent=1))
 
     def _tagged_items(self) -> Path:
@@ -360,15 +369,15 @@ class StudyRunner:
         suites = (self.study.base.get("eval") or {}).get("suites") or {"id": {}}
         env_id = env.get("id", "sftrl/GeneralPoints-v0")
         options = resolve_options(env_id, {**env.get("options", {}), **suites.get(spec.suite, {})})
-        player = self._player(self._resolve(spec.model))
+        rollout = self._rollout(self._resolve(spec.model))
         try:
             sampling = SamplingConfig(temperature=1.0, max_tokens=spec.max_tokens, seed=spec.seed)
-            tagged = tag_items(player, env_id, options, spec.items, spec.samples, spec.seed, sampling)
+            tagged = tag_items(rollout, env_id, options, spec.items, spec.samples, spec.seed, sampling)
         finally:
-            player.shutdown()
+            rollout.shutdown()
         return write_tagged(tagged, path)
 
-    def _player(self, model: str) -> Any:
+    def _rollout(self, model: str) -> RolloutWorker:
         from services.rollout.config import EngineConfig
         from services.rollout.worker import RolloutWorker
 

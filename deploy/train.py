@@ -14,11 +14,11 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -26,7 +26,9 @@ from deploy.combination import sft_weight, split_by_pass_rate
 from deploy.evaluation import evaluate, suite_metrics
 from deploy.metrics import MetricsLog, plot_run
 from deploy.registry_sync import RunRegistrar
-from deploy.train_config import RLStage, SFTDataSpec, SFTStage, TrainConfig
+from deploy.rl_step import FlopsCounter, RLStep, push_dtype, push_weights
+from deploy.train_config import RLStage, SFTStage, TrainConfig
+from deploy.train_data import TrainingData, epoch_order, rows_for_step
 from services.envs import resolve_options
 from services.rollout.group import RolloutGroup, episode_specs
 from sftrl.checkpoint import step_of
@@ -36,16 +38,16 @@ from sftrl.models import resolve_model
 from sftrl.registry import RunRecord, open_registry
 from sftrl.registry.store import REGISTRY_ERRORS
 
+if TYPE_CHECKING:
+    from services.learner.group import LearnerGroup
+    from services.learner.sft_data import SFTExample
+    from services.rollout.env_pool import EpisodeSpec
+    from sftrl.trajectory import Trajectory
+
 
 def _stage_seed(config: TrainConfig, stage_index: int, step: int, tasks: int) -> int:
     """Training task seeds: disjoint per (stage, step), and below the evaluation seeds."""
     return config.seed * 1_000_000 + stage_index * 100_000 + step * tasks
-
-
-def _data_seed(config: TrainConfig, data: SFTDataSpec) -> int:
-    """Demonstration seeds: the data spec's own, moved by the run's seed (a study's seeds draw other
-    demonstrations; seed 0 keeps the spec's)."""
-    return data.seed + 1_000_000 * config.seed
 
 
 def _resolve_hardware(config: TrainConfig, console: Console) -> dict[str, str]:
@@ -95,8 +97,9 @@ class Trainer:
         self.flops = float(self.resume_state["flops"]) if self.resume_state else 0.0
         self.global_step = int(self.resume_state["global_step"]) if self.resume_state else 0
         self.rollout: RolloutGroup | None = None
-        self.learner: Any = None
-        self.params = 0
+        self.learner: LearnerGroup | None = None
+        self.counter = FlopsCounter(0)
+        self.data = TrainingData(config, self.run_dir)
         self.stop_requested = False  # set by SIGTERM: stop after this step, checkpointed
 
     # -- state ------------------------------------------------------------------------------------
@@ -119,8 +122,10 @@ class Trainer:
                  "stage_name": self.config.stages[stage_index].name}  # fmt: skip
         manager = CheckpointManager(self.ckpt_root, keep=self.config.checkpoint.keep)
         before = {folder for _, folder in manager.steps()}
+        learner = self.learner
+        assert learner is not None
         path = Path(
-            manager.save(self.global_step, lambda target: self.learner.save_checkpoint(str(target), extra))
+            manager.save(self.global_step, lambda target: learner.save_checkpoint(str(target), extra))
         )
         removed = before - {folder for _, folder in manager.steps()}  # pruned by save()
         if self.registrar is not None:
@@ -133,12 +138,9 @@ class Trainer:
     # -- helpers -------------------------------------------------------------------------------------
 
     def _push_weights(self) -> float:
-        t0 = time.perf_counter()
-        dtype = "float32" if self.config.rollout.engine.dtype == "float32" else "bfloat16"
-        weights = self.learner.policy_state_dict(dtype, as_ref=True)  # rank 0 -> actors, not via the driver
-        assert self.rollout is not None
-        self.rollout.update_weights(weights, version=self.global_step)
-        return time.perf_counter() - t0
+        assert self.learner is not None and self.rollout is not None
+        dtype = push_dtype(self.config.rollout.engine.dtype)
+        return push_weights(self.learner, self.rollout, dtype, self.global_step)
 
     def _evaluate(self, stage: str, stage_step: int) -> dict[str, float]:
         ev = self.config.eval
@@ -166,56 +168,23 @@ class Trainer:
         value_head = rl is not None and rl.algorithm in ("ppo", "ppo_token")  # both use GAE: a critic
         reference = rl is not None and rl.kl_coef > 0
         self.learner = LearnerGroup(cfg, rl=rl, value_head=value_head, reference=reference)
-        self.params = int(self.learner.flops_per_token() / 6)
+        self.counter = FlopsCounter(int(self.learner.flops_per_token() / 6))
 
     # -- stages ----------------------------------------------------------------------------------------
 
-    def _sft_examples(
-        self, data: SFTDataSpec, name: str, max_len: int, progress: Progress | None = None
-    ) -> list[Any]:
-        from services.envs.demonstrations import generate_demonstrations
-
-        path = Path(data.path) if data.path else self.run_dir / "data" / f"{name}.jsonl"
-        if not data.path and not path.exists():
-            options = resolve_options(self.config.env.id, {**self.config.env.options, **data.env_options})
-            _write_demonstrations(path, generate_demonstrations(self.config.env.id, options, data.episodes,
-                                                                _data_seed(self.config, data),
-                                                                data.revision_fraction))  # fmt: skip
-        return self._tokenized(path, max_len, progress)
-
-    def _task_demonstrations(self, failed: list[Any], name: str, max_len: int) -> list[Any]:
-        """Expert demonstrations of exactly the tasks of ``failed`` (one trajectory per task), written
-        to the run folder (a record of what the SFT term trained on) and tokenised."""
-        from services.envs.demonstrations import generate_demonstrations
-
-        path = self.run_dir / "data" / "interleaved" / f"{name}.jsonl"
-        _write_demonstrations(path, (demo for traj in failed for demo in generate_demonstrations(
-            traj.env_id, traj.env_options, 1, traj.seed, revision_fraction=0.0)))  # fmt: skip
-        rows = self._tokenized(path, max_len)
-        while rows and len(rows) < self.config.learner.world_size:  # every rank needs a row
-            rows = rows + rows
-        return rows
-
-    def _tokenized(self, path: Path, max_len: int, progress: Progress | None = None) -> list[Any]:
-        from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor, tokenize_sft
-
-        conversations = load_demonstrations(path)
-        if progress is not None:  # long with images (the processor runs per conversation): show it
-            conversations = progress.track(conversations, description=f"tokenising {path.name}")
-        return tokenize_sft(conversations, load_tokenizer_or_processor(self.config.model), max_len)
-
     def _run_sft(self, stage: SFTStage, stage_index: int, start: int, progress: Progress) -> None:
-        examples = self._sft_examples(stage.data, stage.name, stage.max_len, progress)
-        order_rng = np.random.default_rng(self.config.seed + 7919 * stage_index)
-        epochs = -(-stage.steps * stage.batch_size // len(examples)) + 1
-        order = np.concatenate([order_rng.permutation(len(examples)) for _ in range(epochs)])
+        assert self.learner is not None
+        examples = self.data.sft_examples(stage.data, stage.name, stage.max_len, progress)
+        order = epoch_order(
+            len(examples), stage.steps, stage.batch_size, self.config.seed + 7919 * stage_index
+        )
         bar = progress.add_task(stage.name, total=stage.steps, completed=start)
         for step in range(start, stage.steps):
             rows = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
             t0 = time.perf_counter()
             m = self.learner.sft_step(rows, lr_step=step)
             tokens = sum(len(r.input_ids) for r in rows)
-            self.flops += 6 * self.params * tokens
+            self.flops += self.counter.sft(tokens)
             self.global_step += 1
             self.metrics.log({"kind": "train", "stage": stage.name, "stage_step": step + 1,
                               "global_step": self.global_step, "flops": self.flops,
@@ -225,7 +194,7 @@ class Trainer:
             )
             self._after_step(stage, stage_index, step + 1)
 
-    def _rl_specs(self, stage: RLStage, stage_index: int, step: int) -> list[Any]:
+    def _rl_specs(self, stage: RLStage, stage_index: int, step: int) -> list[EpisodeSpec]:
         env = stage.env or self.config.env
         options = resolve_options(env.id, env.options)
         seed = _stage_seed(self.config, stage_index, step, stage.tasks_per_step)
@@ -236,28 +205,28 @@ class Trainer:
                 for s in specs]  # fmt: skip
 
     def _run_rl(self, stage: RLStage, stage_index: int, start: int, progress: Progress) -> None:
-        assert self.rollout is not None
+        assert self.rollout is not None and self.learner is not None
         tokenizer = _tokenizer(resolve_model(self.config.model))
+        rl_step = RLStep(self.rollout, self.learner, stage.rl, tokenizer, stage.max_len,
+                         push_dtype(self.config.rollout.engine.dtype))  # fmt: skip
         sampling = self.config.rollout.sampling
         bar = progress.add_task(stage.name, total=stage.steps, completed=start)
         mix_pool = None
         if stage.mix is not None and stage.mix.strategy == "progressive":
-            mix_pool = self._sft_examples(stage.mix.data, f"{stage.name}-mix", stage.mix.max_len, progress)
+            mix_pool = self.data.sft_examples(
+                stage.mix.data, f"{stage.name}-mix", stage.mix.max_len, progress
+            )
         pool = ThreadPoolExecutor(max_workers=1) if self.config.off_policy else None
-        pending: Future | None = None
+        pending: Future[list[Trajectory]] | None = None
         for step in range(start, stage.steps):
             t0 = time.perf_counter()
             if pending is not None:
                 trajs = pending.result()
             else:
-                trajs = self.rollout.play(self._rl_specs(stage, stage_index, step), sampling)
+                trajs = rl_step.play(self._rl_specs(stage, stage_index, step), sampling)
             rollout_s = time.perf_counter() - t0
-            if (
-                pool is not None and step + 1 < stage.steps
-            ):  # generate the next batch while the learner trains
-                pending = pool.submit(
-                    self.rollout.play, self._rl_specs(stage, stage_index, step + 1), sampling
-                )
+            if pool is not None and step + 1 < stage.steps:  # the next batch plays while the learner trains
+                pending = pool.submit(rl_step.play, self._rl_specs(stage, stage_index, step + 1), sampling)
             if self.config.save_trajectories:
                 from sftrl.trajectory import write_trajectories
 
@@ -265,10 +234,10 @@ class Trainer:
                     trajs, self.run_dir / "trajectories" / f"{stage.name}-step-{step + 1:06d}.jsonl"
                 )
             t1 = time.perf_counter()
-            m = self._learn(stage, stage_index, step, trajs, tokenizer, mix_pool)
+            m = self._learn(rl_step, stage, stage_index, step, trajs, mix_pool)
             learn_s = time.perf_counter() - t1
             self.global_step += 1
-            push_s = self._push_weights()
+            push_s = rl_step.push(self.global_step)
             stats = suite_metrics(trajs)
             staleness = [self.global_step - 1 - v for t in trajs for v in t.policy_versions]
             self.metrics.log({
@@ -285,40 +254,33 @@ class Trainer:
             pool.shutdown(wait=True)
 
     def _learn(
-        self, stage: RLStage, stage_index: int, step: int, trajs: list[Any], tokenizer: Any,
-        mix_pool: list[Any] | None,
+        self, rl_step: RLStep, stage: RLStage, stage_index: int, step: int, trajs: list[Trajectory],
+        mix_pool: list[SFTExample] | None,
     ) -> dict[str, float]:  # fmt: skip
         """The step's update(s): the RL step, with the stage's SFT combination if it has one; counts
         the training FLOPs; returns the step's learner metrics."""
-        from services.learner.batch import build_rl_batch
-
+        assert self.learner is not None
         mix, m, rl_trajs = stage.mix, {}, trajs
         if mix is not None and mix.strategy == "interleaved":
             failed, rl_trajs = split_by_pass_rate(trajs)
             m.update(sft_tasks=len(failed), rl_tasks=len({t.group_id for t in rl_trajs}),
                      sft_task_seeds=sorted(t.seed for t in failed))  # fmt: skip
             if failed:
-                rows = self._task_demonstrations(failed, f"{stage.name}-step-{step + 1:06d}", mix.max_len)
+                rows = self.data.task_demonstrations(failed, f"{stage.name}-step-{step + 1:06d}", mix.max_len)
                 if rows:
                     sft = self.learner.sft_step(rows, lr_step=step)  # the RL update's rate too
                     m.update(sft_loss=sft["loss"], sft_tokens=sft["tokens"])
-                    self.flops += 6 * self.params * sft["tokens"]
+                    self.flops += self.counter.sft(sft["tokens"])
         if len({t.group_id for t in rl_trajs}) < self.config.learner.world_size:
+            self.flops += self.counter.generation(sum(len(t.flatten()[0]) for t in trajs))
             return m | {"rl_skipped": 1.0}  # too few tasks left for an RL step on every rank
-        batch = build_rl_batch(rl_trajs, tokenizer, stage.rl, tokenizer.pad_token_id, max_len=stage.max_len)
-        attach_images(batch, rl_trajs)
+        rows, weight = None, 0.0
         if mix_pool is not None and mix is not None:
-            rows = _rows_for_step(mix_pool, mix.rows_per_step, self.config.seed + 7919 * stage_index, step)
-            m.update(self.learner.rl_step(batch, sft=rows, sft_weight=sft_weight(mix, step, stage.steps),
-                                          lr_step=step))  # fmt: skip
-            self.flops += 6 * stage.rl.epochs * self.params * sum(len(r.input_ids) for r in rows)
-        else:
-            m.update(self.learner.rl_step(batch, lr_step=step))
-        gen_tokens = sum(len(t.flatten()[0]) for t in trajs)
-        trained = int(batch.attention_mask.sum())
-        scoring = 2 * m.get("scoring_passes", 1.0)
-        self.flops += 2 * self.params * gen_tokens + (6 * stage.rl.epochs + scoring) * self.params * trained
-        return m
+            rows = rows_for_step(mix_pool, mix.rows_per_step, self.config.seed + 7919 * stage_index, step)
+            weight = sft_weight(mix, step, stage.steps)
+        outcome = rl_step.learn(rl_trajs, lr_step=step, sft=rows, sft_weight=weight, generated_by=trajs)
+        self.flops += outcome.flops
+        return m | outcome.metrics
 
     def _after_step(self, stage: SFTStage | RLStage, stage_index: int, step: int) -> None:
         last = step == stage.steps
@@ -358,7 +320,7 @@ class Trainer:
                     self.registrar.finish(status)
 
     @contextlib.contextmanager
-    def _stop_on_sigterm(self) -> Any:
+    def _stop_on_sigterm(self) -> Iterator[None]:
         """While the run lasts, SIGTERM (a pod or job being stopped) asks it to finish the step it is in,
         write a checkpoint and stop with the status "interrupted"."""
         if threading.current_thread() is not threading.main_thread():
@@ -441,38 +403,6 @@ class Trainer:
             self.metrics.close()
         plot = plot_run(self.run_dir)
         return plot or self.run_dir
-
-
-def _write_demonstrations(path: Path, demos: Any) -> None:
-    """Demonstrations as chat JSONL at ``path`` (images as PNG files in a folder beside it)."""
-    from services.envs.demonstrations import DemonstrationWriter
-
-    writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
-    for demo in demos:
-        writer.add(demo)
-    writer.close()
-
-
-def _rows_for_step(pool: list[Any], count: int, seed: int, step: int) -> list[Any]:
-    """``count`` rows of ``pool`` for ``step``: consecutive slices of seeded permutations, a function of
-    (seed, step) only, so a resumed run trains on the same rows."""
-    per_epoch = len(pool)
-    first = step * count
-    epochs = range(first // per_epoch, (first + count - 1) // per_epoch + 1)
-    order = np.concatenate([np.random.default_rng([seed, e]).permutation(per_epoch) for e in epochs])
-    offset = first - epochs[0] * per_epoch
-    return [pool[i] for i in order[offset : offset + count]]
-
-
-def attach_images(batch: Any, trajectories: list[Any]) -> None:
-    """Give each row the images its prompt shows (vision-language policies); text rows stay None."""
-    if not any(t.images for t in trajectories):
-        return
-    by_id = {t.episode_id: t for t in trajectories}
-    batch.images = [
-        by_id[eid].decoded_images(by_id[eid].turns[turn].num_images)
-        for eid, turn in zip(batch.episode_ids, batch.turn_index, strict=True)
-    ]
 
 
 def _tokenizer(model_path: str) -> Any:

@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,41 @@ def verify(folder: str | Path, deep: bool = True) -> Path:
         if not (folder / needed).is_file():
             raise bad(f"{needed} is missing")
     return folder
+
+
+ROOTS_ENV = "SFTRL_CHECKPOINT_ROOTS"
+
+
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint path (read from the registry, which any holder of its credentials can write) that
+    lies outside the configured checkpoint roots."""
+
+
+def checkpoint_roots(given: Sequence[str | Path] | None = None) -> list[Path]:
+    """The folders checkpoints may be loaded from: ``given``, else ``$SFTRL_CHECKPOINT_ROOTS`` (paths
+    separated by ``os.pathsep``), else ``$SFTRL_HOME`` and the current folder (where ``sftrl train``
+    writes ``runs/`` by default; the chart's pods have SFTRL_HOME on the shared volume)."""
+    from sftrl.home import sftrl_home
+
+    if given:
+        chosen = [Path(p) for p in given]
+    elif os.environ.get(ROOTS_ENV, "").strip():
+        chosen = [Path(p) for p in os.environ[ROOTS_ENV].split(os.pathsep) if p.strip()]
+    else:
+        chosen = [sftrl_home(), Path.cwd()]
+    return [p.expanduser().resolve() for p in chosen]
+
+
+def trusted(folder: str | Path, roots: Sequence[Path], deep: bool = True) -> Path:
+    """``folder`` with its links resolved, if it lies under one of ``roots`` and verifies
+    (:func:`verify`); :class:`UntrustedCheckpoint` or ``ValueError`` otherwise."""
+    real = Path(folder).expanduser().resolve()
+    if not any(real.is_relative_to(root) for root in roots):
+        raise UntrustedCheckpoint(
+            f"checkpoint {folder} lies outside the checkpoint roots ({', '.join(map(str, roots))}); "
+            f"set {ROOTS_ENV} or pass --checkpoint-root to allow its folder"
+        )
+    return verify(real, deep=deep)
 
 
 def read_trainer_state(folder: str | Path) -> dict[str, Any]:

@@ -8,12 +8,16 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODELS = REPO / ".cache" / "test-models"
+# Checkpoints are loaded only from configured roots: the tests' runs live in the temp area (a test
+# that checks the refusal passes its own roots).
+os.environ.setdefault("SFTRL_CHECKPOINT_ROOTS", os.pathsep.join([tempfile.gettempdir(), str(REPO)]))
 
 
 @pytest.fixture(scope="session")

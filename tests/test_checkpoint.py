@@ -152,6 +152,36 @@ def test_failed_write_leaves_nothing(tmp_path):
 # -- a real learner ---------------------------------------------------------------------------------
 
 
+def test_checkpoints_load_only_from_their_roots(tmp_path, monkeypatch):
+    """A registry record names a folder; only one under a checkpoint root that verifies is opened."""
+    from sftrl.checkpoint import ROOTS_ENV, UntrustedCheckpoint, checkpoint_roots, trusted
+
+    inside, outside = tmp_path / "runs" / "step-000001", tmp_path / "elsewhere" / "step-000001"
+    fake_writer(1)(inside)
+    fake_writer(1)(outside)
+    roots = [tmp_path / "runs"]
+    assert trusted(inside, roots) == inside.resolve()
+    with pytest.raises(UntrustedCheckpoint, match="outside the checkpoint roots"):
+        trusted(outside, roots)
+    link = tmp_path / "runs" / "step-000002"  # a link under a root to a folder outside it
+    link.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UntrustedCheckpoint):
+        trusted(link, roots)
+    with pytest.raises(UntrustedCheckpoint):  # ".." out of a root
+        trusted(tmp_path / "runs" / ".." / "elsewhere" / "step-000001", roots)
+    (inside / "config.json").write_text('{"changed": true}')
+    with pytest.raises(ValueError, match="incomplete/corrupt"):  # under a root, but changed
+        trusted(inside, roots)
+    # where the roots come from: given, else the environment, else SFTRL_HOME and the working folder
+    monkeypatch.setenv("SFTRL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ROOTS_ENV, raising=False)
+    assert checkpoint_roots() == [(tmp_path / "home").resolve(), tmp_path.resolve()]
+    monkeypatch.setenv(ROOTS_ENV, f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert checkpoint_roots() == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    assert checkpoint_roots(["x"]) == [(tmp_path / "x").resolve()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,8 +195,9 @@ def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
 
     from services.envs.demonstrations import generate_demonstrations
     from services.learner.config import LearnerConfig
-    from services.learner.sft_data import SFTConversation, load_tokenizer_or_processor, tokenize_sft
+    from services.learner.sft_data import SFTConversation, tokenize_sft
     from services.learner.worker import LearnerWorker
+    from sftrl.models.processor import load_tokenizer_or_processor
 
     demos = generate_demonstrations("sftrl/GeneralPoints-v0", {"prompt_style": "compact"}, 24)
     tok = load_tokenizer_or_processor(str(tiny_model))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -106,3 +107,42 @@ def test_console_script_is_installed():
     assert found, "no sftrl console script beside this python or on PATH: run make install"
     proc = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "env" in proc.stdout and "data" in proc.stdout
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_outside_the_checkout(tmp_path):
+    """`pip install .` (a wheel, not editable) into a fresh venv that reuses this venv's dependencies
+    (a .pth line, `--no-deps`): `sftrl study --list` and `sftrl env list` run from another folder,
+    with every module imported from the wheel (recipes and the shipped base are package data)."""
+    import sysconfig
+    import venv
+
+    repo = Path(__file__).resolve().parents[1]
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(repo)], check=True, timeout=600)  # fmt: skip
+    (wheel,) = wheels.glob("sftrl-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    # the dependencies, found after the wheel's own files (this venv's editable finder is not loaded)
+    (site / "zz_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
+                    str(wheel)], check=True, timeout=600)  # fmt: skip
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    where = subprocess.run([str(python), "-c", "import deploy, services, sftrl; print(deploy.__file__, "
+                            "services.__file__, sftrl.__file__)"], cwd=outside, capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    assert all(Path(p).is_relative_to(site) for p in where), where
+    script = env_dir / "bin" / "sftrl"
+    studies = subprocess.run([str(script), "study", "--list"], cwd=outside, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert studies.returncode == 0, studies.stderr
+    assert "gp-l-rule-ood" in studies.stdout and "combinations" in studies.stdout
+    envs = subprocess.run(
+        [str(script), "env", "list"], cwd=outside, capture_output=True, text=True, timeout=120
+    )
+    assert envs.returncode == 0 and "sftrl/GeneralPoints-v0" in envs.stdout, envs.stderr

@@ -114,7 +114,8 @@ def test_interleaved_step_trains_sft_on_failed_tasks_and_rl_on_the_rest(tiny_mod
     where tasks 1 and 3 were failed by every sample and tasks 0 and 2 were solved."""
     from deploy.train import Trainer, load_train_config
     from services.learner.batch import build_rl_batch
-    from services.learner.sft_data import load_demonstrations, load_tokenizer_or_processor
+    from services.learner.sft_data import load_demonstrations
+    from sftrl.models.processor import load_tokenizer_or_processor
     from tests.test_learner import gp_trajectories, make_worker
 
     tok = load_tokenizer_or_processor(str(tiny_model))

@@ -16,7 +16,7 @@ GP = "sftrl/GeneralPoints-v0"
 OPTIONS = {"prompt_style": "compact", "verify_iter": 2}
 
 
-class EnvExpertPlayer:
+class EnvExpertRollout:
     """Plays the real environment, answering as its expert on ``solves`` and wrongly elsewhere: it
     decides which tasks each 'model' solves, which is what the selection under test depends on. The
     vLLM path of the same code runs in test_data_mix_command_on_the_real_stack."""
@@ -52,10 +52,10 @@ class EnvExpertPlayer:
 
 
 def test_sft_outputs_only_where_rl_failed(tmp_path: Path) -> None:
-    players = {"rl": EnvExpertPlayer({100, 101}), "sft": EnvExpertPlayer({101, 102})}
+    rollouts = {"rl": EnvExpertRollout({100, 101}), "sft": EnvExpertRollout({101, 102})}
     config = DataMixConfig(rl_model="rl", sft_model="sft", env={"id": GP, "options": OPTIONS}, tasks=4, seed=100,
                            out=str(tmp_path / "mixed.jsonl"))  # fmt: skip
-    counts = mix_datasets(config, make_player=players.__getitem__)
+    counts = mix_datasets(config, make_rollout=rollouts.__getitem__)
     assert counts == {
         "path": str(tmp_path / "mixed.jsonl"),
         "tasks": 4,
@@ -63,8 +63,8 @@ def test_sft_outputs_only_where_rl_failed(tmp_path: Path) -> None:
         "from_sft": 1,
         "skipped": 1,
     }
-    assert players["sft"].asked == [102, 103]  # the SFT model only plays what the RL model failed
-    assert players["rl"].closed and players["sft"].closed
+    assert rollouts["sft"].asked == [102, 103]  # the SFT model only plays what the RL model failed
+    assert rollouts["rl"].closed and rollouts["sft"].closed
     demos = load_demonstrations(tmp_path / "mixed.jsonl")
     assert [d.id for d in demos] == [
         "rl-GeneralPoints-v0-s100-0", "rl-GeneralPoints-v0-s101-0", "sft-GeneralPoints-v0-s102-0"

@@ -29,7 +29,7 @@ def test_level_of_rejects_impossible_counts() -> None:
             level_of(passes, samples)
 
 
-class ScriptedPlayer:
+class ScriptedRollout:
     """Solves task seed s in exactly ``wins[s]`` of its samples: checks tag_items' bookkeeping. The
     engine path itself is covered by test_difficulty_command_on_the_real_stack below."""
 
@@ -45,15 +45,15 @@ class ScriptedPlayer:
 
 def test_tagging_counts_passes_per_task() -> None:
     wins = {100: 16, 101: 9, 102: 6, 103: 3, 104: 1}
-    player = ScriptedPlayer(wins)
-    tagged = tag_items(player, "sftrl/GeneralPoints-v0", {}, items=5, samples=16, seed=100, chunk=7)
+    rollout = ScriptedRollout(wins)
+    tagged = tag_items(rollout, "sftrl/GeneralPoints-v0", {}, items=5, samples=16, seed=100, chunk=7)
     assert [(t.seed, t.passes, t.level) for t in tagged] == [(100, 16, 1), (101, 9, 2), (102, 6, 3), (103, 3, 4),
                                                              (104, 1, 5)]  # fmt: skip
-    assert len(player.seen) == 80 and len({s.episode_id for s in player.seen}) == 80
+    assert len(rollout.seen) == 80 and len({s.episode_id for s in rollout.seen}) == 80
     with pytest.raises(ConfigError, match="temperature"):
-        tag_items(player, "sftrl/GeneralPoints-v0", {}, 1, 4, sampling=SamplingConfig(temperature=0))
+        tag_items(rollout, "sftrl/GeneralPoints-v0", {}, 1, 4, sampling=SamplingConfig(temperature=0))
     report = accuracy_by_level(
-        ScriptedPlayer({100: 1, 101: 0, 102: 1, 103: 0, 104: 0}), tagged, SamplingConfig()
+        ScriptedRollout({100: 1, 101: 0, 102: 1, 103: 0, 104: 0}), tagged, SamplingConfig()
     )
     assert report == {"accuracy": 0.4, "accuracy/L1": 1.0, "items/L1": 1, "accuracy/L2": 0.0, "items/L2": 1,
                       "accuracy/L3": 1.0, "items/L3": 1, "accuracy/L4": 0.0, "items/L4": 1, "accuracy/L5": 0.0,

@@ -67,7 +67,7 @@ def test_sequential_revision_feedback_and_exhaustion():
     assert "22" in info["feedback"] and info["feedback"] in obs["text"] and "2 attempts left" in obs["text"]
     env.step("no json")
     obs, r, term, trunc, info = env.step('{"formula": "3*8"}')
-    assert trunc and not term and not info["success"]
+    assert term and not trunc and not info["success"]  # running out of attempts is a terminal failure
     assert r == -2.0 - 1.0  # unused numbers, plus running out of attempts
     assert info["errors"] == ("numbers_unused", "attempts_exhausted")
     with pytest.raises(RuntimeError):

@@ -23,9 +23,9 @@ from services.learner.sft_data import (
     IGNORE_INDEX,
     SFTExample,
     load_demonstrations,
-    load_tokenizer_or_processor,
     tokenize_sft,
 )
+from sftrl.models.processor import load_tokenizer_or_processor
 from sftrl.trajectory import Trajectory, Turn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,12 +114,12 @@ def test_labels_cover_exactly_the_assistant_tokens(gp_text_demos, tiny_model):
 
 @pytest.mark.parametrize("micro_batches", [4, 5])  # 5: another rank has more rows (a filler micro-batch)
 def test_rows_are_grouped_by_length_inside_each_mini_batch(micro_batches):
-    from services.learner.worker import LearnerWorker, length_grouped
+    from services.learner.packing import length_grouped, split
 
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(50, 600, (10,), generator=gen)
     order = torch.randperm(10, generator=gen)
-    grouped = length_grouped(order, lengths, 3, LearnerWorker._split(micro_batches, 2))
+    grouped = length_grouped(order, lengths, 3, split(micro_batches, 2))
     assert sorted(grouped.tolist()) == list(range(10))
     cut = 6 if micro_batches == 4 else 9  # mini-batches = micro-batches 0-1 | 2-3, or 0-2 | 3-4
     for before, after in ((order[:cut], grouped[:cut]), (order[cut:], grouped[cut:])):

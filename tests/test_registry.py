@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,18 @@ def test_evaluation_requests_are_checked(registry: Registry, run_dir: Path) -> N
     assert registry.update_evaluation(sampled.eval_id, episodes_done=4).progress == 0.5
 
 
+def test_a_latest_checkpoint_that_fails_verification_is_skipped(registry: Registry, run_dir: Path) -> None:
+    resync(registry, [run_dir])
+    (run_dir / "checkpoints" / "step-000030" / "config.json").write_text("{}")  # changed after the commit
+    ev = create_evaluation(registry, EvalRequest(checkpoint="gp-sft@latest", suite="id", episodes=4))
+    assert ev.checkpoint_id == "gp-sft@20" and "skipped gp-sft@30" in ev.note
+    named = create_evaluation(registry, EvalRequest(checkpoint="gp-sft@30", suite="id", episodes=4))
+    assert named.checkpoint_id == "gp-sft@30" and named.note == ""  # named: its load fails, with the reason
+    elsewhere = [run_dir.parent.parent / "other-root"]
+    with pytest.raises(UnknownCheckpoint, match="no checkpoint of run 'gp-sft' passes verification"):
+        create_evaluation(registry, EvalRequest(checkpoint="gp-sft", suite="id"), roots=elsewhere)
+
+
 # -- the command line ------------------------------------------------------------------------------------
 
 
@@ -325,3 +338,53 @@ def test_a_full_redis_is_a_registry_trouble_that_says_so(registry: Registry) -> 
         assert isinstance(info.value, REGISTRY_ERRORS)  # a training run only warns; the endpoint says 503
     finally:
         registry.redis.config_set("maxmemory", "1gb")
+
+
+# -- leases, cancellation -------------------------------------------------------------------------------
+
+
+def test_an_evaluation_nobody_renews_is_lost_and_frees_its_owner(registry: Registry, run_dir: Path) -> None:
+    resync(registry, [run_dir])
+    request = EvalRequest(checkpoint="gp-sft", suite="id", episodes=4)
+    held = create_evaluation(registry, request, owner="o1", lease_s=60)
+    dropped = create_evaluation(registry, request, owner="o1", lease_s=0.2)
+    other = create_evaluation(registry, request, owner="o2", lease_s=0.2)
+    assert {e.eval_id for e in registry.live_evaluations("o1")} == {held.eval_id, dropped.eval_id}
+    registry.renew_lease(other.eval_id, 60)  # its runner is alive
+    time.sleep(0.4)
+    assert [e.eval_id for e in registry.live_evaluations("o1")] == [held.eval_id]
+    lost = registry.get_evaluation(dropped.eval_id)
+    assert lost.status == "failed" and lost.error.startswith("lost:")
+    assert [e.eval_id for e in registry.live_evaluations("o2")] == [other.eval_id]
+    # the first end wins: a late "done" of a lost evaluation, or a cancelled one, changes nothing
+    assert registry.finish_evaluation(dropped.eval_id, status="done").status == "failed"
+    assert registry.finish_evaluation(held.eval_id, status="cancelled").status == "cancelled"
+    assert registry.renew_lease(held.eval_id, 60).status == "cancelled"
+    assert registry.live_evaluations("o1") == []
+
+
+def test_a_cancelled_evaluation_stops_at_its_next_chunk(registry: Registry, run_dir: Path) -> None:
+    from deploy.checkpoint_eval import CHUNK_EPISODES, execute_evaluation
+    from tests.test_eval_metrics import ScriptedRollout
+
+    resync(registry, [run_dir])
+    ev = create_evaluation(
+        registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=3 * CHUNK_EPISODES)
+    )
+
+    class CancelledMidway(ScriptedRollout):  # real episodes; the owner cancels while the first chunk plays
+        def play(self, specs, sampling):
+            registry.finish_evaluation(ev.eval_id, status="cancelled")
+            return super().play(specs, sampling)
+
+    rollout = CancelledMidway()
+    done = execute_evaluation(registry, ev.eval_id, lambda ckpt, config: rollout, lease_s=5)
+    assert done.status == "cancelled" and len(rollout.calls) == 1 and done.metrics == {}
+    again = execute_evaluation(registry, ev.eval_id, lambda ckpt, config: rollout)  # nothing to do
+    assert again.status == "cancelled" and len(rollout.calls) == 1
+    finished = create_evaluation(
+        registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=2), owner="o"
+    )
+    result = execute_evaluation(registry, finished.eval_id, lambda ckpt, config: ScriptedRollout(), lease_s=5)
+    assert result.status == "done" and result.episodes_done == 2 and result.lease_until > time.time()
+    assert registry.live_evaluations("o") == []

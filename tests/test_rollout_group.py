@@ -1,4 +1,4 @@
-"""Rollout actors over Ray: several actors in a placement group, environment and verifier actors,
+"""Rollout actors over Ray: several actors in a placement group, environment actors,
 weights pushed through the object store, and a killed actor replaced with its episodes re-run."""
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from safetensors.torch import load_file
 
 from services.rollout.config import RolloutConfig
 from services.rollout.group import RolloutGroup, episode_specs
-from services.verifier.actor import VerifierPool
-from services.verifier.general_points import GPTask, verify_general_points
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +51,3 @@ def test_actors_share_work_push_weights_and_survive_a_death(local_ray, tiny_mode
         assert {t.turns[0].policy_version for t in trajs} == {5}
     finally:
         group.shutdown()
-
-
-def test_verifier_pool_matches_the_pure_function(local_ray):
-    task = GPTask(("3", "3", "8", "8"), (3, 3, 8, 8))
-    answers = ['{"formula": "8/(3-8/3)"}', '{"formula": "3+3+8+8"}', "nonsense", '{"formula": "8/(3-"}'] * 5
-    pool = VerifierPool(num_actors=2)
-    verdicts = pool.verify_many([(task, a) for a in answers])
-    assert verdicts == [verify_general_points(task, a) for a in answers]
-    assert [v.reward for v in verdicts[:4]] == [5.0, -1.0, -3.0, 1.0]

@@ -39,13 +39,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, registry_server: str) -> Any:
+def serve_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The endpoint's checkpoint root: the only folder its replicas load checkpoints from."""
+    return tmp_path_factory.mktemp("serve-runs")
+
+
+@pytest.fixture(scope="module")
+def endpoint(serve_runs: Path, tiny_model: Path, registry_server: str) -> Any:
     import ray
     from ray import serve
 
     from deploy.serve.app import build_app
 
-    root = tmp_path_factory.mktemp("serve-runs")
+    root = serve_runs
     make_run_folder(root / "gp", tiny_model, [10, 20], **RUN_CONFIG)
     with Registry(registry_server) as reg:
         reg.redis.flushdb()
@@ -54,7 +60,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, registr
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"redis_url": registry_server, "token": TOKEN, "max_episodes": 64, "max_concurrent_evals_per_token": 1,
-            "max_body_bytes": 4096, "warm_models": 1, "threads": 2}  # fmt: skip
+            "max_body_bytes": 4096, "warm_models": 1, "threads": 2, "checkpoint_roots": [str(root)]}  # fmt: skip
     serve.run(build_app(args), name="sftrl", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -65,7 +71,7 @@ def _wait(url: str, eval_id: str, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = requests.get(f"{url}/v1/evaluations/{eval_id}", headers=AUTH, timeout=10).json()
-        if body["status"] in ("done", "failed"):
+        if body["status"] in ("done", "failed", "cancelled"):
             return body
         assert 0.0 <= body["progress"] <= 1.0
         time.sleep(0.5)
@@ -101,7 +107,9 @@ def test_checkpoints_are_listed_from_the_registry(endpoint: str) -> None:
     assert missing.status_code == 404 and "unknown run" in missing.json()["detail"]
 
 
-def test_evaluation_over_http_matches_the_in_process_evaluation(endpoint: str, registry_server: str) -> None:
+def test_evaluation_over_http_matches_the_in_process_evaluation(
+    endpoint: str, registry_server: str, serve_runs: Path
+) -> None:
     request = {"checkpoint": "gp@20", "suite": "id", "episodes": 12, "seed": 5}
     created = requests.post(f"{endpoint}/v1/evaluations", headers=AUTH, json=request, timeout=10)
     assert created.status_code == 202, created.text
@@ -117,7 +125,7 @@ def test_evaluation_over_http_matches_the_in_process_evaluation(endpoint: str, r
 
     env = {**os.environ, "REDIS_URL": registry_server}
     cmd = [sys.executable, "-m", "deploy.cli", "evaluate", "gp@20", "--suite", "id", "--episodes", "12", "--seed", "5",
-           "--threads", "2"]  # fmt: skip
+           "--threads", "2", "--checkpoint-root", str(serve_runs)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     with Registry(registry_server) as reg:
@@ -241,3 +249,51 @@ def test_schema_driven_fuzzing_finds_no_server_error(endpoint: str) -> None:
         except Unsatisfiable:  # nothing to make invalid (GET /healthz takes no input)
             assert op.label == "GET /healthz"
     assert not failures, "\n".join(failures[:10])
+
+
+def test_a_record_naming_a_folder_outside_the_roots_is_refused(
+    endpoint: str, registry_server: str, tmp_path: Path, tiny_model: Path
+) -> None:
+    """Whoever can write the registry can point a checkpoint record anywhere: the replica loads only
+    folders under its checkpoint roots, and says so without a server path."""
+    make_run_folder(tmp_path / "planted", tiny_model, [5], **RUN_CONFIG)  # valid, but outside the root
+    with Registry(registry_server) as reg:
+        resync(reg, [tmp_path])
+    created = requests.post(f"{endpoint}/v1/evaluations", headers=AUTH, timeout=10,
+                            json={"checkpoint": "planted@5", "suite": "id", "episodes": 4})  # fmt: skip
+    assert created.status_code == 202, created.text
+    done = _wait(endpoint, created.json()["id"], timeout=120)
+    assert done["status"] == "failed" and done["error"].startswith("UntrustedCheckpoint (error ")
+    assert str(tmp_path) not in done["error"]
+
+
+def test_a_lost_evaluation_never_locks_its_token_out_and_one_can_be_cancelled(
+    endpoint: str, registry_server: str
+) -> None:
+    """An evaluation whose replicas were killed stops renewing its lease: the token's next POST marks
+    it lost instead of answering 429 (the limit here is one live evaluation per token)."""
+    from deploy.serve.app import _owner
+    from sftrl.registry.records import EvaluationRecord, SuiteSpec
+
+    with Registry(registry_server) as reg:
+        orphan = EvaluationRecord(eval_id="eval-00000000000000ff", checkpoint_id="gp@20", suite=SuiteSpec(
+            env="sftrl/GeneralPoints-v0"), episodes=4, seed=0, status="running", owner=_owner(TOKEN),
+            lease_until=time.time() - 1)  # fmt: skip
+        reg.save_evaluation(orphan)
+    request = {"checkpoint": "gp@20", "suite": "id", "episodes": 64, "seed": 1}
+    created = requests.post(f"{endpoint}/v1/evaluations", headers=AUTH, json=request, timeout=10)
+    assert created.status_code == 202, created.text
+    lost = requests.get(f"{endpoint}/v1/evaluations/{orphan.eval_id}", headers=AUTH, timeout=10).json()
+    assert lost["status"] == "failed" and lost["error"].startswith("lost:")
+    eval_id = created.json()["id"]
+    cancelled = requests.delete(f"{endpoint}/v1/evaluations/{eval_id}", headers=AUTH, timeout=10)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert _wait(endpoint, eval_id, timeout=5)["status"] == "cancelled"  # stays cancelled
+    again = requests.post(
+        f"{endpoint}/v1/evaluations", headers=AUTH, json={**request, "episodes": 2}, timeout=10
+    )
+    assert again.status_code == 202, again.text  # the cancelled one no longer counts
+    assert _wait(endpoint, again.json()["id"])["status"] == "done"
+    unknown = requests.delete(f"{endpoint}/v1/evaluations/eval-0123456789abcdef", headers=AUTH, timeout=10)
+    assert unknown.status_code == 404
+    assert requests.delete(f"{endpoint}/v1/evaluations/{eval_id}", timeout=10).status_code == 401

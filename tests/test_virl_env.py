@@ -221,7 +221,7 @@ def test_wrong_action_then_exhaustion_truncates_as_failure():
     assert "Your action was wrong" in obs["text"] and '"action"' in obs["text"]
     assert info["waypoint_index"] == 0 and not info["success"]
     obs, reward, terminated, truncated, info = env.step(env.wrong_answer(rng))
-    assert (reward, terminated, truncated) == (-1.0, False, True)
+    assert (reward, terminated, truncated) == (-1.0, True, False)
     assert info["errors"] == ("wrong_action", "attempts_exhausted") and not info["success"]
     assert "failed" in obs["text"]
     with pytest.raises(RuntimeError):
@@ -247,8 +247,8 @@ def test_malformed_answer_costs_one_with_feedback():
     obs, reward, terminated, truncated, info = env.step("I would go north.")
     assert (reward, terminated, truncated) == (-1.0, False, False)
     assert info["errors"] == ("malformed_answer",) and "could not be read" in info["feedback"]
-    obs, reward, _, truncated, info = env.step("{" * 10_000)
-    assert reward == -1.0 and truncated and "attempts_exhausted" in info["errors"]
+    obs, reward, terminated, truncated, info = env.step("{" * 10_000)
+    assert reward == -1.0 and terminated and not truncated and "attempts_exhausted" in info["errors"]
 
 
 def test_correct_action_moves_on_and_reports_progress():

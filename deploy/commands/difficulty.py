@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,10 +20,13 @@ from deploy.difficulty import (
 )
 from services.rollout.config import EngineConfig, SamplingConfig
 
+if TYPE_CHECKING:
+    from services.rollout.worker import RolloutWorker
+
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def _player(model: str, engine: dict[str, Any]) -> Any:
+def _rollout(model: str, engine: dict[str, Any]) -> RolloutWorker:
     from services.rollout.worker import RolloutWorker
 
     return RolloutWorker.on_model(model, EngineConfig.model_validate(engine))
@@ -36,14 +39,14 @@ def tag_command(
     from services.envs import resolve_options
 
     options = resolve_options(env_id, options)
-    player = _player(model, engine)
+    rollout = _rollout(model, engine)
     try:
         with Progress(*_COLUMNS, console=console) as progress:
             task = progress.add_task(f"{items} items x {samples} samples", total=items * samples)
-            tagged = tag_items(player, env_id, options, items, samples, seed, sampling, model_name=model,
+            tagged = tag_items(rollout, env_id, options, items, samples, seed, sampling, model_name=model,
                                on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
     finally:
-        player.shutdown()
+        rollout.shutdown()
     write_tagged(tagged, out)
     table = Table(title=f"levels of {items} {env_id} items by {model} ({samples} samples each)")
     for level in LEVELS:
@@ -59,14 +62,14 @@ def levels_command(
     engine: dict[str, Any],
 ) -> dict[str, float]:  # fmt: skip
     tagged = read_tagged(levels_file)
-    player = _player(model, engine)
+    rollout = _rollout(model, engine)
     try:
         with Progress(*_COLUMNS, console=console) as progress:
             task = progress.add_task("episodes", total=len(tagged))
-            metrics = accuracy_by_level(player, tagged, sampling,
+            metrics = accuracy_by_level(rollout, tagged, sampling,
                                         on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
     finally:
-        player.shutdown()
+        rollout.shutdown()
     table = Table(title=f"{model}: accuracy per level on {levels_file.name}")
     table.add_column("level")
     table.add_column("items", justify="right")

@@ -6,20 +6,31 @@ numbers here and over HTTP; the result is stored in the registry like the endpoi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy.checkpoint_eval import EvalRequest, create_evaluation, execute_evaluation, load_player
+from deploy.checkpoint_eval import EvalRequest, create_evaluation, execute_evaluation, load_rollout
+from sftrl.checkpoint import checkpoint_roots as sftrl_checkpoint_roots
 from sftrl.registry import EvaluationRecord, Registry
 
 
 def evaluate_command(
-    console: Console, registry: Registry, request: EvalRequest, engine_overrides: dict[str, Any]
+    console: Console,
+    registry: Registry,
+    request: EvalRequest,
+    engine_overrides: dict[str, Any],
+    checkpoint_roots: Sequence[str] = (),
 ) -> EvaluationRecord:
-    record = create_evaluation(registry, request)
+    """Run ``request`` here; checkpoints load only from ``checkpoint_roots`` (default: the usual
+    roots, :func:`sftrl.checkpoint.checkpoint_roots`)."""
+    roots = sftrl_checkpoint_roots(checkpoint_roots)
+    record = create_evaluation(registry, request, roots=roots)
+    if record.note:
+        console.print(f"[yellow]{record.note}[/]", highlight=False)
     console.print(f"evaluation {record.eval_id}: {record.checkpoint_id} on {record.suite.name} "
                   f"({record.suite.env}), {record.episodes} episodes x {record.samples}, seed {record.seed}", highlight=False)  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -28,7 +39,7 @@ def evaluate_command(
         done = execute_evaluation(
             registry,
             record.eval_id,
-            lambda ckpt, run_config: load_player(ckpt, run_config, **engine_overrides),
+            lambda ckpt, run_config: load_rollout(ckpt, run_config, roots, **engine_overrides),
             on_progress=lambda n: progress.update(task, completed=n),
         )
     if done.status != "done":
@@ -38,7 +49,10 @@ def evaluate_command(
     table.add_column("value", justify="right")
     for key, value in sorted(done.metrics.items()):
         table.add_row(
-            key, f"{value:.1%}" if key.startswith(("success", "error_rate", "recog", "field", "adherence", "pass@", "valid")) else f"{value:.3g}"
+            key,
+            f"{value:.1%}"
+            if key.startswith(("success", "error_rate", "recog", "field", "adherence", "pass@", "valid"))
+            else f"{value:.3g}",
         )
     console.print(table)
     return done

@@ -6,7 +6,13 @@ config). ``build_app`` is the import path a Serve config names (``deploy.serve.a
 
 Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time).
 Bad requests get a 4xx with a message: 401 no/wrong token, 404 unknown checkpoint or evaluation,
-400/422 bad suite or body, 413 oversized body, 429 too many running evaluations, 503 registry down.
+400/422 bad suite or body, 413 oversized body, 429 too many running evaluations, 503 registry down,
+504 a chat completion that took too long.
+
+An evaluation holds a lease in its record: the API replica renews it while it waits on the
+evaluation replica, which renews it while it plays; if both stop (killed), the lease runs out and
+the next POST of the same token marks it failed ("lost"), so it never blocks the token's limit.
+``DELETE /v1/evaluations/{id}`` cancels one (its replica stops at the next chunk of episodes).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -32,7 +38,7 @@ from deploy.checkpoint_eval import (
     create_evaluation,
     error_text,
     execute_evaluation,
-    load_player,
+    load_rollout,
 )
 from deploy.serve.guard import RequestGuard
 from deploy.serve.schemas import (
@@ -46,10 +52,13 @@ from deploy.serve.schemas import (
 from deploy.serve.settings import ServeSettings, set_guard
 from services.rollout.config import SamplingConfig
 from sftrl.registry import REGISTRY_ERRORS, CheckpointRecord, Registry, RegistryError
+from sftrl.registry.store import ACTIVE
+
+if TYPE_CHECKING:
+    from services.rollout.worker import RolloutWorker
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
 EVAL_ID_PATTERN = r"^eval-[0-9a-f]{16}$"
 
 api = FastAPI(
@@ -91,11 +100,11 @@ class EvalReplica:
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self.registry = Registry(settings.resolved_redis_url())
+        self.registry = _registry(settings)
         self.engines: OrderedDict[str, Any] = OrderedDict()
         self.lock = threading.Lock()  # one engine call at a time: vLLM's offline engine is not re-entrant
 
-    def _player(self, ckpt: CheckpointRecord, run_config: dict[str, Any]) -> Any:
+    def _rollout(self, ckpt: CheckpointRecord, run_config: dict[str, Any]) -> RolloutWorker:
         if ckpt.path in self.engines:
             self.engines.move_to_end(ckpt.path)
             return self.engines[ckpt.path]
@@ -107,14 +116,14 @@ class EvalReplica:
             overrides["threads"] = self.settings.threads
         if self.settings.kv_cache_gib:
             overrides["kv_cache_gib"] = self.settings.kv_cache_gib
-        player = load_player(ckpt, run_config, **overrides)
-        self.engines[ckpt.path] = player
-        return player
+        rollout = load_rollout(ckpt, run_config, self.settings.resolved_checkpoint_roots(), **overrides)
+        self.engines[ckpt.path] = rollout
+        return rollout
 
     def _evaluate(self, eval_id: str) -> str:
         with self.lock:
-            return execute_evaluation(self.registry, eval_id, self._player, data_dir=self.settings.resolved_data_dir(),
-                                      detailed_errors=False).status  # fmt: skip
+            return execute_evaluation(self.registry, eval_id, self._rollout, data_dir=self.settings.resolved_data_dir(),
+                                      detailed_errors=False, lease_s=self.settings.lease_s).status  # fmt: skip
 
     async def evaluate(self, eval_id: str) -> str:
         return await asyncio.to_thread(self._evaluate, eval_id)
@@ -125,8 +134,8 @@ class EvalReplica:
         ckpt = self.registry.resolve_checkpoint(checkpoint)
         run = self.registry.get_run(ckpt.run_id)
         with self.lock:
-            player = self._player(ckpt, run.config if run is not None else {})
-            gen = player.chat(messages, SamplingConfig.model_validate(sampling))
+            rollout = self._rollout(ckpt, run.config if run is not None else {})
+            gen = rollout.chat(messages, SamplingConfig.model_validate(sampling))
         return {"checkpoint": ckpt.checkpoint_id, "text": gen.text, "finish_reason": gen.finish_reason,
                 "prompt_tokens": len(gen.prompt_ids), "completion_tokens": len(gen.response_ids)}  # fmt: skip
 
@@ -137,6 +146,10 @@ class EvalReplica:
 
 
 # -- the HTTP ingress ----------------------------------------------------------------------------------
+
+
+def _registry(settings: ServeSettings) -> Registry:
+    return Registry(settings.resolved_redis_url(), eval_ttl_s=int(settings.eval_ttl_days * 86400))
 
 
 def _owner(token: str) -> str:
@@ -150,7 +163,7 @@ class SftrlAPI:
     def __init__(self, settings: ServeSettings, evaluator: Any):
         self.settings = settings
         self._token = settings.resolved_token().encode()
-        self.registry = Registry(settings.resolved_redis_url())
+        self.registry = _registry(settings)
         self.evaluator = evaluator
         set_guard(settings.max_body_bytes, self._token)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -190,7 +203,7 @@ class SftrlAPI:
     @api.post("/v1/evaluations", response_model=EvaluationCreated, status_code=202)
     async def create(self, body: EvalRequest, request: Request) -> EvaluationCreated:
         owner = self.authorize(request)
-        active = [e for e in self.registry.list_evaluations() if e.owner == owner and e.status in ACTIVE]
+        active = self.registry.live_evaluations(owner)  # those whose lease ran out are marked lost here
         if len(active) >= self.settings.max_concurrent_evals_per_token:
             raise HTTPException(
                 429, f"{len(active)} evaluations of this token are still running (limit "
@@ -198,7 +211,9 @@ class SftrlAPI:
             )  # fmt: skip
         try:
             record = create_evaluation(self.registry, body, owner, self.settings.max_episodes, client=True,
-                                       data_dir=self.settings.resolved_data_dir())  # fmt: skip
+                                       data_dir=self.settings.resolved_data_dir(),
+                                       roots=self.settings.resolved_checkpoint_roots(),
+                                       lease_s=self.settings.lease_s)  # fmt: skip
         except UnknownCheckpoint as exc:
             raise HTTPException(404, str(exc)) from None
         except EvalInputError as exc:
@@ -211,17 +226,43 @@ class SftrlAPI:
         )
 
     async def _track(self, eval_id: str) -> None:
-        """Run the evaluation on a replica; a replica that dies marks the evaluation failed."""
+        """Run the evaluation on a replica, holding its lease meanwhile; a replica that dies or
+        outlasts ``eval_timeout_s`` marks the evaluation failed."""
+        renewing = asyncio.create_task(self._renew(eval_id))
         try:
-            await self.evaluator.evaluate.remote(eval_id)
+            await asyncio.wait_for(self.evaluator.evaluate.remote(eval_id), self.settings.eval_timeout_s)
         except Exception as exc:  # noqa: BLE001 - reported on the evaluation record
+            if isinstance(exc, TimeoutError):
+                error = f"timed out after {self.settings.eval_timeout_s:.0f} s"
+            else:  # a remote traceback never reaches the client
+                error = error_text(exc, False, f"evaluation {eval_id} on its replica")
             try:
-                ev = self.registry.get_evaluation(eval_id)
-                if ev is not None and ev.status in ACTIVE:  # a remote traceback never reaches the client
-                    error = error_text(exc, False, f"evaluation {eval_id} on its replica")
-                    self.registry.update_evaluation(eval_id, status="failed", error=error)
-            except REGISTRY_ERRORS:
+                self.registry.finish_evaluation(eval_id, status="failed", error=error)
+            except (*REGISTRY_ERRORS, RegistryError):
                 pass
+        finally:
+            renewing.cancel()
+
+    async def _renew(self, eval_id: str) -> None:
+        """Renew the lease every third of it until the evaluation ends."""
+        lease = self.settings.lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                ev = await asyncio.to_thread(self.registry.renew_lease, eval_id, lease)
+            except (*REGISTRY_ERRORS, RegistryError):
+                continue
+            if ev.status not in ACTIVE:
+                return
+
+    @api.delete("/v1/evaluations/{eval_id}", response_model=EvaluationStatus)
+    def cancel(self, request: Request, eval_id: str = Path(pattern=EVAL_ID_PATTERN)) -> EvaluationStatus:
+        """Cancel one of this token's evaluations (an ended one is returned as it is)."""
+        owner = self.authorize(request)
+        ev = self.registry.get_evaluation(eval_id)
+        if ev is None or ev.owner != owner:
+            raise HTTPException(404, f"unknown evaluation {eval_id!r}")
+        return EvaluationStatus.from_record(self.registry.finish_evaluation(eval_id, status="cancelled"))
 
     @api.get("/v1/evaluations/{eval_id}", response_model=EvaluationStatus)
     def status(self, request: Request, eval_id: str = Path(pattern=EVAL_ID_PATTERN)) -> EvaluationStatus:
@@ -243,7 +284,13 @@ class SftrlAPI:
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.max_tokens,
                     "seed": body.seed}  # fmt: skip
         messages = [m.model_dump() for m in body.messages]
-        out = await self.evaluator.chat.remote(ckpt.checkpoint_id, messages, sampling)
+        try:
+            out = await asyncio.wait_for(
+                self.evaluator.chat.remote(ckpt.checkpoint_id, messages, sampling),
+                self.settings.chat_timeout_s,
+            )
+        except TimeoutError:
+            raise HTTPException(504, f"no answer within {self.settings.chat_timeout_s:.0f} s") from None
         return ChatResponse.build(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), out)
 
 

@@ -59,6 +59,9 @@ class EvaluationStatus(BaseModel):
         description="success, reward, turns, response_tokens, error_rate/<kind>, recognition_accuracy (image modes)"
     )
     error: str | None = None
+    note: str = Field(
+        "", description="e.g. newer checkpoints of the run skipped because they failed verification"
+    )
     created: str
     updated: str
 
@@ -66,7 +69,7 @@ class EvaluationStatus(BaseModel):
     def from_record(cls, ev: EvaluationRecord) -> EvaluationStatus:
         return cls(id=ev.eval_id, checkpoint=ev.checkpoint_id, suite=_without_paths(ev.suite), status=ev.status,
                    progress=ev.progress, episodes=ev.episodes, seed=ev.seed, metrics=ev.metrics,
-                   error=ev.error, created=ev.created, updated=ev.updated)  # fmt: skip
+                   error=ev.error, note=ev.note, created=ev.created, updated=ev.updated)  # fmt: skip
 
 
 def _without_paths(suite: SuiteSpec) -> SuiteSpec:

@@ -20,11 +20,19 @@ class ServeSettings(StrictModel):
     data_dir: str | None = Field(
         None, description="datasets clients may name in file options (file names in this folder, never paths)"
     )
+    checkpoint_roots: list[str] | None = Field(
+        None, description="folders checkpoints may be loaded from (default: $SFTRL_CHECKPOINT_ROOTS, else "
+        "$SFTRL_HOME and the server's working folder)"
+    )  # fmt: skip
     max_episodes: int = Field(1024, ge=1, description="most episodes one evaluation may ask for")
     max_concurrent_evals_per_token: int = Field(2, ge=1)
     max_body_bytes: int = Field(65_536, ge=1024)
     max_chat_tokens: int = Field(1024, ge=1)
     warm_models: int = Field(2, ge=1, description="engines an evaluation replica keeps loaded (LRU)")
+    lease_s: float = Field(60.0, ge=1, description="an evaluation nobody renews for this long is marked lost")
+    eval_timeout_s: float = Field(6 * 3600, gt=0, description="longest an evaluation may run")
+    chat_timeout_s: float = Field(300, gt=0, description="longest a chat completion may take")
+    eval_ttl_days: float = Field(30, gt=0, description="finished evaluations are kept this long")
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(None, ge=1, description="CPU threads of a replica's engine")
     kv_cache_gib: float | None = Field(None, gt=0, description="default: the run's rollout setting")
@@ -46,6 +54,11 @@ class ServeSettings(StrictModel):
                 return value
             raise ConfigError(f"the API token file {self.token_file} is empty")
         raise ConfigError("no API token: set SFTRL_API_TOKEN, or pass a token file")
+
+    def resolved_checkpoint_roots(self) -> list[Path]:
+        from sftrl.checkpoint import checkpoint_roots
+
+        return checkpoint_roots(self.checkpoint_roots)
 
     def resolved_data_dir(self) -> Path | None:
         return Path(self.data_dir).resolve() if self.data_dir else None

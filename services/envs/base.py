@@ -5,16 +5,23 @@ Environments know nothing of models: an action is the raw answer text a policy p
 observation's ``"text"`` is always the content of the next user turn (the first prompt after
 ``reset``, then the feedback or the next observation after each ``step``). Callers keep the
 conversation history.
+
+Every task allows ``verify_iter`` answers (sequential revision) and counts them the same way
+(:meth:`SftrlEnv._score_attempt`): each step's info carries ``attempt`` and ``attempts_left``, and
+the answer that spends the last attempt adds "attempts_exhausted" to the errors and ends the episode
+(``terminated``: a failure is a terminal state of the task, not a time limit).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import gymnasium as gym
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sftrl.config import ConfigError, StrictModel, build
 
@@ -90,6 +97,30 @@ class EnvOptions(StrictModel):
     """Options every environment takes; each environment extends this model."""
 
     prompt_style: PromptStyle = "default"
+    verify_iter: int = Field(
+        1, ge=1, le=100, description="answers allowed before the episode ends as a failure"
+    )
+
+
+def verify_iter_field(default: int, per: str = "episode") -> Any:
+    """``verify_iter`` with a task's own default (the bounds and meaning are every task's)."""
+    return Field(
+        default, ge=1, le=100, description=f"answers allowed per {per} before the episode ends as a failure"
+    )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One scored answer, after the attempt bookkeeping every task shares."""
+
+    reward: float  # the verifier's, plus the task's penalty when this answer spent the last attempt
+    errors: tuple[str, ...]  # the verifier's, plus "attempts_exhausted" then
+    exhausted: bool  # a failed answer that spent the last attempt: the episode ends as a failure
+    number: int  # 1-based, counted since the episode (or, in V-IRL, the waypoint) began
+    left: int
+
+    def info(self) -> dict[str, int]:
+        return {"attempt": self.number, "attempts_left": self.left}
 
 
 OptionsT = TypeVar("OptionsT", bound=EnvOptions)
@@ -112,6 +143,8 @@ class SftrlEnv(gym.Env, Generic[OptionsT]):
 
     metadata = {"render_modes": ["rgb_array", "ansi"]}
     options_model: ClassVar[type[EnvOptions]] = EnvOptions
+    exhausted_reward: ClassVar[float] = 0.0  # added to the reward of the answer that spends the last attempt
+    _attempts: int = 0
 
     def __init__(self, render_mode: str | None = None, **options: Any):
         self.options: OptionsT = self.parse_options(options)  # type: ignore[assignment]
@@ -120,6 +153,21 @@ class SftrlEnv(gym.Env, Generic[OptionsT]):
                 f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}"
             )
         self.render_mode = render_mode
+
+    def _reset_attempts(self) -> None:
+        """Start counting attempts afresh (a new episode; in V-IRL also a new waypoint)."""
+        self._attempts = 0
+
+    def _score_attempt(self, success: bool, reward: float, errors: Sequence[str]) -> Attempt:
+        """Count one answer. A failed answer that spends the last of ``verify_iter`` attempts
+        exhausts them: the episode ends as a failure, which is a terminal state of the task (the
+        caller returns ``terminated=True``; ``truncated`` is for limits outside the task)."""
+        self._attempts += 1
+        left = max(self.options.verify_iter - self._attempts, 0)
+        exhausted = not success and left == 0
+        if exhausted:
+            reward, errors = reward + self.exhausted_reward, (*errors, "attempts_exhausted")
+        return Attempt(reward, tuple(errors), exhausted, self._attempts, left)
 
     @classmethod
     def parse_options(cls, options: dict[str, Any]) -> BaseModel:

@@ -50,7 +50,7 @@ def play_expert_episode(
     if not isinstance(expert, SftrlEnv):
         raise TypeError(f"{type(expert).__name__} has no expert; demonstrations need an sftrl environment")
     # A revision needs a second attempt; with one attempt the episode is a plain expert one.
-    revise = revise and getattr(expert.options, "verify_iter", 1) >= 2
+    revise = revise and expert.options.verify_iter >= 2
     obs, info = env.reset(seed=seed)
     rule = info.get("rule")  # the rule the prompt stated, where the environment has rules as data
     messages = [{"role": "user", "content": obs["text"]}]

@@ -225,6 +225,31 @@ def answer_token_range(
 # -- building a batch -----------------------------------------------------------------------------
 
 
+def _fitted_prompt(prompt: list[int], response_len: int, max_len: int | None, where: str) -> list[int]:
+    """The prompt, cut from the left so that prompt + response fit in ``max_len`` tokens."""
+    if not prompt:
+        raise ValueError(f"{where} has an empty prompt")
+    if max_len is None or len(prompt) + response_len <= max_len:
+        return prompt
+    room = max_len - response_len
+    if room < 1:
+        raise ValueError(
+            f"{where}: its response ({response_len} tokens) leaves no room for the prompt within max_len={max_len}"
+        )
+    return prompt[-room:]
+
+
+def _response_weights(response: list[int], tokenizer: Any, cfg: RLConfig) -> list[float]:
+    """Per-token weights of a response: 1, except paper 1's ``reasoning_weight`` on the tokens
+    outside the answer value under ``ppo``."""
+    if cfg.algorithm == "ppo":
+        found = answer_token_range(response, tokenizer, cfg.answer_keys)
+        if found is not None:
+            first, last = found
+            return [1.0 if first <= i < last else cfg.reasoning_weight for i in range(len(response))]
+    return [1.0] * len(response)
+
+
 def build_rl_batch(
     trajectories: Sequence[Trajectory],
     tokenizer: Any,
@@ -249,27 +274,12 @@ def build_rl_batch(
     turn_index: list[int] = []
     for traj in trajectories:
         for t, turn in enumerate(traj.turns):
-            prompt, response = list(turn.prompt_ids), list(turn.response_ids)
-            if not prompt:
-                raise ValueError(f"turn {t} of episode {traj.episode_id} has an empty prompt")
-            if max_len is not None and len(prompt) + len(response) > max_len:
-                room = max_len - len(response)
-                if room < 1:
-                    raise ValueError(
-                        f"turn {t} of episode {traj.episode_id}: its response ({len(response)} tokens) "
-                        f"leaves no room for the prompt within max_len={max_len}"
-                    )
-                prompt = prompt[-room:]
+            response = list(turn.response_ids)
+            prompt = _fitted_prompt(
+                list(turn.prompt_ids), len(response), max_len, f"turn {t} of episode {traj.episode_id}"
+            )
             rows.append((prompt + response, len(prompt), len(response)))
-            if cfg.algorithm == "ppo":
-                w = [1.0] * len(response)
-                found = answer_token_range(response, tokenizer, cfg.answer_keys)
-                if found is not None:
-                    first, last = found
-                    w = [1.0 if first <= i < last else cfg.reasoning_weight for i in range(len(response))]
-            else:
-                w = [1.0] * len(response)
-            weights.append(w)
+            weights.append(_response_weights(response, tokenizer, cfg))
             logps.append(list(turn.response_logprobs))
             rewards.append(float(turn.reward))
             dones.append(1.0 if t == len(traj.turns) - 1 else 0.0)

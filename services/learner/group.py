@@ -18,6 +18,7 @@ from services.learner.batch import RLBatch, shard_by_episode
 from services.learner.config import LearnerConfig, RLConfig
 from services.learner.sft_data import SFTExample
 from services.learner.worker import LearnerWorker
+from sftrl.ray_setup import ActorBundles
 
 
 def _master_address() -> tuple[str, int]:
@@ -48,26 +49,14 @@ class LearnerGroup:
         reference: bool = False,
     ):
         import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
         self.config, self.rl = config, rl
         self.last_metrics: list[dict[str, float]] = []  # every rank's metrics of the last step
         self.world_size = config.world_size
-        bundle: dict[str, float] = {"CPU": config.cpus_per_actor}
-        if config.gpus_per_actor:
-            bundle["GPU"] = config.gpus_per_actor
-        self.pg = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
-        ray.get(self.pg.ready(), timeout=600)
-
-        def strategy(index: int) -> Any:
-            return PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=index
-            )
-
+        self.bundles = ActorBundles(self.world_size, config.cpus_per_actor, config.gpus_per_actor)
         probe = ray.remote(_master_address).options(
-            num_cpus=min(0.01, config.cpus_per_actor), scheduling_strategy=strategy(0)
+            num_cpus=min(0.01, config.cpus_per_actor), scheduling_strategy=self.bundles.strategy(0)
         )
         self.master_addr, self.master_port = ray.get(probe.remote())
         actor_cls = ray.remote(LearnerWorker)
@@ -76,7 +65,7 @@ class LearnerGroup:
             actor_cls.options(
                 num_cpus=config.cpus_per_actor,
                 num_gpus=config.gpus_per_actor,
-                scheduling_strategy=strategy(rank),
+                scheduling_strategy=self.bundles.strategy(rank),
                 name=f"sftrl-learner-{rank}-{tag}",
             ).remote(
                 config, rl, rank, self.world_size, self.master_addr, self.master_port, value_head, reference
@@ -159,8 +148,6 @@ class LearnerGroup:
         return self._ray.get(self.actors[0].flops_per_token.remote(training))
 
     def shutdown(self) -> None:
-        from ray.util.placement_group import remove_placement_group
-
         ray = self._ray
         for actor in getattr(self, "actors", []):
             try:
@@ -172,7 +159,4 @@ class LearnerGroup:
             except Exception:
                 pass
         self.actors = []
-        try:
-            remove_placement_group(self.pg)
-        except Exception:
-            pass
+        self.bundles.remove()

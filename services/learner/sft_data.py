@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sftrl.models.processor import is_processor
+
 IGNORE_INDEX = -100
 IMAGE_MARKER = "<image>"
 log = logging.getLogger(__name__)
@@ -205,14 +207,10 @@ def load_demonstrations(path: str | Path) -> list[SFTConversation]:
 # -- tokenising ------------------------------------------------------------------------------------
 
 
-def _is_processor(obj: Any) -> bool:
-    return hasattr(obj, "image_processor") and hasattr(obj, "tokenizer")
-
-
 def _encode(conv: SFTConversation, owner: Any) -> dict[str, Any]:
     from PIL import Image
 
-    if _is_processor(owner):
+    if is_processor(owner):
         images = []
         for p in conv.images:
             with Image.open(p) as im:
@@ -304,19 +302,3 @@ def tokenize_sft(
         hint = f" (the shortest has {shortest_dropped}: raise max_len)" if shortest_dropped else ""
         raise ValueError(f"no demonstration fits in max_len {max_len} tokens{hint}")
     return examples
-
-
-def load_tokenizer_or_processor(model: str) -> Any:
-    """A VLM's processor (it places and expands images), else the tokenizer."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    from sftrl.models import resolve_model
-
-    path = resolve_model(model)
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except (OSError, ValueError):
-        processor = None
-    if processor is not None and _is_processor(processor):
-        return processor
-    return AutoTokenizer.from_pretrained(path)

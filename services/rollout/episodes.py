@@ -17,8 +17,8 @@ from PIL import Image
 
 from services.rollout.config import SamplingConfig
 from services.rollout.conversation import ChatFormatter, Conversation
-from services.rollout.engine import VLLMEngine
-from services.rollout.env_pool import EnvPool, EpisodeSpec
+from services.rollout.engine import Generation, VLLMEngine
+from services.rollout.env_pool import EnvPool, EpisodeSpec, StepResult
 from sftrl.trajectory import Trajectory, Turn
 
 MAX_TURNS = 128
@@ -57,6 +57,36 @@ def request_seed(base: int | None, episode_id: str, turn: int) -> int | None:
         return None
     digest = hashlib.blake2b(f"{base}/{episode_id}/{turn}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def _record_turn(
+    state: _Live, gen: Generation, result: StepResult, version: int, max_tokens: int, max_len: int
+) -> str | None:
+    """Append the turn ``gen`` played and the environment's answer ``result`` to the episode; returns
+    why the episode ended ("" when the environment ended it), or None when it goes on."""
+    obs, reward, terminated, truncated, info = result
+    turn = Turn(
+        prompt_ids=gen.prompt_ids, response_ids=gen.response_ids, response_logprobs=gen.response_logprobs,
+        response_text=gen.text, reward=reward, terminated=terminated, truncated=truncated,
+        policy_version=version, num_images=len(state.conv.images),
+        info=info | {"finish_reason": gen.finish_reason},
+    )  # fmt: skip
+    state.traj.turns.append(turn)
+    if info.get("success"):
+        state.traj.success = True
+    if terminated or truncated:
+        state.conv.finish(gen.text)
+        return ""
+    image = _new_image(obs.get("image"), state.last_image)
+    state.conv.add_turn(
+        gen.response_ids, gen.text, obs["text"], _as_pil(image) if image is not None else None
+    )
+    if image is not None:
+        state.last_image = obs.get("image")
+    if len(state.conv.token_ids) + max_tokens > max_len:
+        turn.truncated = True  # no room for another answer: the episode ends here
+        return "context_full"
+    return None
 
 
 def play_episodes(
@@ -105,36 +135,13 @@ def play_episodes(
         results = envs.step_many(answers)
         still: list[_Live] = []
         done_ids: list[str] = []
-        for state, gens, (obs, reward, terminated, truncated, info) in zip(
-            live, generations, results, strict=True
-        ):
-            gen = gens[0]
-            turn = Turn(
-                prompt_ids=gen.prompt_ids, response_ids=gen.response_ids, response_logprobs=gen.response_logprobs,
-                response_text=gen.text, reward=reward, terminated=terminated, truncated=truncated,
-                policy_version=engine.policy_version, num_images=len(state.conv.images),
-                info=info | {"finish_reason": gen.finish_reason},
-            )  # fmt: skip
-            state.traj.turns.append(turn)
-            if info.get("success"):
-                state.traj.success = True
-            if terminated or truncated:
-                state.conv.finish(gen.text)
+        for state, gens, result in zip(live, generations, results, strict=True):
+            ended = _record_turn(state, gens[0], result, engine.policy_version, sampling.max_tokens, max_len)
+            if ended is None:
+                still.append(state)
+            else:
                 done_ids.append(state.spec.episode_id)
-                retire(state)
-                continue
-            image = _new_image(obs.get("image"), state.last_image)
-            state.conv.add_turn(
-                gen.response_ids, gen.text, obs["text"], _as_pil(image) if image is not None else None
-            )
-            if image is not None:
-                state.last_image = obs.get("image")
-            if len(state.conv.token_ids) + sampling.max_tokens > max_len:
-                turn.truncated = True  # no room for another answer: the episode ends here
-                done_ids.append(state.spec.episode_id)
-                retire(state, "context_full")
-                continue
-            still.append(state)
+                retire(state, ended)
         envs.release(done_ids)
         live = still
     for state in live:  # only reached if MAX_TURNS ran out

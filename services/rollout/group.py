@@ -15,6 +15,7 @@ from typing import Any
 from services.rollout.config import RolloutConfig, SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.worker import RolloutWorker
+from sftrl.ray_setup import ActorBundles
 from sftrl.trajectory import Trajectory
 
 
@@ -33,18 +34,11 @@ def episode_specs(
 class RolloutGroup:
     def __init__(self, config: RolloutConfig, chunk_size: int = 16):
         import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self._ray = ray
         self.config = config
         self.chunk_size = chunk_size
-        bundle: dict[str, float] = {"CPU": config.cpus_per_actor}
-        if config.gpus_per_actor:
-            bundle["GPU"] = config.gpus_per_actor
-        self.pg = placement_group([dict(bundle) for _ in range(config.num_actors)], strategy="PACK")
-        ray.get(self.pg.ready(), timeout=600)
-        self._strategy = PlacementGroupSchedulingStrategy
+        self.bundles = ActorBundles(config.num_actors, config.cpus_per_actor, config.gpus_per_actor)
         self._actor_cls = ray.remote(RolloutWorker)
         self.actors = [self._spawn(i) for i in range(config.num_actors)]
         self.restarts = 0
@@ -57,7 +51,7 @@ class RolloutGroup:
         return self._actor_cls.options(
             num_cpus=self.config.cpus_per_actor,
             num_gpus=self.config.gpus_per_actor,
-            scheduling_strategy=self._strategy(placement_group=self.pg, placement_group_bundle_index=index),
+            scheduling_strategy=self.bundles.strategy(index),
             name=f"sftrl-rollout-{index}-{uuid.uuid4().hex[:6]}",
         ).remote(self.config)
 
@@ -124,11 +118,9 @@ class RolloutGroup:
         return self._ray.get([a.policy_version.remote() for a in self.actors])
 
     def shutdown(self) -> None:
-        from ray.util.placement_group import remove_placement_group
-
         for actor in self.actors:
             try:
                 self._ray.kill(actor, no_restart=True)
             except Exception:
                 pass
-        remove_placement_group(self.pg)
+        self.bundles.remove()

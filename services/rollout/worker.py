@@ -13,19 +13,15 @@ from services.rollout.conversation import ChatFormatter
 from services.rollout.engine import Generation, VLLMEngine
 from services.rollout.env_pool import EnvPool, EpisodeSpec, LocalEnvs, RayEnvPool
 from services.rollout.episodes import play_episodes
+from sftrl.models.processor import load_processor
 from sftrl.threads import apply_cpu_threads, cpu_threads
 from sftrl.trajectory import Trajectory
 
 
 def build_formatter(model_path: str, tokenizer: Any) -> ChatFormatter:
     """A VLM gets its processor (its chat template places images); a text model its tokenizer."""
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(model_path)
-    except (OSError, ValueError):
-        processor = None
-    if processor is not None and hasattr(processor, "image_processor"):
+    processor = load_processor(model_path)
+    if processor is not None:
         return ChatFormatter(tokenizer=processor.tokenizer, processor=processor)
     return ChatFormatter(tokenizer=tokenizer)
 

@@ -15,6 +15,7 @@ Running out of attempts (-1) is the environment's business, not the verifier's.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,19 @@ def _fmt(numbers: list[int]) -> str:
     return ", ".join(str(n) for n in numbers)
 
 
+def _number_faults(cards: Sequence[int], used_numbers: Sequence[int]) -> tuple[list[str], list[str]]:
+    """The kinds of number fault of a formula (each costs ``REWARD_NUMBER_FAULT``) and their notes."""
+    have, used = Counter(cards), Counter(used_numbers)
+    faults = (
+        ("numbers_not_on_cards", "these numbers are not on the cards", sorted(n for n in used if n not in have)),
+        ("numbers_overused", "these numbers are used more often than the cards allow",
+         sorted(n for n in used if n in have and used[n] > have[n])),
+        ("numbers_unused", "these card numbers are not used", sorted(n for n in have if used[n] < have[n])),
+    )  # fmt: skip
+    found = [(error, f"{note}: {_fmt(numbers)}") for error, note, numbers in faults if numbers]
+    return [error for error, _ in found], [note for _, note in found]
+
+
 def verify_general_points(task: GPTask, answer: object) -> Verdict:
     """Score one attempt at ``task``. Never raises, never executes ``answer``."""
     obj, why = extract_json_object(answer)
@@ -146,22 +160,8 @@ def verify_general_points(task: GPTask, answer: object) -> Verdict:
             )  # fmt: skip
         return Verdict(REWARD_MALFORMED, False, f"The formula is malformed: {exc}.", ("malformed_formula",))
 
-    have, used = Counter(task.numbers), Counter(parsed.numbers)
-    not_on_cards = sorted(n for n in used if n not in have)
-    overused = sorted(n for n in used if n in have and used[n] > have[n])
-    unused = sorted(n for n in have if used[n] < have[n])
-    errors: list[str] = []
-    notes: list[str] = []
-    if not_on_cards:
-        errors.append("numbers_not_on_cards")
-        notes.append(f"these numbers are not on the cards: {_fmt(not_on_cards)}")
-    if overused:
-        errors.append("numbers_overused")
-        notes.append(f"these numbers are used more often than the cards allow: {_fmt(overused)}")
-    if unused:
-        errors.append("numbers_unused")
-        notes.append(f"these card numbers are not used: {_fmt(unused)}")
     details = {"formula": parsed.text, "numbers_used": list(parsed.numbers)}
+    errors, notes = _number_faults(task.numbers, parsed.numbers)
     if errors:
         text = "Each card number must be used exactly once; " + "; ".join(notes) + "."
         return Verdict(REWARD_NUMBER_FAULT * len(errors), False, text, tuple(errors), details)

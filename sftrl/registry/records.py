@@ -73,7 +73,7 @@ class SuiteSpec(BaseModel):
     options: dict[str, Any] = {}
 
 
-EvalStatus = Literal["queued", "running", "done", "failed"]
+EvalStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 
 
 class EvaluationRecord(Record):
@@ -88,6 +88,8 @@ class EvaluationRecord(Record):
     episodes_done: int = 0
     metrics: dict[str, float] = {}
     error: str | None = None
+    note: str = ""  # e.g. which newer checkpoints of the run were skipped, and why
+    lease_until: float = 0.0  # unix time; an active evaluation whose lease ran out is lost (0: none)
     owner: str = ""  # a hash of the caller's token (for per-caller limits), never the token
     created: str = Field(default_factory=utc_now)
     updated: str = Field(default_factory=utc_now)

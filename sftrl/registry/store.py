@@ -10,11 +10,14 @@ Keys (all under ``sftrl:``)::
     evals                    zset  eval_id -> created
     eval:<id>                json  EvaluationRecord
     ckpt:<run@step>:evals    zset  eval_id -> created
+    owner:<hash>:live        set   eval_id of the caller's queued and running evaluations
 
 Multi-key writes go through one MULTI/EXEC transaction, so readers never see half a record; changes
 to a record (a status, progress) are optimistic transactions (WATCH the key, re-read, write in
 MULTI/EXEC, retry on a concurrent change), so two writers never lose each other's change. A finished
 evaluation's record expires after ``eval_ttl_s`` (its index entries are dropped when found missing).
+An active evaluation holds a lease (``lease_until``) that whoever runs it renews; one whose lease ran
+out is marked failed ("lost") by the next reader of its owner's live set (:meth:`live_evaluations`).
 A Redis that reached its ``maxmemory`` refuses writes: that surfaces as ``RegistryFull`` (a registry
 trouble like a lost connection) saying what to do.
 """
@@ -39,7 +42,8 @@ from sftrl.registry.records import (
 
 PREFIX = "sftrl:"
 EVAL_TTL_S = 30 * 24 * 3600  # finished evaluations are kept a month
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
+ACTIVE = ("queued", "running")
 R = TypeVar("R", RunRecord, EvaluationRecord)
 # Registry failures surface as one of these (connection refused, reset, timeout, server errors).
 REGISTRY_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -201,8 +205,60 @@ class Registry:
         _execute(pipe)
 
     def _expire_finished(self, pipe: Any, ev: EvaluationRecord) -> None:
+        """Keep the owner's live set and the record's expiry in step with its status."""
         if ev.status in FINISHED:
             pipe.expire(f"{PREFIX}eval:{ev.eval_id}", self.eval_ttl_s)
+            if ev.owner:
+                pipe.srem(f"{PREFIX}owner:{ev.owner}:live", ev.eval_id)
+        elif ev.owner:
+            pipe.sadd(f"{PREFIX}owner:{ev.owner}:live", ev.eval_id)
+
+    def finish_evaluation(self, eval_id: str, **changes: Any) -> EvaluationRecord:
+        """Apply ``changes`` (a final status, metrics, an error) unless the evaluation already ended
+        (cancelled, or marked lost): the first end wins."""
+
+        def change(ev: EvaluationRecord) -> EvaluationRecord:
+            if ev.status in FINISHED:
+                return ev
+            return EvaluationRecord.model_validate({**ev.model_dump(), **changes, "updated": utc_now()})
+
+        return self._modify(f"{PREFIX}eval:{eval_id}", EvaluationRecord, change,
+                            f"unknown evaluation {eval_id!r}", after=self._expire_finished)  # fmt: skip
+
+    def renew_lease(self, eval_id: str, seconds: float) -> EvaluationRecord:
+        """Hold an active evaluation's lease ``seconds`` longer; an ended one is returned unchanged
+        (its runner sees it was cancelled or lost)."""
+        return self.finish_evaluation(eval_id, lease_until=time.time() + seconds)
+
+    def live_evaluations(self, owner: str) -> list[EvaluationRecord]:
+        """``owner``'s queued and running evaluations; any whose lease ran out is marked failed
+        ("lost") on the way and left out."""
+        key = f"{PREFIX}owner:{owner}:live"
+        ids = sorted(self.redis.smembers(key))
+        raws = self.redis.mget([f"{PREFIX}eval:{i}" for i in ids]) if ids else []
+        live = []
+        for eval_id, raw in zip(ids, raws, strict=True):
+            ev = EvaluationRecord.model_validate_json(raw) if raw else None
+            if ev is None or ev.status in FINISHED:
+                self.redis.srem(key, eval_id)
+            elif 0 < ev.lease_until < time.time() and self._mark_lost(eval_id).status in FINISHED:
+                continue
+            else:
+                live.append(ev)
+        return live
+
+    def _mark_lost(self, eval_id: str) -> EvaluationRecord:
+        """Fail an active evaluation whose lease ran out (checked again inside the transaction, so a
+        renewal that just landed wins)."""
+
+        def change(ev: EvaluationRecord) -> EvaluationRecord:
+            if ev.status in FINISHED or not 0 < ev.lease_until < time.time():
+                return ev
+            error = "lost: whoever ran it stopped renewing its lease (a replica died or was stopped)"
+            return ev.model_copy(update={"status": "failed", "error": error, "updated": utc_now()})
+
+        return self._modify(f"{PREFIX}eval:{eval_id}", EvaluationRecord, change,
+                            f"unknown evaluation {eval_id!r}", after=self._expire_finished)  # fmt: skip
 
     def update_evaluation(self, eval_id: str, **changes: Any) -> EvaluationRecord:
         def change(ev: EvaluationRecord) -> EvaluationRecord:

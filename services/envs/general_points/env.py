@@ -2,7 +2,7 @@
 
 One episode is one hand. Each ``step`` scores one attempt with the pure verifier; a failed attempt
 returns the feedback as the next user turn, until the answer is right (``terminated``) or
-``verify_iter`` attempts are spent (``truncated``, with an extra -1).
+``verify_iter`` attempts are spent (``terminated`` as a failure, with an extra -1).
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from services.envs.base import EnvOptions, FreeText, SftrlEnv, observation_space, pick_template
+from services.envs.base import (
+    EnvOptions,
+    FreeText,
+    SftrlEnv,
+    observation_space,
+    pick_template,
+    verify_iter_field,
+)
 from services.envs.general_points.cards import Card, SuitSet, deal, hand_from_names
 from services.envs.general_points.prompts import TEMPLATES, build_prompt, feedback_turn
 from services.envs.general_points.render import render_cards
@@ -42,7 +49,9 @@ class GeneralPointsOptions(EnvOptions):
         description="the face-card rule the prompt states: as_10, as_11_12_13, values 'J,Q,K' such as "
         "'4,7,2', or random (drawn per episode from face_range, never a face_held_out rule)",
     )
-    face_range: tuple[int, int] = Field((MIN_VALUE, MAX_VALUE), description="values drawn by face_cards=random")
+    face_range: tuple[int, int] = Field(
+        (MIN_VALUE, MAX_VALUE), description="values drawn by face_cards=random"
+    )
     face_held_out: list[RuleSpec] = Field(
         default_factory=lambda: list(NAMED_RULES), description="rules face_cards=random never draws"
     )
@@ -59,7 +68,7 @@ class GeneralPointsOptions(EnvOptions):
     )
     target: int = Field(24, ge=1, le=10_000)
     suits: SuitSet = "black"
-    verify_iter: int = Field(5, ge=1, le=100)
+    verify_iter: int = verify_iter_field(5)
     image_size: int = Field(1200, ge=32, le=4096, description="side of the square table picture (pixels)")
 
     @field_validator("face_cards", "training_face_cards", "scored_face_cards", mode="before")
@@ -91,6 +100,7 @@ class GeneralPointsOptions(EnvOptions):
 
 class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
     options_model = GeneralPointsOptions
+    exhausted_reward = REWARD_EXHAUSTED
 
     def __init__(self, render_mode: str | None = None, **options: Any):
         super().__init__(render_mode, **options)
@@ -99,7 +109,6 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         self.action_space = FreeText(max_length=8192)
         self._cards: tuple[Card, ...] = ()
         self._task: GPTask | None = None
-        self._attempts = 0
         self._done = True
         self._image: np.ndarray | None = None
         self._last_text = ""
@@ -135,7 +144,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             stated_numbers=tuple(card_value(r, stated) for r in names),
             training_numbers=tuple(card_value(r, training) for r in names),
         )  # fmt: skip
-        self._attempts = 0
+        self._reset_attempts()
         self._done = False
         self._image = render_cards(self._cards, o.image_size) if o.mode == "image" else None
         template = pick_template(TEMPLATES, o.prompt_style, self.np_random)
@@ -157,34 +166,26 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         if self._done or self._task is None:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         verdict = verify_general_points(self._task, action)
-        self._attempts += 1
-        reward = verdict.reward
-        errors = verdict.errors
-        terminated = verdict.success
-        truncated = not terminated and self._attempts >= self.options.verify_iter
-        if truncated:
-            reward += REWARD_EXHAUSTED
-            errors = (*errors, "attempts_exhausted")
-        self._done = terminated or truncated
-        left = self.options.verify_iter - self._attempts
+        attempt = self._score_attempt(verdict.success, verdict.reward, verdict.errors)
+        terminated = verdict.success or attempt.exhausted
+        self._done = terminated
         if not self._done:
-            self._last_text = feedback_turn(verdict.feedback, left, self.options.target)
+            self._last_text = feedback_turn(verdict.feedback, attempt.left, self.options.target)
         else:
             self._last_text = verdict.feedback
         info: dict[str, Any] = {
             "feedback": verdict.feedback,
             "success": verdict.success,
-            "errors": errors,
-            "attempt": self._attempts,
-            "attempts_left": left,
+            "errors": attempt.errors,
+            **attempt.info(),
             "details": verdict.details,
             "fields": answer_fields(self._task, action),
         }
         if self._task.check_recognition:  # an unreadable answer names no cards: not a recognition
-            info["recognized_correctly"] = not {"wrong_recognition", "malformed_answer"} & set(errors)
+            info["recognized_correctly"] = not {"wrong_recognition", "malformed_answer"} & set(attempt.errors)
         # A fresh copy per step: callers keep observations, and must not see them change.
         image = None if self._image is None else self._image.copy()
-        return {"text": self._last_text, "image": image}, reward, terminated, truncated, info
+        return {"text": self._last_text, "image": image}, attempt.reward, terminated, False, info
 
     def render(self) -> Any:
         if self.render_mode == "ansi":

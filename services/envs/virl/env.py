@@ -5,7 +5,7 @@ waypoints). Each ``step`` scores one answer at the current waypoint with the pur
 :func:`services.verifier.virl.verify_virl`. A correct action moves the agent to the next
 waypoint (``stop()`` at the destination ends the episode: ``terminated``, success). A wrong one
 keeps it in place; after ``verify_iter`` failed attempts at one waypoint the episode ends as a
-failure (``truncated``).
+failure (``terminated``, with "attempts_exhausted" among the errors).
 
 Routes come from a synthetic city (``city``; route ``i`` of a city is fixed, and a plain
 ``reset(seed=...)`` draws ``i`` below :data:`ROUTE_POOL` from the env's generator, so indices
@@ -21,7 +21,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from services.envs.base import EnvOptions, FreeText, SftrlEnv, observation_space, pick_template
+from services.envs.base import (
+    EnvOptions,
+    FreeText,
+    SftrlEnv,
+    observation_space,
+    pick_template,
+    verify_iter_field,
+)
 from services.envs.virl import prompts
 from services.envs.virl.city import ROUTE_POOL, display_name, generated_route, normalise_city_name
 from services.envs.virl.headings import ActionSpace, allowed_actions
@@ -37,7 +44,7 @@ class VIRLOptions(EnvOptions):
     mode: Literal["text", "image"] = "text"
     actions: ActionSpace = "absolute"
     city: str = Field("new_york", min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9 _\-]*$")
-    verify_iter: int = Field(2, ge=1, le=100)
+    verify_iter: int = verify_iter_field(2, per="waypoint")
     routes: str | None = Field(
         None,
         description="route file in the published V-IRL format; None: generated",
@@ -69,7 +76,6 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
         self._route: Route | None = None
         self._route_index = -1
         self._index = 0
-        self._attempts_left = 0
         self._done = True
         self._success = False
         self._last_text = ""
@@ -128,7 +134,7 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
             "at_intersection": wp.at_intersection,
             "waypoint_index": self._index,
             "num_waypoints": len(self.route.waypoints),
-            "attempts_left": self._attempts_left,
+            "attempts_left": self.options.verify_iter - self._attempts,
             "route_id": self.route.route_id,
         }
 
@@ -149,7 +155,8 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
         elif isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise ValueError(f"route_index must be an integer, got {index!r}")
         self._route, self._route_index = self._get_route(int(index)), int(index)
-        self._index, self._attempts_left = 0, o.verify_iter
+        self._index = 0
+        self._reset_attempts()
         self._done, self._success = False, False
         self._image_cache = None
         template = pick_template(prompts.TEMPLATES, o.prompt_style, self.np_random)
@@ -178,8 +185,8 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
         if self._done or self._route is None:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         verdict = verify_virl(self.current_task(), action)
-        errors = verdict.errors
-        terminated = truncated = False
+        attempt = self._score_attempt(verdict.success, verdict.reward, verdict.errors)
+        terminated = attempt.exhausted
         if verdict.success:
             taken = self.waypoint.action(self.options.actions)
             if self._index == len(self.route.waypoints) - 1:
@@ -187,29 +194,25 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
                 self._last_text = prompts.finished(self.route.destination)
             else:
                 self._index += 1
-                self._attempts_left = self.options.verify_iter
+                self._reset_attempts()  # attempts are counted per waypoint
                 total = len(self.route.waypoints)
                 self._last_text = prompts.after_correct(taken, self._index, total, self._observation_line())
+        elif attempt.exhausted:
+            self._last_text = prompts.failed(verdict.feedback)
         else:
-            self._attempts_left -= 1
-            if self._attempts_left <= 0:
-                truncated = True
-                errors = (*errors, "attempts_exhausted")
-                self._last_text = prompts.failed(verdict.feedback)
-            else:
-                left, line = self._attempts_left, self._observation_line()
-                self._last_text = prompts.after_wrong(verdict.feedback, left, line)
-        self._done = terminated or truncated
+            self._last_text = prompts.after_wrong(verdict.feedback, attempt.left, self._observation_line())
+        self._done = terminated
         info = {
-            **self._state_info(),
+            **attempt.info(),
+            **self._state_info(),  # attempts_left: of the waypoint the next answer is for
             "feedback": verdict.feedback,
             "success": self._success,
-            "errors": errors,
+            "errors": attempt.errors,
             "details": verdict.details,
             # The rule adherence of V-IRL: the action lies in the action space the prompt states.
             "valid_action": verdict.details.get("action") in allowed_actions(self.options.actions),
         }
-        return self._obs(), verdict.reward, terminated, truncated, info
+        return self._obs(), attempt.reward, terminated, False, info
 
     def render(self) -> Any:
         if self._route is None:

@@ -3,7 +3,7 @@
 One episode is one question. The observation is the prompt (and the picture in image mode); the
 action is the model's reply text; reward is 1.0 for a correct final answer, else 0.0. With
 ``verify_iter > 1`` a wrong reply gets feedback and another attempt, as in the papers' sequential
-revision setting.
+revision setting; a wrong reply on the last attempt ends the episode (``terminated``, a failure).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, field_validator
 
-from services.envs.base import EnvOptions, FreeText, SftrlEnv, observation_space
+from services.envs.base import EnvOptions, FreeText, SftrlEnv, observation_space, verify_iter_field
 from services.envs.visual_qa.benchmark import BenchmarkItem, load_benchmark
 from services.envs.visual_qa.generators import GENERATOR_KINDS, GeneratorKind, generate
 from services.envs.visual_qa.prompts import build_prompt, choose_template, retry_text
@@ -39,7 +39,7 @@ class VisualQAOptions(EnvOptions):
         description="a benchmark file (.jsonl/.json/.parquet); None: generated questions",
         json_schema_extra={"names_a_file": True},
     )
-    verify_iter: int = Field(default=1, ge=1)
+    verify_iter: int = verify_iter_field(1)
     image_size: int = Field(default=384, ge=64, le=4096)
     difficulty: int | None = Field(default=None, ge=1, le=5)  # None: drawn per episode
 
@@ -125,7 +125,6 @@ class VisualQAEnv(SftrlEnv[VisualQAOptions]):
         self._problem: Problem | None = None
         self._image: np.ndarray | None = None
         self._text = ""
-        self._attempts = 0
         self._done = True
         self._pictures: OrderedDict[int, np.ndarray] = OrderedDict()
 
@@ -156,7 +155,7 @@ class VisualQAEnv(SftrlEnv[VisualQAOptions]):
             problem.scene,
             self.image_mode,
         )
-        self._attempts = 0
+        self._reset_attempts()
         self._done = False
         info = {
             "question_id": problem.question_id,
@@ -174,24 +173,23 @@ class VisualQAEnv(SftrlEnv[VisualQAOptions]):
         if self._done:
             raise RuntimeError("the episode has ended; call reset() to start a new one")
         verdict = verify_visual_qa(self._problem.task, action)
-        self._attempts += 1
-        left = self.options.verify_iter - self._attempts
-        terminated = verdict.success
-        truncated = not verdict.success and left <= 0
-        self._done = terminated or truncated
+        attempt = self._score_attempt(verdict.success, verdict.reward, verdict.errors)
+        terminated = verdict.success or attempt.exhausted
+        self._done = terminated
         self._text = (
-            verdict.feedback if verdict.success else retry_text(verdict.feedback, verdict.errors, left)
+            verdict.feedback
+            if verdict.success
+            else retry_text(verdict.feedback, verdict.errors, attempt.left)
         )
         info = {
             "feedback": self._text,
             "success": verdict.success,
-            "errors": list(verdict.errors),
+            "errors": list(attempt.errors),
             "extracted_answer": verdict.details.get("extracted_answer"),
             "question_id": self._problem.question_id,
-            "attempt": self._attempts,
-            "attempts_left": max(left, 0),
+            **attempt.info(),
         }
-        return self._observation(), verdict.reward, terminated, truncated, info
+        return self._observation(), attempt.reward, terminated, False, info
 
     def render(self) -> np.ndarray | str | None:
         if self.render_mode == "rgb_array":

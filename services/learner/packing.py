@@ -1,0 +1,156 @@
+"""Rows to model inputs: padding, images, and the micro-batches of a step.
+
+All ranks must run the same number of forward/backward passes (ZeRO-2/3 communicate on every one),
+so a rank with fewer rows pads its step with zero-weight repeats of one of its rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.learner.batch import RLBatch
+from services.learner.collectives import Collectives
+from services.learner.sft_data import IGNORE_INDEX, SFTExample
+
+
+def pad_stack(rows: Sequence[torch.Tensor], value: float) -> torch.Tensor:
+    """[n, *dims] tensors of differing trailing sizes -> one tensor, padded at the end of each dim."""
+    shape = [max(r.shape[d] for r in rows) for d in range(rows[0].dim())]
+    out = rows[0].new_full((sum(r.shape[0] for r in rows), *shape[1:]), value)
+    at = 0
+    for r in rows:
+        index = (slice(at, at + r.shape[0]), *(slice(0, s) for s in r.shape[1:]))
+        out[index] = r
+        at += r.shape[0]
+    return out
+
+
+def image_inputs(
+    pixels: Sequence[torch.Tensor | None], masks: Sequence[torch.Tensor | None]
+) -> dict[str, Any]:
+    """Per-row images ([n_i, 3, H, W]) -> one ``[1, sum n_i, 3, H, W]`` batch: the model scatters
+    image features into the image tokens in row-major order, so concatenation keeps rows aligned."""
+    present = [(p, m) for p, m in zip(pixels, masks) if p is not None and p.shape[0] > 0]
+    if not present:
+        return {}
+    values = pad_stack([p for p, _ in present], 0.0).unsqueeze(0)
+    result: dict[str, Any] = {"pixel_values": values}
+    if all(m is not None for _, m in present):
+        result["pixel_attention_mask"] = pad_stack([m.long() for _, m in present], 0).bool().unsqueeze(0)
+    return result
+
+
+def length_grouped(
+    order: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int, mini_batches: list[list[int]]
+) -> torch.Tensor:
+    """``order`` with the rows of each mini-batch sorted longest first. Micro-batch ``i`` is the slice
+    ``i * micro_batch_size`` onwards of ``order``; ``mini_batches`` lists the (contiguous) micro-batch
+    indices of each mini-batch. Every row stays in its mini-batch."""
+    n = len(order)
+    pieces = []
+    for group in mini_batches:
+        piece = order[group[0] * micro_batch_size : min((group[-1] + 1) * micro_batch_size, n)]
+        pieces.append(piece[torch.argsort(lengths[piece], descending=True, stable=True)])
+    return torch.cat(pieces)
+
+
+def split(n: int, parts: int) -> list[list[int]]:
+    """``range(n)`` in ``parts`` contiguous, nearly equal chunks (some empty when n < parts)."""
+    return [c.tolist() for c in np.array_split(np.arange(n), parts)]
+
+
+class Packing(Collectives):
+    """Part of :class:`~services.learner.worker.LearnerWorker`: rows to padded, device-ready inputs."""
+
+    compute_dtype: torch.dtype
+    pad_id: int
+    is_vision: bool
+    processor: Any
+
+    def _sft_inputs(self, rows: Sequence[SFTExample]) -> tuple[dict[str, Any], torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r)
+            ids[i, :n], labels[i, :n], mask[i, :n] = r.input_ids, r.labels, 1
+        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        inputs.update(image_inputs([r.pixel_values for r in rows], [r.pixel_attention_mask for r in rows]))
+        return self._to_device(inputs), labels.to(self.device)
+
+    def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, value in inputs.items():
+            value = value.to(self.device)
+            if key == "pixel_values":
+                value = value.to(self.compute_dtype)
+            out[key] = value
+        return out
+
+    def _rl_inputs(self, batch: RLBatch, cache: dict[int, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.images is not None and any(batch.images):
+            if not self.is_vision:
+                raise ValueError("the batch has images but the model takes text only")
+            pixels, masks = [], []
+            for images in batch.images:
+                key = id(images)
+                if cache is None or key not in cache:
+                    value = self._process_images(images)
+                    if cache is not None:
+                        cache[key] = value
+                else:
+                    value = cache[key]
+                pixels.append(value[0])
+                masks.append(value[1])
+            inputs.update(image_inputs(pixels, masks))
+        return self._to_device(inputs)
+
+    def _process_images(self, images: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not images:
+            return None, None
+        from PIL import Image
+
+        pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images]
+        out = self.processor.image_processor(images=[[im.convert("RGB") for im in pil]], return_tensors="pt")
+        pv = out["pixel_values"]
+        pv = pv.reshape(-1, *pv.shape[-3:])
+        pam = out.get("pixel_attention_mask")
+        return pv, (pam.reshape(-1, *pam.shape[-2:]) if pam is not None else None)
+
+    def _mini_batches(self, micro_batches: int) -> list[list[int]]:
+        """The micro-batch indices of each optimizer step of an RL epoch: ``config.rl_mini_batches``
+        contiguous, nearly equal groups (fewer when there are fewer micro-batches)."""
+        return split(micro_batches, min(self.config.rl_mini_batches, micro_batches))
+
+    def _micro_batches(
+        self, batch: RLBatch, order: torch.Tensor | None = None, group_by_length: bool = False
+    ) -> list[tuple[RLBatch, float]]:
+        """(micro-batch, weight) in ``order`` (default: row order), padded to the same count on all
+        ranks with weight-0 repeats.
+
+        ``group_by_length``: the rows of each mini-batch (``_mini_batches``) are ordered longest
+        first. A mini-batch keeps the same rows, hence the same update, but rows of similar length share
+        a micro-batch and pad far less (turns of a multi-turn episode differ in length several times
+        over)."""
+        n = len(batch)
+        mbs = self.config.micro_batch_size
+        count = self._all_max(math.ceil(n / mbs))
+        idx = order if order is not None else torch.arange(n)
+        if group_by_length and n:
+            idx = length_grouped(idx, batch.num_tokens, mbs, self._mini_batches(count))
+        real = [(batch.select(idx[s : s + mbs]), 1.0) for s in range(0, n, mbs)]
+        if len(real) < count:
+            if n == 0:
+                raise ValueError(
+                    "an empty shard cannot take part in a step: give every rank at least one episode"
+                )
+            filler = batch.select(idx[:1])
+            real += [(filler, 0.0)] * (count - len(real))
+        return real

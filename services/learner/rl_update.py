@@ -1,0 +1,294 @@
+"""The RL update, in its three phases: the old policy's scores, advantages, clipped epochs.
+
+``rl_step`` recomputes the old log-probs (and values, reference log-probs) on the learner, computes
+advantages, then runs ``rl.epochs`` passes; each pass shuffles the rows and takes
+``config.rl_mini_batches`` optimizer steps (default 1: one step per epoch over all rows,
+accumulated over micro-batches).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from services.learner.batch import RLBatch
+from services.learner.config import RLConfig
+from services.learner.sft_data import SFTExample
+from services.learner.sft_update import Updates
+
+
+@dataclass
+class _EpochTotals:
+    """What the optimizer steps of one update add up (this rank's share)."""
+
+    sums: dict[str, float] = field(default_factory=dict)  # metric x weight
+    weight: float = 0.0
+    steps: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+    lr: float = 0.0
+    sft_loss_sum: float = 0.0
+
+
+class RLUpdates(Updates):
+    """Part of :class:`~services.learner.worker.LearnerWorker`: scoring and the RL update."""
+
+    rl: RLConfig | None
+    reference: nn.Module | None
+    generator: torch.Generator
+
+    def _forward_rl(
+        self, mb: RLBatch, cache: dict[int, Any] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> logits of the positions from ``logits_needed_from`` on [B, K, V], token log-probs [B, T]
+        (0 where no logits were computed: prompt tokens), values [B, T] or None."""
+        from services.learner.rl import logits_needed_from, token_logprobs, widen
+
+        inputs = self._rl_inputs(mb, cache)
+        width = inputs["input_ids"].shape[1]
+        start = logits_needed_from(mb.action_mask)
+        logits, values = self.engine(**inputs, logits_to_keep=width - start)
+        return logits, widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width), values
+
+    @torch.no_grad()
+    def _score(
+        self, batch: RLBatch, cache: dict[int, Any] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """No-grad token log-probs [B, T] and values at ``value_index`` [B] (None without a head)."""
+        self.engine.eval()
+        lps, vals = [], []
+        for mb, weight in self._micro_batches(batch):
+            _, lp, values = self._forward_rl(mb, cache)
+            if weight == 0.0:
+                continue
+            lps.append(F.pad(lp.float().cpu(), (0, batch.input_ids.shape[1] - lp.shape[1])))
+            if values is not None:
+                vals.append(values.float().cpu().gather(1, mb.value_index.view(-1, 1).cpu()).squeeze(1))
+        width = batch.input_ids.shape[1]
+        lp_all = torch.cat(lps) if lps else torch.zeros((0, width))
+        return lp_all, (torch.cat(vals) if vals else None)
+
+    @torch.no_grad()
+    def _reference_logprobs(self, batch: RLBatch, cache: dict[int, Any]) -> torch.Tensor:
+        from services.learner.rl import logits_needed_from, token_logprobs, widen
+
+        assert self.reference is not None
+        out = []
+        mbs = self.config.micro_batch_size
+        for s in range(0, len(batch), mbs):
+            mb = batch.select(range(s, min(s + mbs, len(batch))))
+            inputs = self._rl_inputs(mb, cache)
+            width = inputs["input_ids"].shape[1]
+            start = logits_needed_from(mb.action_mask)
+            logits = self.reference(**inputs, use_cache=False, logits_to_keep=width - start).logits
+            lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width).float().cpu()
+            out.append(F.pad(lp, (0, batch.input_ids.shape[1] - lp.shape[1])))
+        return torch.cat(out) if out else torch.zeros_like(batch.rollout_logprobs)
+
+    def forward_logprobs(self, batch: RLBatch) -> torch.Tensor:
+        """[B, T] token log-probs of the current policy (no grad; position t scores input_ids[t])."""
+        return self._score(batch)[0]
+
+    def _whiten(self, batch: RLBatch, rl: RLConfig) -> None:
+        """Normalise advantages over the rows of ALL ranks (as one batch would be)."""
+        adv = batch.advantages
+        assert adv is not None
+        n, s1, s2 = self._all_sum([adv.numel(), float(adv.double().sum()), float((adv.double() ** 2).sum())])
+        if n < 2:
+            return
+        mean = s1 / n
+        std = math.sqrt(max(s2 / n - mean * mean, 0.0))
+        batch.advantages = (adv - mean) / (std + 1e-8)
+
+    def rl_step(
+        self,
+        batch: RLBatch,
+        sft: Sequence[SFTExample] | None = None,
+        sft_weight: float = 0.0,
+        lr_step: int | None = None,
+    ) -> dict[str, float]:
+        """Recompute old log-probs/values/reference, compute advantages, then ``rl.epochs`` passes
+        of ``config.rl_mini_batches`` optimizer steps each. Metrics are averaged over micro-batches
+        (weighted by response tokens, rows for ``ppo``) and ranks, identical on every rank.
+
+        With ``sft`` rows, every optimizer step minimises one objective,
+        ``(1 - sft_weight) * RL loss + sft_weight * token-mean cross-entropy on the rows``
+        (the progressive SFT+RL combination). ``lr_step``: as in :meth:`sft_step`; every optimizer
+        step of this update uses the same learning rate."""
+        if self.rl is None:
+            raise ValueError("this learner was made without an RLConfig")
+        if sft is not None and not sft:
+            raise ValueError("rl_step with SFT rows needs at least one row on every rank")
+        if not 0.0 <= sft_weight <= 1.0:
+            raise ValueError(f"sft_weight must lie in [0, 1] (got {sft_weight})")
+        rl = self.rl
+        self._start_update(lr_step)
+        sft_tokens = self._all_sum([sum(ex.num_target_tokens for ex in sft)])[0] if sft else 0.0
+        start = time.perf_counter()
+        batch = batch.to("cpu")
+        cache: dict[int, Any] = {}
+        reuse_forward, old_values = self._old_policy(batch, rl, cache)
+        raw_advantage_sum = self._advantages(batch, rl, old_values)
+        totals = self._epochs(batch, rl, cache, reuse_forward, sft, sft_tokens, sft_weight)
+
+        result = self._average_metrics(totals.sums, totals.weight)
+        tokens_total, rows_total = self._all_sum([float(batch.action_mask.sum()), float(len(batch))])
+        result.update({
+            "lr": totals.lr, "optimizer_steps": totals.steps,
+            "grad_norm": float(np.mean(totals.grad_norms)) if totals.grad_norms else 0.0,
+            "tokens": tokens_total, "rows": rows_total,
+            "advantage_mean": self._all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
+            "scoring_passes": 0.0 if reuse_forward else 1.0,  # no-grad forwards before the update
+        })  # fmt: skip
+        if sft:
+            result.update({
+                "sft_loss": self._all_sum([totals.sft_loss_sum])[0] / max(sft_tokens * max(totals.steps, 1), 1.0),
+                "sft_weight": sft_weight, "sft_tokens": sft_tokens,
+            })  # fmt: skip
+        result["seconds"] = self._max_seconds(time.perf_counter() - start)
+        return result
+
+    def _old_policy(
+        self, batch: RLBatch, rl: RLConfig, cache: dict[int, Any]
+    ) -> tuple[bool, torch.Tensor | None]:
+        """Phase (a): the policy before the update scores the batch (log-probs, values, reference).
+
+        A single pass of a critic-free method updates the very policy that would score the batch:
+        its training forward gives the old log-probs, and no scoring pass runs. Returns (whether the
+        training forward is reused, the old values)."""
+        single_pass = rl.epochs == 1 and self.config.rl_mini_batches == 1 and self.module.value_head is None
+        reuse_forward = single_pass if rl.recompute_logprobs is None else not rl.recompute_logprobs
+        if reuse_forward and not single_pass:
+            raise ValueError("recompute_logprobs=false needs 1 epoch, 1 mini-batch and no value head")
+        if reuse_forward:
+            batch.old_logprobs, old_values = None, None
+        else:
+            batch.old_logprobs, old_values = self._score(batch, cache)
+        batch.old_values = None
+        if rl.kl_coef > 0 and self.reference is not None:
+            batch.ref_logprobs = self._reference_logprobs(batch, cache)
+        return reuse_forward, old_values
+
+    def _advantages(self, batch: RLBatch, rl: RLConfig, old_values: torch.Tensor | None) -> float:
+        """Phase (b): advantages, whitened over all ranks' rows (GRPO's are normalised per group
+        already). Returns this rank's sum of the advantages before whitening."""
+        from services.learner.rl import compute_advantages
+
+        global_norm = rl.normalize_advantages and rl.algorithm != "grpo"
+        local_rl = rl.model_copy(update={"normalize_advantages": False}) if global_norm else rl
+        if len(batch):
+            compute_advantages(batch, local_rl, values=old_values)
+        else:
+            batch.advantages = torch.zeros(0)
+        assert batch.advantages is not None
+        raw_sum = float(batch.advantages.sum())
+        if global_norm:
+            self._whiten(batch, rl)
+        return raw_sum
+
+    def _epochs(
+        self,
+        batch: RLBatch,
+        rl: RLConfig,
+        cache: dict[int, Any],
+        reuse_forward: bool,
+        sft: Sequence[SFTExample] | None,
+        sft_tokens: float,
+        sft_weight: float,
+    ) -> _EpochTotals:
+        """Phase (c): ``rl.epochs`` shuffled passes of clipped updates, one optimizer step per
+        mini-batch; with SFT rows, each step also takes the weighted cross-entropy's gradient."""
+        self.engine.train()
+        totals = _EpochTotals()
+        rl_factor = 1.0 - sft_weight if sft else 1.0
+        for _ in range(rl.epochs):
+            order = torch.randperm(len(batch), generator=self.generator)
+            micro = self._micro_batches(batch, order, group_by_length=True)
+            for group in self._mini_batches(len(micro)):
+                items = [micro[i] for i in group]
+                self._mini_batch_backward(items, rl, cache, reuse_forward, rl_factor, not sft, totals)
+                if sft:
+                    totals.sft_loss_sum += self._sft_backward(
+                        sft, sft_tokens, sft_weight, boundary_at_end=True
+                    )
+                totals.lr, norm = self._optimizer_step()
+                totals.grad_norms.append(norm)
+                totals.steps += 1
+        return totals
+
+    def _mini_batch_backward(
+        self,
+        items: list[tuple[RLBatch, float]],
+        rl: RLConfig,
+        cache: dict[int, Any],
+        reuse_forward: bool,
+        rl_factor: float,
+        boundary_at_end: bool,
+        totals: _EpochTotals,
+    ) -> None:
+        """Backward of one mini-batch's RL loss, micro-batch by micro-batch: each micro-batch's mean
+        loss is rescaled to its share of the mini-batch's mean over all ranks."""
+        real = [mb for mb, weight in items if weight > 0]
+        tokens, rows = self._all_sum([
+            sum(float(mb.action_mask.sum()) for mb in real), sum(len(mb) for mb in real)
+        ])  # fmt: skip
+        per_rank_tokens = max(tokens, 1.0) / self.world_size
+        per_rank_rows = max(rows, 1.0) / self.world_size
+        turn_level = rl.algorithm == "ppo"  # its losses are means over rows, the others' over tokens
+        for k, (mb, weight) in enumerate(items):
+            self.engine.set_gradient_accumulation_boundary(boundary_at_end and k == len(items) - 1)
+            mb_tokens = float(mb.action_mask.sum())
+            share = len(mb) / per_rank_rows if turn_level else mb_tokens / per_rank_tokens
+            loss, metrics = self._rl_loss(mb, rl, cache, reuse_forward, share, len(mb) / per_rank_rows)
+            self.engine.backward(loss * (weight * rl_factor), scale_wrt_gas=False)
+            if weight > 0:
+                w = float(len(mb)) if turn_level else mb_tokens
+                for key, value in metrics.items():
+                    totals.sums[key] = totals.sums.get(key, 0.0) + w * float(value)
+                totals.weight += w
+
+    def _rl_loss(
+        self,
+        mb: RLBatch,
+        rl: RLConfig,
+        cache: dict[int, Any],
+        reuse_forward: bool,
+        policy_share: float,
+        value_share: float,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One micro-batch's policy loss x ``policy_share`` (+ value loss x ``value_share``)."""
+        from services.learner.rl import entropy_from_logits, policy_loss, value_loss, widen
+
+        logits, lp, values = self._forward_rl(mb, cache)
+        if rl.entropy_coef > 0:  # the bonus needs the entropy's gradient
+            entropy = widen(entropy_from_logits(logits), lp.shape[1])
+        else:
+            with torch.no_grad():
+                entropy = widen(entropy_from_logits(logits.detach()), lp.shape[1])
+        if reuse_forward:
+            mb.old_logprobs = lp.detach().float().cpu()
+        p_loss, metrics = policy_loss(lp, mb.to(self.device), rl, entropy)
+        loss = p_loss * policy_share
+        if values is not None:
+            v = values.gather(1, mb.value_index.to(values.device).view(-1, 1)).squeeze(1)
+            v_loss, v_metrics = value_loss(v, mb.to(self.device), rl)
+            loss = loss + v_loss * value_share
+            metrics.update(v_metrics)
+        return loss, metrics
+
+    def _average_metrics(self, sums: dict[str, float], weight: float) -> dict[str, float]:
+        """Weighted means of the metrics over every rank's micro-batches."""
+        total: dict[str, float] = {}
+        gathered = self._gather_object((sums, weight))
+        for part, _ in gathered:
+            for key, value in part.items():
+                total[key] = total.get(key, 0.0) + value
+        w = sum(part_w for _, part_w in gathered)
+        return {key: value / w for key, value in sorted(total.items())} if w > 0 else {}
