@@ -367,7 +367,9 @@ class Trainer:
             model_path = s["path"]
             self.console.print(f"resuming from {s['path']} (stage {start_stage}, step {start_step})")
         rollout_cfg: RolloutConfig = cfg.rollout.model_copy(deep=True)
-        rollout_cfg.engine.model = model_path
+        # the engines start from the base model and receive the checkpoint's weights by a push: a
+        # resumed run's checkpoint folder may be pruned later, and a replaced actor reloads its model
+        rollout_cfg.engine.model = resolve_model(cfg.model)
         self.rollout = RolloutGroup(
             rollout_cfg, chunk_size=max(1, cfg.eval.episodes // rollout_cfg.num_actors)
         )

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -406,6 +407,30 @@ def test_group_of_two_ranks_over_ray(local_ray, tiny_model, gp_examples):
         group.shutdown()
     leftovers = list(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_a_dead_rank_stops_the_group_at_once(local_ray, tiny_model, gp_examples):
+    """Rank 1 is killed: rank 0 would wait in the step's all-reduce until the collective timeout
+    (10 min by default, 30 before); the group notices the death, stops rank 0 and says what to do."""
+    import ray
+
+    from services.learner.group import LearnerGroup, LearnerRankDied
+
+    group = LearnerGroup(learner_config(tiny_model, world_size=2))
+    try:
+        rows = batches(gp_examples, 8, 1)[0]
+        group.sft_step(rows)
+        survivor = group.actors[0]
+        ray.kill(group.actors[1], no_restart=True)
+        start = time.monotonic()
+        with pytest.raises(LearnerRankDied, match="rank 1 died during sft_step.*--resume auto"):
+            group.sft_step(rows)
+        assert time.monotonic() - start < 120 and group.actors == []
+        with pytest.raises(ray.exceptions.RayActorError):  # rank 0 was stopped, not left waiting
+            ray.get(survivor.ping.remote(), timeout=60)
+    finally:
+        group.shutdown()
 
 
 @pytest.mark.slow

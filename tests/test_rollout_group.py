@@ -49,5 +49,9 @@ def test_actors_share_work_push_weights_and_survive_a_death(local_ray, tiny_mode
         assert group.update_weights(weights, version=5) == 5
         trajs = group.play(specs[:4])
         assert {t.turns[0].policy_version for t in trajs} == {5}
+        # an actor that died between batches is replaced by the next push, and holds its weights
+        ray.kill(group.actors[0], no_restart=True)
+        assert group.update_weights(weights, version=6) == 6
+        assert group.restarts == 2 and group.policy_versions() == [6, 6]
     finally:
         group.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ class Collectives:
             dist_backend="nccl" if self.config.device == "cuda" else "gloo",
             auto_mpi_discovery=False,
             verbose=False,
+            timeout=timedelta(seconds=self.config.collective_timeout_s),
         )
         # DeepSpeed's CPU shared-memory allreduce maps one /dev/shm file per rank at start-up. Once
         # every rank has mapped its peers' files (after this barrier) the names are no longer needed:

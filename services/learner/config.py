@@ -31,7 +31,8 @@ class LearnerConfig(StrictModel):
     world_size: int = Field(1, ge=1, description="data-parallel learner processes (gloo on CPU, NCCL on GPU)")
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 where the hardware computes it natively (AVX-512 BF16, AMX, GPUs), else fp32"
+        "auto",
+        description="auto: bf16 where the hardware computes it natively (AVX-512 BF16, AMX, GPUs), else fp32",
     )
     micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward on one rank")
     gradient_checkpointing: bool = False
@@ -42,6 +43,10 @@ class LearnerConfig(StrictModel):
     )
     optim: OptimConfig = OptimConfig()
     seed: int = 0
+    collective_timeout_s: float = Field(
+        600, gt=0, description="a collective waiting this long on a rank fails (a backstop: the group "
+        "notices a dead rank at once)"
+    )  # fmt: skip
     rl_mini_batches: int = Field(
         1,
         ge=1,

@@ -21,6 +21,10 @@ from services.learner.worker import LearnerWorker
 from sftrl.ray_setup import ActorBundles
 
 
+class LearnerRankDied(RuntimeError):
+    """A learner rank's process died; the group was stopped and cannot be used again."""
+
+
 def _master_address() -> tuple[str, int]:
     """This node's IP and a port free on it now (run inside rank 0's bundle)."""
     import socket
@@ -79,8 +83,34 @@ class LearnerGroup:
             raise
 
     def _all(self, method: str, per_rank_args: Sequence[tuple[Any, ...]] | None = None) -> list[Any]:
+        """Call ``method`` on every rank and wait for all. A rank that dies or fails leaves the
+        others blocked in a collective: the first failure stops every rank and raises at once."""
         args = per_rank_args or [()] * self.world_size
-        return self._ray.get([getattr(a, method).remote(*arg) for a, arg in zip(self.actors, args)])
+        refs = [getattr(a, method).remote(*arg) for a, arg in zip(self.actors, args)]
+        pending = list(refs)
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1)
+            try:
+                self._ray.get(done[0])
+            except Exception as exc:
+                rank = refs.index(done[0])
+                self._stop_ranks()
+                if isinstance(exc, self._ray.exceptions.RayActorError):
+                    raise LearnerRankDied(
+                        f"learner rank {rank} died during {method} ({type(exc).__name__}); the other ranks were "
+                        "stopped. The last checkpoint is intact: continue with `sftrl train --resume auto`"
+                    ) from None
+                raise
+        return self._ray.get(refs)
+
+    def _stop_ranks(self) -> None:
+        """Kill every rank (the survivors wait in a collective that cannot finish)."""
+        for actor in self.actors:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.actors = []
 
     def sft_step(self, examples: Sequence[SFTExample], lr_step: int | None = None) -> dict[str, float]:
         """One optimizer step over ``examples``, split evenly across ranks; rank 0's metrics.

@@ -105,12 +105,18 @@ class RolloutGroup:
         return [results[s.episode_id] for s in specs]
 
     def update_weights(self, weights: Any, version: int | None = None) -> int:
-        """Send one copy of ``weights`` through the object store to every actor."""
+        """Send one copy of ``weights`` through the object store to every actor. An actor that died
+        (before or during the push) is replaced, and its replacement loads these weights."""
+        ray = self._ray
         self._version = version if version is not None else self._version + 1
-        self._weights_ref = (
-            self._ray.put(weights) if not isinstance(weights, self._ray.ObjectRef) else weights
-        )
-        self._ray.get([a.update_weights.remote(self._weights_ref, self._version) for a in self.actors])
+        self._weights_ref = ray.put(weights) if not isinstance(weights, ray.ObjectRef) else weights
+        pushes = [a.update_weights.remote(self._weights_ref, self._version) for a in self.actors]
+        for index, push in enumerate(pushes):
+            try:
+                ray.get(push)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
+                self.last_error = str(exc)[:2000]
+                self._replace(index)
         return self._version
 
     def policy_versions(self) -> list[int]:
