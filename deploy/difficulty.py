@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from deploy.evaluation import play_in_chunks
 from services.rollout.config import SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs
@@ -22,7 +23,6 @@ from sftrl.config import ConfigError, StrictModel
 
 if TYPE_CHECKING:
     from services.rollout.protocol import Rollout
-    from sftrl.trajectory import Trajectory
 
 LEVELS = (1, 2, 3, 4, 5)
 # (level, lowest pass fraction) from paper 2's counts out of 16 samples; below the last: L5
@@ -53,16 +53,6 @@ class TaggedItem(StrictModel):
     tagged_by: str = ""
 
 
-def _plays(rollout: Rollout, specs: list[EpisodeSpec], sampling: SamplingConfig, chunk: int,
-           on_progress: Callable[[int], None] | None) -> list[Trajectory]:  # fmt: skip
-    played: list[Trajectory] = []
-    for start in range(0, len(specs), chunk):
-        played.extend(rollout.play(specs[start : start + chunk], sampling))
-        if on_progress is not None:
-            on_progress(len(played))
-    return played
-
-
 def tag_items(
     rollout: Rollout,
     env_id: str,
@@ -81,7 +71,7 @@ def tag_items(
         raise ConfigError("pass rates over several samples need temperature > 0")
     specs = episode_specs(env_id, options, items, seed=seed, samples_per_task=samples)
     passes: dict[int, int] = defaultdict(int)
-    for spec, traj in zip(specs, _plays(rollout, specs, sampling, chunk, on_progress), strict=True):
+    for spec, traj in zip(specs, play_in_chunks(rollout, specs, sampling, chunk, on_progress), strict=True):
         passes[spec.seed] += bool(traj.success)
     return [
         TaggedItem(
@@ -116,7 +106,7 @@ def accuracy_by_level(
         for t in tagged
     ]
     by_level: dict[int, list[bool]] = defaultdict(list)
-    for item, traj in zip(tagged, _plays(rollout, specs, sampling, chunk, on_progress), strict=True):
+    for item, traj in zip(tagged, play_in_chunks(rollout, specs, sampling, chunk, on_progress), strict=True):
         by_level[item.level].append(bool(traj.success))
     out: dict[str, float] = {"accuracy": sum(sum(v) for v in by_level.values()) / max(1, len(tagged))}
     for level in LEVELS:

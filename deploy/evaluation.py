@@ -49,6 +49,18 @@ def play_suite(
     of that many episodes, calling ``on_progress(episodes played)`` after each; chunking never
     changes the episodes (their seeds come from their ids)."""
     specs = suite_specs(name, env_id, options, episodes, seed, samples)
+    return play_in_chunks(rollout, specs, sampling, chunk, on_progress)
+
+
+def play_in_chunks(
+    rollout: Rollout,
+    specs: list[EpisodeSpec],
+    sampling: SamplingConfig,
+    chunk: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Trajectory]:
+    """``rollout.play(specs)``, ``chunk`` episodes at a time (all at once without), calling
+    ``on_progress(episodes played)`` after each chunk."""
     step = chunk or len(specs) or 1
     played: list[Trajectory] = []
     for start in range(0, len(specs), step):
