@@ -10,8 +10,8 @@ import gymnasium as gym
 import pytest
 
 from deploy.combination import pass_rates, sft_weight, split_by_pass_rate
-from deploy.train import _rows_for_step
 from deploy.train_config import SFTMix
+from deploy.train_data import rows_for_step
 from sftrl.trajectory import Trajectory
 
 
@@ -46,8 +46,8 @@ def test_interleaved_split_sends_only_zero_pass_tasks_to_sft():
 
 def test_progressive_rows_are_a_function_of_the_step():
     pool = list(range(10))
-    steps = [_rows_for_step(pool, 4, seed=3, step=s) for s in range(5)]
-    assert steps[1] == _rows_for_step(pool, 4, seed=3, step=1)  # resume-safe
+    steps = [rows_for_step(pool, 4, seed=3, step=s) for s in range(5)]
+    assert steps[1] == rows_for_step(pool, 4, seed=3, step=1)  # resume-safe
     flat = [x for rows in steps for x in rows]
     assert sorted(flat[:10]) == pool and sorted(flat[10:20]) == pool  # every row once per epoch
     assert all(len(rows) == 4 for rows in steps)
