@@ -45,7 +45,7 @@ class GPBaseConfig(StrictModel):
     verify_iter: int = Field(5, ge=1)
     revision_fraction: float = Field(0.3, ge=0, le=1)
     face_equal_share: float = Field(
-        0.0, ge=0, le=1, description="share of drawn rules with J, Q and K equal (worded differently)"
+        0.15, ge=0, le=1, description="share of drawn rules with J, Q and K equal (worded differently)"
     )
     episodes: int | None = Field(None, ge=1, description="demonstrations drawn; None: each row about 3 times")
     steps: int = Field(900, ge=1)
