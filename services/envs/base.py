@@ -93,20 +93,18 @@ def observation_space(image_hw: tuple[int, int], image_mode: bool) -> gym.spaces
     )
 
 
-class EnvOptions(StrictModel):
-    """Options every environment takes; each environment extends this model."""
-
-    prompt_style: PromptStyle = "default"
-    verify_iter: int = Field(
-        1, ge=1, le=100, description="answers allowed before the episode ends as a failure"
-    )
-
-
 def verify_iter_field(default: int, per: str = "episode") -> Any:
     """``verify_iter`` with a task's own default (the bounds and meaning are every task's)."""
     return Field(
         default, ge=1, le=100, description=f"answers allowed per {per} before the episode ends as a failure"
     )
+
+
+class EnvOptions(StrictModel):
+    """Options every environment takes; each environment extends this model."""
+
+    prompt_style: PromptStyle = "default"
+    verify_iter: int = verify_iter_field(1)
 
 
 @dataclass(frozen=True)
