@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-fast bench lint studies
+.PHONY: install test test-fast test-faults bench lint studies
 
 install:
 	bash scripts/install.sh
@@ -14,6 +14,10 @@ test:
 # Skip the slow end-to-end tests while iterating.
 test-fast:
 	$(PY) -m pytest -m "not slow"
+
+# The fault and hostile-caller suites (docs/security.md); part of `make test` too.
+test-faults:
+	$(PY) -m pytest -m "fault or hostile"
 
 bench:
 	$(PY) -m bench.envs

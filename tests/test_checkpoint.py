@@ -36,6 +36,7 @@ def fake_writer(step: int):
     return write
 
 
+@pytest.mark.fault
 def test_latest_skips_unfinished_and_corrupt_checkpoints(tmp_path, caplog):
     manager = CheckpointManager(tmp_path, keep=5)
     for step in (1, 2, 3):
@@ -68,6 +69,7 @@ def test_latest_skips_unfinished_and_corrupt_checkpoints(tmp_path, caplog):
     assert not crashed.exists()
 
 
+@pytest.mark.fault
 def test_every_file_is_covered_and_a_replacement_cut_short_is_repaired(tmp_path, caplog):
     """Optimizer shards (DeepSpeed loads them with pickle), the trainer state and the tokenizer are
     hashed like the weights; a file added afterwards fails too; a crash between the two renames of
@@ -133,6 +135,7 @@ def test_retention_keeps_the_newest(tmp_path):
     assert not list(tmp_path.glob(".*"))
 
 
+@pytest.mark.fault
 def test_failed_write_leaves_nothing(tmp_path):
     manager = CheckpointManager(tmp_path, keep=2)
     manager.save(1, fake_writer(1))
@@ -152,6 +155,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 # -- a real learner ---------------------------------------------------------------------------------
 
 
+@pytest.mark.fault
 def test_checkpoints_load_only_from_their_roots(tmp_path, monkeypatch):
     """A registry record names a folder; only one under a checkpoint root that verifies is opened."""
     from sftrl.checkpoint import ROOTS_ENV, UntrustedCheckpoint, checkpoint_roots, trusted

@@ -409,6 +409,7 @@ def test_group_of_two_ranks_over_ray(local_ray, tiny_model, gp_examples):
     assert not leftovers, leftovers
 
 
+@pytest.mark.fault
 @pytest.mark.slow
 def test_a_dead_rank_stops_the_group_at_once(local_ray, tiny_model, gp_examples):
     """Rank 1 is killed: rank 0 would wait in the step's all-reduce until the collective timeout

@@ -161,6 +161,7 @@ def test_resync_drops_what_is_gone_or_corrupt(registry: Registry, run_dir: Path)
     assert report.dropped == ["gp-sft"] and registry.list_runs() == []
 
 
+@pytest.mark.fault
 def test_run_writer_survives_losing_redis_and_catches_up(tmp_path: Path, run_dir: Path) -> None:
     server = LocalRedis(tmp_path / "redis-down")
     url = server.start()
@@ -226,6 +227,7 @@ def test_evaluation_requests_are_checked(registry: Registry, run_dir: Path) -> N
     assert registry.update_evaluation(sampled.eval_id, episodes_done=4).progress == 0.5
 
 
+@pytest.mark.fault
 def test_a_latest_checkpoint_that_fails_verification_is_skipped(registry: Registry, run_dir: Path) -> None:
     resync(registry, [run_dir])
     (run_dir / "checkpoints" / "step-000030" / "config.json").write_text("{}")  # changed after the commit
@@ -343,6 +345,7 @@ def test_a_full_redis_is_a_registry_trouble_that_says_so(registry: Registry) -> 
 # -- leases, cancellation -------------------------------------------------------------------------------
 
 
+@pytest.mark.fault
 def test_an_evaluation_nobody_renews_is_lost_and_frees_its_owner(registry: Registry, run_dir: Path) -> None:
     resync(registry, [run_dir])
     request = EvalRequest(checkpoint="gp-sft", suite="id", episodes=4)
@@ -363,6 +366,7 @@ def test_an_evaluation_nobody_renews_is_lost_and_frees_its_owner(registry: Regis
     assert registry.live_evaluations("o1") == []
 
 
+@pytest.mark.fault
 def test_a_cancelled_evaluation_stops_at_its_next_chunk(registry: Registry, run_dir: Path) -> None:
     from deploy.checkpoint_eval import CHUNK_EPISODES, execute_evaluation
     from tests.test_eval_metrics import ScriptedRollout

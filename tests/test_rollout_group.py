@@ -21,6 +21,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.fault
 def test_actors_share_work_push_weights_and_survive_a_death(local_ray, tiny_model):
     config = RolloutConfig.model_validate({
         "engine": {"model": str(tiny_model), "dtype": "float32", "max_model_len": 2048},

@@ -78,6 +78,7 @@ def _wait(url: str, eval_id: str, timeout: float = 300) -> dict[str, Any]:
     raise AssertionError(f"evaluation {eval_id} did not finish in {timeout} s")
 
 
+@pytest.mark.hostile
 def test_health_is_open_everything_else_needs_the_token(endpoint: str) -> None:
     health = requests.get(f"{endpoint}/healthz", timeout=10)
     assert health.status_code == 200 and health.json() == {"status": "ok", "registry": True}
@@ -191,6 +192,7 @@ def test_chat_completions_answer_like_openai(endpoint: str) -> None:
         ),  # fmt: skip
     ],
 )
+@pytest.mark.hostile
 def test_bad_requests_get_4xx_with_a_message(
     endpoint: str, path: str, body: Any, status: int, message: str
 ) -> None:
@@ -199,6 +201,7 @@ def test_bad_requests_get_4xx_with_a_message(
     assert message in json.dumps(r.json())
 
 
+@pytest.mark.hostile
 def test_malformed_and_oversized_bodies(endpoint: str) -> None:
     url = f"{endpoint}/v1/evaluations"
     headers = {**AUTH, "Content-Type": "application/json"}
@@ -216,6 +219,7 @@ def test_malformed_and_oversized_bodies(endpoint: str) -> None:
     assert requests.get(f"{url}/eval-0123456789abcdef", headers=AUTH, timeout=10).status_code == 404
 
 
+@pytest.mark.hostile
 def test_schema_driven_fuzzing_finds_no_server_error(endpoint: str) -> None:
     """schemathesis generates valid and invalid requests for every operation of /openapi.json."""
     import schemathesis
@@ -251,6 +255,7 @@ def test_schema_driven_fuzzing_finds_no_server_error(endpoint: str) -> None:
     assert not failures, "\n".join(failures[:10])
 
 
+@pytest.mark.hostile
 def test_a_record_naming_a_folder_outside_the_roots_is_refused(
     endpoint: str, registry_server: str, tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -267,6 +272,7 @@ def test_a_record_naming_a_folder_outside_the_roots_is_refused(
     assert str(tmp_path) not in done["error"]
 
 
+@pytest.mark.fault
 def test_a_lost_evaluation_never_locks_its_token_out_and_one_can_be_cancelled(
     endpoint: str, registry_server: str
 ) -> None:

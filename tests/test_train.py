@@ -117,6 +117,7 @@ def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
+@pytest.mark.fault
 def test_resume_after_a_kill_or_a_sigterm_reproduces_the_uninterrupted_run(tmp_path, registry):
     overrides = [*BASE, "model=tiny", f"output_dir={tmp_path}", sft_stage(12, episodes=200), "eval.every=4",
                  "eval.episodes=16", "checkpoint.every=4", "checkpoint.keep=5"]  # fmt: skip
