@@ -112,6 +112,7 @@ def test_interleaved_and_progressive_stages_in_one_run(tiny_model, tmp_path, mon
 def test_interleaved_step_trains_sft_on_failed_tasks_and_rl_on_the_rest(tiny_model, tmp_path):
     """Both branches of an interleaved step with a real DeepSpeed learner, on real GeneralPoints episodes
     where tasks 1 and 3 were failed by every sample and tasks 0 and 2 were solved."""
+    from deploy.rl_step import RLStep
     from deploy.train import Trainer, load_train_config
     from services.learner.batch import build_rl_batch
     from services.learner.sft_data import load_demonstrations
@@ -131,12 +132,14 @@ def test_interleaved_step_trains_sft_on_failed_tasks_and_rl_on_the_rest(tiny_mod
                                       "tensorboard=false", "registry.enabled=false"])  # fmt: skip
     trainer = Trainer(config)
     trainer.learner = make_worker(tiny_model, config.stages[0].rl, micro_batch_size=4)
-    trainer.params = int(trainer.learner.flops_per_token() / 6)
+    # the step's update only: the episodes are given, so no rollout group plays or receives weights
+    rl_step = RLStep(None, trainer.learner, config.stages[0].rl, tok, 768, "float32")  # type: ignore[arg-type]
+    trainer.counter = rl_step.flops
     try:
         before = trainer.learner.forward_logprobs(
             build_rl_batch(trajs, tok, config.stages[0].rl, tok.pad_token_id)
         )
-        m = trainer._learn(config.stages[0], 0, 0, trajs, tok, None)
+        m = trainer._learn(rl_step, config.stages[0], 0, 0, trajs, None)
     finally:
         trainer.learner.shutdown()
         trainer.metrics.close()
