@@ -70,10 +70,13 @@ class RLStep:
         tokenizer: Any,
         max_len: int | None,
         push_dtype: str,
+        flops: FlopsCounter | None = None,
     ):
+        """``flops``: the counter of ``learner``'s parameters, when the caller has one already (asking
+        the learner is a round trip to its rank 0)."""
         self.rollout, self.learner, self.rl = rollout, learner, rl
         self.tokenizer, self.max_len, self.push_dtype = tokenizer, max_len, push_dtype
-        self.flops = FlopsCounter(int(learner.flops_per_token() / 6))
+        self.flops = flops or FlopsCounter(int(learner.flops_per_token() / 6))
 
     def play(self, specs: Sequence[EpisodeSpec], sampling: SamplingConfig) -> list[Trajectory]:
         return self.rollout.play(specs, sampling)

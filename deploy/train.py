@@ -208,7 +208,7 @@ class Trainer:
         assert self.rollout is not None and self.learner is not None
         tokenizer = _tokenizer(resolve_model(self.config.model))
         rl_step = RLStep(self.rollout, self.learner, stage.rl, tokenizer, stage.max_len,
-                         push_dtype(self.config.rollout.engine.dtype))  # fmt: skip
+                         push_dtype(self.config.rollout.engine.dtype), self.counter)  # fmt: skip
         sampling = self.config.rollout.sampling
         bar = progress.add_task(stage.name, total=stage.steps, completed=start)
         mix_pool = None
