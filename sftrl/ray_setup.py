@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
+
+from sftrl.home import secret_file, sftrl_home
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> Any:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local Ray on this machine.
 
-    A local instance listens on loopback only and runs without token authentication (Ray 2.60
-    enables it by default); a cluster keeps whatever authentication it was set up with.
+    A local instance requires a token of every caller (Ray's token authentication): Ray 2.60 listens
+    on every interface whatever node address it is given, so the token is what keeps other machines
+    out. The token is :func:`local_ray_token_path` unless ``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_TOKEN_PATH`` name another; ``RAY_AUTH_MODE=disabled`` opts out. A cluster keeps
+    whatever authentication it was set up with.
     """
     import ray
 
@@ -20,10 +27,32 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     if address:
         ray.init(address=address, **kwargs)
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        use_local_token()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, **kwargs)
     return ray
+
+
+def local_ray_token_path() -> Path:
+    """``$SFTRL_HOME/ray-token``: the token of local Ray instances, made once (random, mode 0600)."""
+    path = sftrl_home() / "ray-token"
+    secret_file(path)
+    return path
+
+
+def use_local_token() -> None:
+    """Turn Ray's token authentication on for this process and the Ray processes it starts, with the
+    machine's sftrl token, unless the environment already chose a mode or a token."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(local_ray_token_path()))
+    if "ray._raylet" in sys.modules:
+        # Ray reads its auth settings once, at import; a process that imported ray already refreshes
+        # them the way Ray does when it turns token auth on by itself.
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 class ActorBundles:

@@ -1,17 +1,22 @@
-"""Test-wide settings: local Ray without token auth, caches inside the test's temp area."""
+"""Test-wide settings: local Ray with the machine's token (as users run it), caches inside the test's
+temp area."""
 
 from __future__ import annotations
 
 import os
 
-# Ray 2.60 turns token authentication on by default; local test clusters run without it.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from sftrl.ray_setup import use_local_token  # noqa: E402
+
+# Every local Ray of the tests (the trainer's, the tests' own ray.init, `ray start --head`) requires
+# the token that `sftrl` commands use.
+use_local_token()
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODELS = REPO / ".cache" / "test-models"

@@ -1,5 +1,6 @@
-"""`ray job submit` against a real local cluster (`ray start --head` on loopback): a short training
-job runs on the cluster, and its checkpoints are read back from the registry."""
+"""`ray job submit` against a real local cluster (`ray start --head`, requiring the machine's Ray
+token, as sftrl's local Ray does): a short training job runs on the cluster, and its checkpoints are
+read back from the registry."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def cluster(tmp_path: Path) -> str:
     """A one-node Ray cluster started the way a user starts one; yields the job-submission address."""
     temp_dir = Path("/tmp") / f"sftrl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     dash = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # the token of conftest's use_local_token
     env.pop("RAY_ADDRESS", None)
     # --block keeps `ray start` in the foreground: stopping its process group stops this cluster only
     # (`ray stop` would stop every Ray on the machine, other users' included).
@@ -46,17 +47,20 @@ def cluster(tmp_path: Path) -> str:
         start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     address = f"http://127.0.0.1:{dash}"
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
     try:
         deadline = time.monotonic() + 300
         while True:
             assert head.poll() is None, "ray start --head exited"
             try:
-                if requests.get(f"{address}/api/version", timeout=2).ok:
+                if requests.get(f"{address}/api/version", headers=auth, timeout=2).ok:
                     break
             except requests.RequestException:
                 pass
             assert time.monotonic() < deadline, "the Ray dashboard did not come up in 5 minutes"
             time.sleep(1)
+        assert requests.get(f"{address}/api/version", timeout=10).status_code == 401  # the token is required
         yield address
     finally:
         os.killpg(head.pid, signal.SIGTERM)
@@ -95,8 +99,8 @@ def test_ray_job_submit_trains_and_registers_checkpoints(
     }
     config_path = tmp_path / "job.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    runtime_env = {"env_vars": {"REDIS_URL": registry_server, "RAY_AUTH_MODE": "disabled"}}
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    runtime_env = {"env_vars": {"REDIS_URL": registry_server}}
+    env = dict(os.environ)
     submit = [RAY, "job", "submit", "--address", cluster, "--no-wait", "--submission-id", "sftrl-test-job",
               "--runtime-env-json", json.dumps(runtime_env), "--",
               sys.executable, "-m", "deploy.cli", "train", "--config", str(config_path)]  # fmt: skip

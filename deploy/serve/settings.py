@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
 from sftrl.config import ConfigError, StrictModel
-from sftrl.home import sftrl_home
+from sftrl.home import secret_file, sftrl_home
 
 
 class ServeSettings(StrictModel):
@@ -90,9 +89,5 @@ def guard_token() -> bytes:
 def local_token_file() -> Path:
     """``$SFTRL_HOME/api-token``, created with a random token (mode 0600) on first use."""
     path = sftrl_home() / "api-token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
+    secret_file(path)
     return path

@@ -15,7 +15,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from urllib.parse import quote
 
 import redis
 
-from sftrl.home import sftrl_home
+from sftrl.home import secret_file, sftrl_home
 from sftrl.processes import pid_alive
 
 
@@ -66,14 +65,7 @@ class LocalRedis:
 
     def password(self) -> str:
         """The server's password: created once (random, mode 0600) beside its data."""
-        path = self.data_dir / "password"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(24))
-        return path.read_text().strip()
+        return secret_file(self.data_dir / "password")
 
     def _url(self, port: int) -> str:
         return f"redis://:{quote(self.password(), safe='')}@127.0.0.1:{port}/0"
