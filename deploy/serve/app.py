@@ -21,10 +21,11 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -102,7 +103,10 @@ class EvalReplica:
         self.settings = settings
         self.registry = _registry(settings)
         self.engines: OrderedDict[str, Any] = OrderedDict()
-        self.lock = threading.Lock()  # one engine call at a time: vLLM's offline engine is not re-entrant
+        # Every engine call on one thread: vLLM's offline engine is not re-entrant, and on CPU its
+        # attention kernels check that they run with the OpenMP thread count they were planned with,
+        # a per-thread setting that another pool thread may not share ("thread_num 1 vs. 2").
+        self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftrl-engine")
 
     def _rollout(self, ckpt: CheckpointRecord, run_config: dict[str, Any]) -> RolloutWorker:
         if ckpt.path in self.engines:
@@ -120,29 +124,30 @@ class EvalReplica:
         self.engines[ckpt.path] = rollout
         return rollout
 
+    async def _on_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.engine_thread, fn, *args)
+
     def _evaluate(self, eval_id: str) -> str:
-        with self.lock:
-            return execute_evaluation(self.registry, eval_id, self._rollout, data_dir=self.settings.resolved_data_dir(),
-                                      detailed_errors=False, lease_s=self.settings.lease_s).status  # fmt: skip
+        return execute_evaluation(self.registry, eval_id, self._rollout, data_dir=self.settings.resolved_data_dir(),
+                                  detailed_errors=False, lease_s=self.settings.lease_s).status  # fmt: skip
 
     async def evaluate(self, eval_id: str) -> str:
-        return await asyncio.to_thread(self._evaluate, eval_id)
+        return await self._on_engine_thread(self._evaluate, eval_id)  # type: ignore[no-any-return]
 
     def _chat(
         self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
     ) -> dict[str, Any]:
         ckpt = self.registry.resolve_checkpoint(checkpoint)
         run = self.registry.get_run(ckpt.run_id)
-        with self.lock:
-            rollout = self._rollout(ckpt, run.config if run is not None else {})
-            gen = rollout.chat(messages, SamplingConfig.model_validate(sampling))
+        rollout = self._rollout(ckpt, run.config if run is not None else {})
+        gen = rollout.chat(messages, SamplingConfig.model_validate(sampling))
         return {"checkpoint": ckpt.checkpoint_id, "text": gen.text, "finish_reason": gen.finish_reason,
                 "prompt_tokens": len(gen.prompt_ids), "completion_tokens": len(gen.response_ids)}  # fmt: skip
 
     async def chat(
         self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._chat, checkpoint, messages, sampling)
+        return await self._on_engine_thread(self._chat, checkpoint, messages, sampling)  # type: ignore[no-any-return]
 
 
 # -- the HTTP ingress ----------------------------------------------------------------------------------
