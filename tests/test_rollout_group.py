@@ -1,7 +1,13 @@
 """Rollout actors over Ray: several actors in a placement group, environment actors,
-weights pushed through the object store, and a killed actor replaced with its episodes re-run."""
+weights pushed through the object store, and a killed actor replaced with its episodes re-run: killed
+while playing, between batches, and while a weight push waits on it."""
 
 from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
 
 import pytest
 import ray
@@ -26,7 +32,7 @@ def test_actors_share_work_push_weights_and_survive_a_death(local_ray, tiny_mode
     config = RolloutConfig.model_validate({
         "engine": {"model": str(tiny_model), "dtype": "float32", "max_model_len": 2048},
         "sampling": {"temperature": 1.0, "max_tokens": 12, "seed": 0},
-        "num_actors": 2, "cpus_per_actor": 1, "env_actors": 1, "max_actor_restarts": 2,
+        "num_actors": 2, "cpus_per_actor": 1, "env_actors": 1, "max_actor_restarts": 3,
     })  # fmt: skip
     group = RolloutGroup(config, chunk_size=2)
     try:
@@ -54,5 +60,21 @@ def test_actors_share_work_push_weights_and_survive_a_death(local_ray, tiny_mode
         ray.kill(group.actors[0], no_restart=True)
         assert group.update_weights(weights, version=6) == 6
         assert group.restarts == 2 and group.policy_versions() == [6, 6]
+
+        # killed while a push is in flight: the actor is frozen (SIGSTOP) so that the push reaches it
+        # and cannot answer, then SIGKILLed; the push replaces it and the replacement holds version 7
+        pid = ray.get(group.actors[1].__ray_call__.remote(lambda worker: os.getpid()))
+        os.kill(pid, signal.SIGSTOP)
+        pushed: list[int] = []
+        push = threading.Thread(target=lambda: pushed.append(group.update_weights(weights, version=7)))
+        push.start()
+        time.sleep(2.0)
+        assert push.is_alive() and not pushed  # waiting on the frozen actor
+        os.kill(pid, signal.SIGKILL)
+        push.join(timeout=300)
+        assert pushed == [7] and group.restarts == 3 and group.policy_versions() == [7, 7]
+        trajs = group.play(specs)
+        assert [t.episode_id for t in trajs] == [s.episode_id for s in specs]  # every episode once
+        assert {t.turns[0].policy_version for t in trajs} == {7}
     finally:
         group.shutdown()

@@ -219,6 +219,80 @@ def test_malformed_and_oversized_bodies(endpoint: str) -> None:
     assert requests.get(f"{url}/eval-0123456789abcdef", headers=AUTH, timeout=10).status_code == 404
 
 
+def _serve_rss() -> int:
+    """Resident bytes of the Serve processes of this machine (the HTTP proxy and the replicas)."""
+    import psutil
+
+    total = 0
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if (
+            line.startswith("ray::")
+            and ("Proxy" in line or "ServeReplica" in line)
+            and proc.info["memory_info"]
+        ):
+            total += proc.info["memory_info"].rss
+    return total
+
+
+def _send_chunked(
+    endpoint: str, headers: dict[str, str], total: int, chunk: int = 1 << 20
+) -> tuple[int, bytes]:
+    """POST ``total`` bytes as a chunked body, stopping as soon as the server answers; -> (bytes sent,
+    the start of the answer)."""
+    import select
+
+    host, port = endpoint.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = (f"POST /v1/evaluations HTTP/1.1\r\nHost: {host}:{port}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: application/json\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")  # fmt: skip
+    piece = f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n"
+    sent = 0
+    with sock:
+        try:
+            sock.sendall(head.encode())
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(piece)
+                sent += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed; its answer is still to be read
+        try:
+            answer = sock.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+    return sent, answer
+
+
+@pytest.mark.hostile
+def test_a_gigabyte_chunked_body_is_cut_while_the_servers_memory_stays_bounded(endpoint: str) -> None:
+    import threading
+
+    baseline, peak, done = _serve_rss(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _serve_rss())
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = {name: _send_chunked(endpoint, headers, 1 << 30)
+                   for name, headers in (("anonymous", {}), ("with the token", AUTH))}  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
+    growth = (peak[0] - baseline) / 2**20
+    print(
+        f"1 GiB chunked bodies: sent before the answer {[r[0] >> 20 for r in results.values()]} MiB; "
+        f"Serve processes' RSS {baseline / 2**20:.0f} MiB, peak growth {growth:.1f} MiB"
+    )
+    assert results["anonymous"][1].startswith(b"HTTP/1.1 401")
+    assert results["with the token"][1].startswith(b"HTTP/1.1 413")
+    assert all(sent < 1 << 30 for sent, _ in results.values())  # cut, not read to the end
+    assert growth < 64, f"the Serve processes grew by {growth:.0f} MiB while a 1 GiB body was refused"
+
+
 @pytest.mark.hostile
 def test_schema_driven_fuzzing_finds_no_server_error(endpoint: str) -> None:
     """schemathesis generates valid and invalid requests for every operation of /openapi.json."""
@@ -299,7 +373,8 @@ def test_a_lost_evaluation_never_locks_its_token_out_and_one_can_be_cancelled(
         f"{endpoint}/v1/evaluations", headers=AUTH, json={**request, "episodes": 2}, timeout=10
     )
     assert again.status_code == 202, again.text  # the cancelled one no longer counts
-    assert _wait(endpoint, again.json()["id"])["status"] == "done"
+    finished = _wait(endpoint, again.json()["id"])
+    assert finished["status"] == "done", json.dumps(finished)[-1500:]
     unknown = requests.delete(f"{endpoint}/v1/evaluations/eval-0123456789abcdef", headers=AUTH, timeout=10)
     assert unknown.status_code == 404
     assert requests.delete(f"{endpoint}/v1/evaluations/{eval_id}", timeout=10).status_code == 401
