@@ -59,6 +59,7 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
             parent = str((arm.get("config") or {}).get("model", ""))
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
+                _start_at_parent(run, done[parent[1:]])
             done[arm["name"]] = run
             runs.append(run)
     return runs
@@ -90,6 +91,17 @@ def _offset_compute(run: dict[str, Any], gflops: float) -> None:
     run["final"] = run["evals"][-1] if run["evals"] else {}
     run["gflops"] = run["gflops"] + gflops
     run["compute_offset_gflops"] = gflops
+
+
+def _start_at_parent(run: dict[str, Any], parent: dict[str, Any]) -> None:
+    """An arm that skipped evaluating its starting model (the parent's final checkpoint, evaluated
+    already) starts its curve at the parent's final evaluation."""
+    evals = run.get("evals") or []
+    if run["kind"] != "train" or not parent.get("final") or (evals and evals[0].get("global_step") == 0):
+        return
+    start = parent["final"] | {"stage": evals[0]["stage"] if evals else "", "stage_step": 0, "global_step": 0}
+    run["evals"] = [start, *evals]
+    run["final"] = run["evals"][-1]
 
 
 def _adherence_table(arms: list[Arm], suites: list[str]) -> list[str]:

@@ -387,7 +387,8 @@ class Trainer:
                     self.metrics.log(
                         {"kind": "stage_start", "stage": stage.name, "global_step": self.global_step}
                     )
-                    if not resuming_here:
+                    # a later stage starts from weights its previous stage evaluated at its last step
+                    if not resuming_here and index == 0 and cfg.eval.at_start:
                         self._evaluate(stage.name, 0)
                     step0 = start_step if resuming_here else 0
                     if isinstance(stage, SFTStage):

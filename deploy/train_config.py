@@ -70,9 +70,14 @@ Stage = Annotated[SFTStage | RLStage, Field(discriminator="kind")]
 
 class EvalConfig(StrictModel):
     every: int = Field(
-        10, ge=1, description="evaluate every N steps of a stage (and before/after each stage)"
+        10, ge=1, description="evaluate every N steps, at the end of each stage and before the first"
     )
     episodes: int = Field(32, ge=1)
+    at_start: bool = Field(
+        True,
+        description="evaluate the starting model; off when its evaluation is known already (a study arm "
+        "that continues another arm's final checkpoint)",
+    )
     seed: int = 10_000  # evaluation tasks never overlap the training seeds (0..)
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=256)
     suites: dict[str, dict[str, Any]] = Field(
@@ -85,7 +90,10 @@ class EvalConfig(StrictModel):
         description="suite name -> env option overrides on top of the run's env",
     )
     pass_k: int = Field(
-        0, ge=0, le=64, description="> 1: also play pass_k samples of each task at pass_k_temperature (pass@k)"
+        0,
+        ge=0,
+        le=64,
+        description="> 1: also play pass_k samples of each task at pass_k_temperature (pass@k)",
     )
     pass_k_temperature: float = Field(1.0, gt=0, le=2)
 

@@ -10,7 +10,7 @@ import pytest
 
 from deploy.intervals import wilson
 from deploy.report import write_report
-from deploy.study import list_recipes, load_study
+from deploy.study import arm_config, list_recipes, load_study
 from sftrl.config import ConfigError
 
 RECIPES = [r["name"] for r in list_recipes()]
@@ -37,6 +37,12 @@ def test_every_recipe_loads_and_validates_at_every_size(recipe, size):
         )
     else:
         assert study.base["rollout"]["engine"]["device"] == "cpu"
+    # arms that start their own engines (data mixing, merge sweeps) take the study's engine settings:
+    # a default max_model_len beyond the model's positions stops vLLM
+    engine = study.base["rollout"]["engine"]
+    for arm in [a for a in study.arms if a.kind != "train"]:
+        own = arm_config(study, arm, lambda value: value).engine
+        assert (own.max_model_len, own.device) == (engine["max_model_len"], engine["device"]), arm.name
 
 
 def test_recipes_state_what_each_arm_does():
@@ -247,6 +253,10 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
         resolved[0, "rl"]["rollout"]["sampling"]["seed"] != resolved[1, "rl"]["rollout"]["sampling"]["seed"]
     )
     assert resolved[0, "rl"]["eval"] == resolved[1, "rl"]["eval"]
+    # arms that start from the init's final checkpoint reuse its final evaluation as their start
+    assert resolved[0, "init"]["eval"]["at_start"] and not resolved[0, "rl"]["eval"]["at_start"]
+    rl_evals = [r for r in read_metrics(folder / "seed-0" / "rl" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert rl_evals[0]["global_step"] > 0
     demos = [(folder / f"seed-{s}" / "init" / "data" / "sft.jsonl").read_text() for s in (0, 1)]
     assert demos[0] != demos[1]
     # the report pools both seeds: the rate over 2 x 8 episodes, with its Wilson interval
@@ -266,6 +276,27 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     # a second run finds every arm done and only rewrites the report
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0 and again.output.count("done earlier") == 6
+
+
+def test_an_arm_that_skipped_its_start_evaluation_starts_at_its_parents_final_one(tmp_path):
+    study = tmp_path / "s-tiny"
+    arms = [{"name": "init", "kind": "train"}, {"name": "rl", "kind": "train", "config": {"model": "@init"}}]
+    (study).mkdir()
+    (study / "study.yaml").write_text(json.dumps({"name": "s", "title": "T", "arms": arms}))
+    _fake_run(study / "init", [(0, 0.1, 0.1), (2e9, 0.4, 0.2)])
+    # the rl arm evaluated only after its steps (eval.at_start false): no global step 0
+    folder = study / "rl"
+    folder.mkdir()
+    record = {"kind": "eval", "stage": "rl", "stage_step": 3, "global_step": 3, "flops": 1e9,
+              "success/id": 0.5, "success/ood_rule": 0.3}  # fmt: skip
+    (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    (folder / "DONE").write_text("{}")
+    write_report([study], tmp_path / "out")
+    runs = {r["arm"]: r for r in json.loads((tmp_path / "out" / "report.json").read_text())["runs"]}
+    start, end = runs["rl"]["evals"]
+    assert (start["success/id"], start["flops"], start["global_step"], start["stage"]) == (0.4, 2e9, 0, "rl")
+    assert (end["success/id"], end["flops"]) == (0.5, 3e9) and runs["rl"]["final"] == end
+    assert len(runs["init"]["evals"]) == 2  # an arm that evaluated its start keeps its own
 
 
 def test_recipes_ship_as_package_data():
