@@ -87,8 +87,9 @@ class Trainer:
             )
         config.env.options = resolve_options(config.env.id, config.env.options)
         write_resolved_config(config, self.run_dir, notes=_resolve_hardware(config, self.console))
-        # On resume, metrics written after the checkpoint are replayed, so they are dropped first.
-        keep_until = self.resume_state["global_step"] if self.resume_state else (0 if resume else None)
+        # On resume, metrics written after the checkpoint are replayed, so they are dropped first (all of
+        # them when no checkpoint was complete: the run starts over).
+        keep_until = self.resume_state["global_step"] if self.resume_state else (-1 if resume else None)
         self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)
         self.final_policy_version: list[int] | None = None  # per rollout actor, at the end of the run
         self.last_checkpoint: Path | None = None

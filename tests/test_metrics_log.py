@@ -34,3 +34,20 @@ def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
     path.write_text("[1, 2]\n")
     with pytest.raises(ValueError, match="not a JSON object"):
         read_metrics(path)
+
+
+def test_a_run_resumed_without_a_complete_checkpoint_starts_its_record_over(tmp_path):
+    """A run stopped before its first complete checkpoint starts again from step 0: the records of the
+    stopped attempt (its stage start and first evaluation) would otherwise appear twice."""
+    from deploy.train import Trainer, load_train_config
+
+    config = load_train_config(None, ["model=tiny", f"output_dir={tmp_path}", "run_name=r", "tensorboard=false",
+                                      "learner.precision=fp32", "rollout.engine.dtype=float32"])  # fmt: skip
+    run = tmp_path / "r"
+    run.mkdir()
+    stopped = [{"kind": "stage_start", "stage": "sft", "global_step": 0},
+               {"kind": "eval", "stage": "sft", "stage_step": 0, "global_step": 0, "success/id": 0.5}]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stopped))
+    (run / "checkpoints" / "step-000003").mkdir(parents=True)  # a checkpoint cut short: no COMPLETE
+    trainer = Trainer(config, resume=True)
+    assert trainer.resume_state is None and read_metrics(run / "metrics.jsonl") == []
