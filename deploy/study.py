@@ -317,7 +317,7 @@ class StudyRunner:
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
             update={"output_dir": str(arm_dir.parent), "run_name": arm.name}
         )
-        if self._evaluated_by_parent(arm, config.eval):  # its start is the parent's final evaluation
+        if self._evaluated_by_parent(arm, config):  # its start is the parent's final evaluation
             config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
         # an arm stopped mid-way continues from its last checkpoint
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
@@ -325,15 +325,20 @@ class StudyRunner:
         return str(trainer.last_checkpoint)
 
     def _evaluated_by_parent(self, arm: StudyArm, own: Any) -> bool:
-        """Whether ``arm`` starts from a training arm's final checkpoint that was evaluated on the
-        same suites, episodes and sampling (reports draw that evaluation as the arm's start)."""
+        """Whether ``arm`` starts from a training arm's final checkpoint that was evaluated the same
+        way: env, suites, episodes, sampling and engine precision (reports draw that evaluation as
+        the arm's start)."""
         ref = _REF.fullmatch(str(arm.config.get("model", "")))
         parent = next((a for a in self.study.arms if ref and a.name == ref.group(1)), None)
         if parent is None or parent.kind != "train":
             return False
-        theirs = arm_config(self.study, parent, self._resolve).eval
+        theirs = arm_config(self.study, parent, self._resolve)
         same = ("episodes", "seed", "sampling", "suites", "pass_k", "pass_k_temperature")
-        return all(getattr(theirs, k) == getattr(own, k) for k in same)
+        return (
+            all(getattr(theirs.eval, k) == getattr(own.eval, k) for k in same)
+            and theirs.env == own.env
+            and theirs.rollout.engine.dtype == own.rollout.engine.dtype
+        )
 
     def _run_data_mix(self, arm: StudyArm, arm_dir: Path) -> str:
         from deploy.data_mixing import mix_datasets

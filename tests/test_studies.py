@@ -299,6 +299,23 @@ def test_an_arm_that_skipped_its_start_evaluation_starts_at_its_parents_final_on
     assert len(runs["init"]["evals"]) == 2  # an arm that evaluated its start keeps its own
 
 
+def test_arms_that_continue_an_arm_evaluated_the_same_way_skip_their_start_evaluation(tmp_path):
+    from deploy.study import StudyRunner
+
+    runner = StudyRunner(load_study("combinations", "tiny"), tmp_path)
+    runner.outputs = {a.name: str(tmp_path / a.name) for a in runner.study.arms}
+    skips = {a.name: runner._evaluated_by_parent(a, arm_config(runner.study, a, runner._resolve))
+             for a in runner.study.arms if a.kind == "train"}  # fmt: skip
+    assert skips == {"init": False, "sft": True, "rl": True, "two-stage": True, "interleaved": True,
+                     "progressive": True, "data-mixing": True}  # fmt: skip
+    # evaluated differently from its parent (fewer episodes, another precision): it evaluates its start
+    for override in ("arms.1.config.eval.episodes=8", "arms.1.config.rollout.engine.dtype=bfloat16"):
+        runner = StudyRunner(load_study("combinations", "tiny", [override]), tmp_path)
+        runner.outputs = {a.name: str(tmp_path / a.name) for a in runner.study.arms}
+        sft = runner.study.arms[1]
+        assert not runner._evaluated_by_parent(sft, arm_config(runner.study, sft, runner._resolve)), override
+
+
 def test_recipes_ship_as_package_data():
     """Recipes are found beside the code (deploy/configs), and the wheel's package data carries them,
     so an installed sftrl finds them without a checkout."""
