@@ -124,7 +124,8 @@ def answer(question: dict[str, Any], arms: list[Arm]) -> tuple[str, Interval | N
     found = difference(a, b, metric, suite)
     if found is None:
         return f"{question['text']} Not answered: the evaluations of {what} carry no episode counts.", None
-    seeds = f"{len(a.runs)} and {len(b.runs)} seeds" if len(a.runs) != len(b.runs) else f"{len(a.runs)} seeds"
+    seeds = (f"{len(a.runs)} and {len(b.runs)} seeds" if len(a.runs) != len(b.runs)
+             else f"{len(a.runs)} seed{'s' if len(a.runs) > 1 else ''}")  # fmt: skip
     return f"{question['text']} {found.verdict(what[0].upper() + what[1:] + f' ({seeds})')}", found
 
 

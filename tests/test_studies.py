@@ -344,3 +344,17 @@ def test_two_studies_in_one_report_keep_their_arms_apart(tmp_path):
     sentences = [line for line in text.splitlines() if line.startswith("- RL vs SFT?")]
     assert "excludes zero (the difference is above zero)" in sentences[0]
     assert "does not exclude zero" in sentences[1]  # study b: the two arms alike
+
+
+def test_a_one_seed_answer_says_one_seed(tmp_path):
+    study = tmp_path / "q-tiny"
+    arms = [{"name": name, "kind": "train"} for name in ("sft", "rl")]
+    q = [{"text": "RL vs SFT?", "a": "rl", "b": "sft", "suite": "ood_rule"}]
+    study.mkdir()
+    (study / "study.yaml").write_text(json.dumps({"name": "q", "title": "T", "seeds": 1, "arms": arms,
+                                                  "questions": q}))  # fmt: skip
+    counts = {"episodes/id": 256, "episodes/ood_rule": 256}
+    _fake_run(study / "seed-0" / "sft", [(0, 0.1, 0.1), (1e9, 0.5, 0.02)], extra=counts)
+    _fake_run(study / "seed-0" / "rl", [(0, 0.1, 0.1), (1e9, 0.5, 0.3)], extra=counts)
+    text = write_report([study], tmp_path / "out").read_text()
+    assert "Success on ood_rule, rl minus sft (1 seed): +" in text
