@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import PercentFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from deploy.intervals import Interval  # noqa: E402
 from deploy.study_stats import Arm, curve, pooled  # noqa: E402
@@ -30,7 +30,8 @@ def _errors(intervals: list[Interval | None], values: list[float]) -> Any:
 
 
 def _save(fig: Any, out: Path, name: str) -> str:
-    fig.tight_layout()
+    if not fig.get_layout_engine():  # a figure that laid itself out keeps its layout
+        fig.tight_layout()
     fig.savefig(out / name, dpi=DPI)
     plt.close(fig)
     return name
@@ -49,11 +50,15 @@ def compute_curves(arms: list[Arm], suites: list[str], metric: str, ylabel: str,
             ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=_legend(arm))
         ax.set_title(suite)
         ax.set_xlabel("training compute (GFLOPs)")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # five-digit GFLOPs labels must not touch
         if metric != "reward":
             ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel(ylabel)
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[1]))
-    if labels:
+    if len(labels) > 4:  # many arms: the legend goes below the panels, off the curves
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
+        fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
+    elif labels:
         axes[0][-1].legend(handles, labels, fontsize=8)
     return _save(fig, out, name)
 

@@ -358,3 +358,13 @@ def test_a_one_seed_answer_says_one_seed(tmp_path):
     _fake_run(study / "seed-0" / "rl", [(0, 0.1, 0.1), (1e9, 0.5, 0.3)], extra=counts)
     text = write_report([study], tmp_path / "out").read_text()
     assert "Success on ood_rule, rl minus sft (1 seed): +" in text
+
+
+def test_a_report_of_many_arms_draws_its_curves_with_the_legend_below(tmp_path):
+    runs = []
+    for k in range(6):
+        _fake_run(tmp_path / f"arm{k}", [(0, 0.1, 0.1), (1e9 * (k + 1), 0.1 * k, 0.05 * k)])
+        runs.append(tmp_path / f"arm{k}")
+    text = write_report(runs, tmp_path / "out").read_text()
+    for png in ("success_vs_compute.png", "reward_vs_compute.png"):
+        assert f"]({png})" in text and (tmp_path / "out" / png).stat().st_size > 1000
