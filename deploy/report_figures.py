@@ -74,7 +74,7 @@ def final_bars(
     found = [[pooled(arm.finals, metric, s) for s in suites] for arm in arms]
     if not any(i for row in found for i in row):
         return None
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(suites) * len(arms) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.5, 0.45 * len(suites) * len(arms) + 2)), 3.8))
     width = 0.8 / len(arms)
     for j, (arm, row) in enumerate(zip(arms, found, strict=True)):
         values = [i.estimate if i else 0.0 for i in row]
