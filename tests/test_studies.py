@@ -281,7 +281,7 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
 def test_an_arm_that_skipped_its_start_evaluation_starts_at_its_parents_final_one(tmp_path):
     study = tmp_path / "s-tiny"
     arms = [{"name": "init", "kind": "train"}, {"name": "rl", "kind": "train", "config": {"model": "@init"}}]
-    (study).mkdir()
+    study.mkdir()
     (study / "study.yaml").write_text(json.dumps({"name": "s", "title": "T", "arms": arms}))
     _fake_run(study / "init", [(0, 0.1, 0.1), (2e9, 0.4, 0.2)])
     # the rl arm evaluated only after its steps (eval.at_start false): no global step 0
