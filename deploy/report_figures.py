@@ -29,9 +29,8 @@ def _errors(intervals: list[Interval | None], values: list[float]) -> Any:
             [i.high - v for v, i in zip(values, intervals, strict=True) if i]]  # fmt: skip
 
 
-def _save(fig: Any, out: Path, name: str) -> str:
-    if not fig.get_layout_engine():  # a figure that laid itself out keeps its layout
-        fig.tight_layout()
+def _save(fig: Any, out: Path, name: str, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> str:
+    fig.tight_layout(rect=rect)  # rect: the part of the figure the panels may fill
     fig.savefig(out / name, dpi=DPI)
     plt.close(fig)
     return name
@@ -57,8 +56,8 @@ def compute_curves(arms: list[Arm], suites: list[str], metric: str, ylabel: str,
     handles, labels = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[1]))
     if len(labels) > 4:  # many arms: the legend goes below the panels, off the curves
         fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
-        fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
-    elif labels:
+        return _save(fig, out, name, rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
+    if labels:
         axes[0][-1].legend(handles, labels, fontsize=8)
     return _save(fig, out, name)
 
