@@ -1,7 +1,8 @@
 """``sftrl merge-sweep``: merge two models at several ratios and evaluate every merge on ID/OOD suites.
 
 One vLLM engine serves the whole sweep: it starts on the first merge and every later merge is loaded
-into it in place (the rollout service's weight update), so a sweep costs one engine start. Writes
+into it in place (the rollout service's weight update), so a sweep costs one engine start. Ratios
+whose results are known already (a study passes an end point's own evaluation) are not played. Writes
 ``sweep.json`` (config, one row per ratio) and ``sweep.png`` (success per suite against the ratio).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,9 +51,15 @@ class MergeSweepConfig(StrictModel):
 
 
 def run_sweep(
-    config: MergeSweepConfig, out_dir: str | Path, on_row: Callable[[dict[str, Any]], None] | None = None
+    config: MergeSweepConfig,
+    out_dir: str | Path,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    known: Mapping[float, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Merge at every ratio, evaluate, and write ``sweep.json`` and ``sweep.png`` into ``out_dir``."""
+    """Merge at every ratio, evaluate, and write ``sweep.json`` and ``sweep.png`` into ``out_dir``.
+
+    ``known``: rows already measured (ratio -> metrics), e.g. an end point that is a model whose
+    evaluation in the same suites exists; those ratios are neither merged nor played."""
     from services.rollout.worker import RolloutWorker
 
     out = Path(out_dir).expanduser().resolve()
@@ -62,21 +69,24 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     try:
         for ratio in config.ratios:
-            folder = merge_models(config.merge_spec(ratio), out / f"merge-{ratio:.3f}", overwrite=True)
-            if worker is None:
-                worker = RolloutWorker.on_model(str(folder), config.engine)
+            if known and ratio in known:
+                row = {"ratio": ratio, **known[ratio]}
             else:
-                worker.update_weights(str(folder))
-            metrics, _ = evaluate(
-                worker, config.env.id, config.env.options, config.suites, config.episodes, config.seed,
-                config.sampling,
-            )  # fmt: skip
-            row = {"ratio": ratio, **metrics}
+                folder = merge_models(config.merge_spec(ratio), out / f"merge-{ratio:.3f}", overwrite=True)
+                if worker is None:
+                    worker = RolloutWorker.on_model(str(folder), config.engine)
+                else:
+                    worker.update_weights(str(folder))
+                metrics, _ = evaluate(
+                    worker, config.env.id, config.env.options, config.suites, config.episodes, config.seed,
+                    config.sampling,
+                )  # fmt: skip
+                row = {"ratio": ratio, **metrics}
+                if not config.keep_models:
+                    shutil.rmtree(folder, ignore_errors=True)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-            if not config.keep_models:
-                shutil.rmtree(folder, ignore_errors=True)
     finally:
         if worker is not None:
             worker.shutdown()

@@ -245,6 +245,12 @@ def _merge_section(arm: Arm, out: Path) -> tuple[list[str], list[tuple[str, str]
     lines = [f"## Merges: {arm.label}", "",
              f"Episode success of {method} merges; ratio = share of the second model (0: the first model).",
              "", "| ratio | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]  # fmt: skip
+    reused = sorted(
+        {(x["ratio"], x["evaluated_by"]) for rows in rows_by_seed for x in rows if "evaluated_by" in x}
+    )
+    if reused:  # an end point is a model unchanged: its arm's final evaluation, not played again
+        said = ", ".join(f"{ratio:.2f} is arm {arm_name}'s" for ratio, arm_name in reused)
+        lines[2] += f" Ratio {said} final evaluation (the same weights, evaluated the same way)."
     lines += [f"| {ratio:.2f} | " + " | ".join(cell(intervals[s][i], values[s][i]) for s in suites) + " |"
               for i, ratio in enumerate(ratios)]  # fmt: skip
     return lines + [""], [(f"{arm.label}: success of {method} merges", name)]

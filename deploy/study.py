@@ -324,20 +324,25 @@ class StudyRunner:
         trainer.run()
         return str(trainer.last_checkpoint)
 
-    def _evaluated_by_parent(self, arm: StudyArm, own: Any) -> bool:
-        """Whether ``arm`` starts from a training arm's final checkpoint that was evaluated the same
-        way: env, suites, episodes, sampling and engine precision (reports draw that evaluation as
-        the arm's start)."""
-        ref = _REF.fullmatch(str(arm.config.get("model", "")))
+    def _train_parent(self, value: Any) -> tuple[str, Any] | None:
+        """``"@ARM"`` naming a training arm of this study: its name and config, else None."""
+        ref = _REF.fullmatch(str(value))
         parent = next((a for a in self.study.arms if ref and a.name == ref.group(1)), None)
         if parent is None or parent.kind != "train":
+            return None
+        return parent.name, arm_config(self.study, parent, self._resolve)
+
+    def _evaluated_by_parent(self, arm: StudyArm, own: Any) -> bool:
+        """Whether ``arm`` starts from a training arm's final checkpoint that was evaluated the same
+        way (reports draw that evaluation as the arm's start)."""
+        from deploy.study_reuse import evaluated_alike
+
+        found = self._train_parent(arm.config.get("model", ""))
+        if found is None:
             return False
-        theirs = arm_config(self.study, parent, self._resolve)
-        same = ("episodes", "seed", "sampling", "suites", "pass_k", "pass_k_temperature")
-        return (
-            all(getattr(theirs.eval, k) == getattr(own.eval, k) for k in same)
-            and theirs.env == own.env
-            and theirs.rollout.engine.dtype == own.rollout.engine.dtype
+        theirs = found[1]
+        return evaluated_alike(theirs, own.eval, own.env, own.rollout.engine.dtype) and all(
+            getattr(theirs.eval, k) == getattr(own.eval, k) for k in ("pass_k", "pass_k_temperature")
         )
 
     def _run_data_mix(self, arm: StudyArm, arm_dir: Path) -> str:
@@ -355,8 +360,29 @@ class StudyRunner:
         from deploy.merge_sweep import run_sweep
 
         config = arm_config(self.study, arm, self._resolve)
-        run_sweep(config, arm_dir)
+        run_sweep(config, arm_dir, known=self._sweep_end_points(arm, config))
         return str(arm_dir / "sweep.json")
+
+    def _sweep_end_points(self, arm: StudyArm, config: Any) -> dict[float, dict[str, Any]]:
+        """A linear sweep's ratio 0 and 1 are its two models unchanged: where a model is a training
+        arm's final checkpoint evaluated the same way, that evaluation is the row (not played again)."""
+        from deploy.study_reuse import evaluated_alike, final_evaluation
+
+        known: dict[float, dict[str, Any]] = {}
+        if config.method != "linear":  # SLERP's end points are not bitwise its models
+            return known
+        for ratio, ref in zip((0.0, 1.0), arm.config.get("models", []), strict=False):
+            found = self._train_parent(ref)
+            if ratio not in config.ratios or found is None:
+                continue
+            if not evaluated_alike(found[1], config, config.env, config.engine.dtype):
+                continue
+            metrics = final_evaluation(
+                self.seed_dir(self.seed) / found[0], self.outputs[found[0]], list(config.suites)
+            )
+            if metrics is not None:
+                known[ratio] = {**metrics, "evaluated_by": found[0]}
+        return known
 
     def _levels_report(self, arm_dir: Path, checkpoint: str) -> None:
         """Accuracy per level of the arm's final checkpoint on the study's tagged items."""

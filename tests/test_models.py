@@ -344,6 +344,8 @@ def test_cli_prepare_and_list(models):
     result = run_cli("models", "prepare", "tiny", "--seed", "2")
     assert result.exit_code == 0, result.output
     assert "prepared tiny" in result.output and str(models / "tiny") in result.output
+    # not a terminal (a log file): each step is a line, as no spinner shows there
+    assert "preparing tiny: hashing the weights" in result.output
     again = run_cli("models", "prepare", "tiny", "--seed", "2")
     assert "already prepared" in again.output
     listing = run_cli("models", "list").output

@@ -191,7 +191,7 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     (study / "merge").mkdir(parents=True)
     (study / "mix").mkdir()
     (study / "study.yaml").write_text(json.dumps({"name": "combo", "title": "t", "arms": arms}))
-    rows = [{"ratio": 0.0, "success/id": 0.25}, {"ratio": 1.0, "success/id": 0.75}]
+    rows = [{"ratio": 0.0, "success/id": 0.25}, {"ratio": 1.0, "success/id": 0.75, "evaluated_by": "rl"}]
     (study / "merge" / "sweep.json").write_text(
         json.dumps({"config": {"method": "linear", "suites": {"id": {}}}, "rows": rows})
     )
@@ -204,6 +204,7 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     # a label with spaces and brackets would break the Markdown image link: the file takes the arm's name
     assert "](merge-merge.png)" in text and (tmp_path / "out" / "merge-merge.png").stat().st_size > 1000
     assert "| 0.00 | 25.0% |" in text and "| 1.00 | 75.0% |" in text
+    assert "Ratio 1.00 is arm rl's final evaluation (the same weights, evaluated the same way)." in text
     assert "3 episodes from the RL model, 2 from the SFT model, 5 of 10 tasks failed by both" in text
 
 

@@ -33,7 +33,10 @@ def prepare(name: str, given: dict[str, Any], force: bool, console: Console) -> 
     with console.status(f"preparing {name}", spinner="dots") as status:
 
         def report(step: str) -> None:
-            status.update(f"preparing {name}: {step}")
+            if console.is_terminal:
+                status.update(f"preparing {name}: {step}")
+            else:  # a log file shows no spinner: an hour-long retrain would say nothing until it ends
+                console.print(f"preparing {name}: {step}", highlight=False, soft_wrap=True)
 
         outcome = prepare_model(name, options, force=force, report=report)
     record = outcome.model.record

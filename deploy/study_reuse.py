@@ -1,0 +1,45 @@
+"""Evaluations a study arm may take from an earlier training arm instead of playing them again.
+
+An evaluation is greedy or seeded, over fixed tasks, so the same weights evaluated the same way (env,
+suites, episodes, task seed, sampling, engine precision) give the same numbers. Two cases use that:
+an arm continuing another arm's final checkpoint starts where that arm's final evaluation ended, and
+a linear merge sweep's end points (ratio 0 and 1) are its two models unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.metrics import read_metrics
+from sftrl.checkpoint import step_of
+from sftrl.config import EnvSpec
+
+# the evaluation settings that decide its numbers (pass@k only adds metrics of its own)
+_DECIDING = ("episodes", "seed", "sampling", "suites")
+
+
+def evaluated_alike(theirs: Any, evaluation: Any, env: EnvSpec, dtype: str) -> bool:
+    """Whether training config ``theirs`` evaluates as ``evaluation`` does (an EvalConfig or a
+    MergeSweepConfig: both hold episodes, seed, sampling and suites), in ``env`` on an engine of
+    precision ``dtype``."""
+    return (
+        all(getattr(theirs.eval, k) == getattr(evaluation, k) for k in _DECIDING)
+        and theirs.env == env
+        and theirs.rollout.engine.dtype == dtype
+    )
+
+
+def final_evaluation(arm_dir: Path, checkpoint: str, suites: list[str]) -> dict[str, float] | None:
+    """The suites' metrics of a training arm's last evaluation, when it evaluated ``checkpoint`` (the
+    arm's final one): ``{"success/id": ..., "field/id/numbers": ...}``; None when it did not."""
+    evals = [r for r in read_metrics(arm_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+    if not evals or evals[-1].get("global_step") != step_of(Path(checkpoint)):
+        return None
+    last = evals[-1]
+    found = {
+        key: value
+        for key, value in last.items()
+        if key.count("/") >= 1 and key.split("/")[1] in suites and not key.startswith("pass@")
+    }
+    return found if all(f"success/{s}" in found for s in suites) else None
