@@ -56,6 +56,9 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             run = _run(arm_dir, arm.get("label") or arm["name"], arm.get("kind", "train"))
             run |= {"study": str(path), "arm": arm["name"], "seed": seed}
+            seconds = json.loads((arm_dir / "DONE").read_text() or "{}").get("seconds")
+            if isinstance(seconds, int | float):
+                run["seconds"] = float(seconds)
             parent = str((arm.get("config") or {}).get("model", ""))
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
@@ -256,6 +259,23 @@ def _merge_section(arm: Arm, out: Path) -> tuple[list[str], list[tuple[str, str]
     return lines + [""], [(f"{arm.label}: success of {method} merges", name)]
 
 
+def _run_time(arms: list[Arm]) -> list[str]:
+    """Wall time per arm (mean over seeds) and per seed, when the study recorded it for every arm."""
+    if not arms or not all("seconds" in r for a in arms for r in a.runs):
+        return []
+    per_seed: dict[int, float] = {}
+    for run in (r for a in arms for r in a.runs):
+        per_seed[run.get("seed", 0)] = per_seed.get(run.get("seed", 0), 0.0) + run["seconds"]
+    lines = ["## Run time", "",
+             "Wall time on the machine that ran the study (an arm resumed after a stop: its last attempt).", "",
+             "| arm | minutes per seed (mean) | seeds |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {a.label} | {sum(r['seconds'] for r in a.runs) / len(a.runs) / 60:.1f} | {len(a.runs)} |"
+              for a in arms]  # fmt: skip
+    total = sum(per_seed.values())
+    seeds = ", ".join(f"seed {k}: {v / 60:.1f} min" for k, v in sorted(per_seed.items()))
+    return lines + ["", f"In all {total / 60:.1f} minutes ({seeds}).", ""]
+
+
 def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,6 +317,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
         c = {k: sum(r["counts"][k] for r in arm.runs) for k in ("from_rl", "from_sft", "skipped", "tasks")}
         lines += [f"Data mixing ({arm.label}, {len(arm.runs)} seed(s)): {c['from_rl']} episodes from the RL model, "
                   f"{c['from_sft']} from the SFT model, {c['skipped']} of {c['tasks']} tasks failed by both.", ""]  # fmt: skip
+    lines += _run_time(arms)
     lines += ["## Figures", ""] + [f"### {caption}\n\n![{caption}]({name})\n" for caption, name in shown]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     raw = [{k: v for k, v in r.items() if k != "evals"} | {"evals": r.get("evals", [])} for r in runs]

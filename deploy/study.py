@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -291,11 +292,13 @@ class StudyRunner:
         self.console.rule(
             f"{self.study.name} ({self.study.size}), seed {self.seed}: arm {arm.name} ({arm.kind})"
         )
+        started = time.perf_counter()
         output = getattr(self, f"_run_{arm.kind}")(arm, arm_dir)
         self.outputs[arm.name] = output
         if self.study.levels is not None and arm.kind == "train":
             self._levels_report(arm_dir, output)
-        done.write_text(json.dumps({"output": output}))
+        # wall time of the attempt that finished the arm (one resumed after a stop: its last attempt)
+        done.write_text(json.dumps({"output": output, "seconds": round(time.perf_counter() - started, 1)}))
 
     def _seeded(self, config: Any) -> Any:
         """The arm's config for this seed: training seeds moved by it, evaluation tasks untouched."""

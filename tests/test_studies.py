@@ -271,6 +271,9 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     row = next(line for line in lines if line.startswith("| SFT init | 2 | ")).split(" | ")
     assert row[header.index("id")] == f"{pooled.estimate:.1%} ({pooled.low:.1%}–{pooled.high:.1%})"
     assert "(8 episodes per suite and seed)" in text and "Seeds per arm: 2." in text
+    assert all(json.loads((folder / f"seed-{s}" / a / "DONE").read_text())["seconds"] > 0
+               for s in (0, 1) for a in ("init", "sft", "rl"))  # fmt: skip
+    assert "## Run time" in text and "| SFT init |" in text.split("## Run time")[1]
     assert text.count("the interval excludes zero") + text.count("the interval does not exclude zero") == 5
     for png in ("success_vs_compute.png", "final_success.png", "differences.png"):
         assert f"]({png})" in text
@@ -298,6 +301,26 @@ def test_an_arm_that_skipped_its_start_evaluation_starts_at_its_parents_final_on
     assert (start["success/id"], start["flops"], start["global_step"], start["stage"]) == (0.4, 2e9, 0, "rl")
     assert (end["success/id"], end["flops"]) == (0.5, 3e9) and runs["rl"]["final"] == end
     assert len(runs["init"]["evals"]) == 2  # an arm that evaluated its start keeps its own
+
+
+def test_report_gives_each_arms_wall_time_per_seed_and_the_study_total(tmp_path):
+    study = tmp_path / "s-tiny"
+    arms = [{"name": "init", "kind": "train", "label": "SFT init"},
+            {"name": "rl", "kind": "train", "label": "RL", "config": {"model": "@init"}}]  # fmt: skip
+    study.mkdir()
+    (study / "study.yaml").write_text(json.dumps({"name": "s", "title": "T", "seeds": 2, "arms": arms}))
+    for seed, times in ((0, (60.0, 240.0)), (1, (90.0, 330.0))):
+        for arm, seconds in zip(("init", "rl"), times, strict=True):
+            _fake_run(study / f"seed-{seed}" / arm, [(0, 0.1, 0.1), (1e9, 0.4, 0.2)])
+            (study / f"seed-{seed}" / arm / "DONE").write_text(
+                json.dumps({"output": "x", "seconds": seconds})
+            )
+    text = write_report([study], tmp_path / "out").read_text()
+    assert "| SFT init | 1.2 | 2 |" in text and "| RL | 4.8 | 2 |" in text
+    assert "In all 12.0 minutes (seed 0: 5.0 min, seed 1: 7.0 min)." in text
+    # a study that did not record the time of every arm (made before it did) gives none
+    (study / "seed-1" / "rl" / "DONE").write_text(json.dumps({"output": "x"}))
+    assert "## Run time" not in write_report([study], tmp_path / "out2").read_text()
 
 
 def test_arms_that_continue_an_arm_evaluated_the_same_way_skip_their_start_evaluation(tmp_path):
