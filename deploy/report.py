@@ -56,9 +56,9 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             run = _run(arm_dir, arm.get("label") or arm["name"], arm.get("kind", "train"))
             run |= {"study": str(path), "arm": arm["name"], "seed": seed}
-            seconds = json.loads((arm_dir / "DONE").read_text() or "{}").get("seconds")
-            if isinstance(seconds, int | float):
-                run["seconds"] = float(seconds)
+            marker = json.loads((arm_dir / "DONE").read_text() or "{}")
+            if isinstance(marker, dict) and isinstance(marker.get("seconds"), int | float):
+                run["seconds"] = float(marker["seconds"])
             parent = str((arm.get("config") or {}).get("model", ""))
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
