@@ -92,9 +92,8 @@ def test_shipped_copy_is_verified(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_shipped_base_meets_the_bar_measured_here(tmp_path):
     """Greedy, the paper's 5 attempts, 256 episodes on each bar rule: numbers under the stated rule in
-    >= 95% of first answers on every rule; episode success >= 25% on the ID rule and the two held-out
-    rules. On the rule-OOD rule the shipped base reaches 24.6% (63 of 256; 95% interval 19.7-30.2%),
-    one episode short of 25%: the stated bar there is 20%."""
+    >= 95% of first answers on every rule; episode success >= 25% on each (the shipped base: ID 69.5%,
+    rule-OOD 42.6%, held-out 76.6% and 71.5%; adherence 100% on each)."""
     prepared = prepare_model("gp-base", directory=tmp_path).model
     shipped = json.loads((prepared.path / BAR_FILE).read_text())
     measured = gp_base.measure_bar(prepared.path, GPBaseConfig(**shipped["config"]))
@@ -102,8 +101,7 @@ def test_shipped_base_meets_the_bar_measured_here(tmp_path):
     m = measured["metrics"]
     for suite in BAR_RULES:
         assert m[f"adherence/{suite}"] >= 0.95, (suite, m[f"adherence/{suite}"])
-        floor = 0.20 if suite == "ood_rule" else 0.25
-        assert m[f"success/{suite}"] >= floor, (suite, m[f"success/{suite}"])
+        assert m[f"success/{suite}"] >= 0.25, (suite, m[f"success/{suite}"])
         # The shipped figures are what this measurement gives (vLLM greedy, same episodes).
         assert m[f"success/{suite}"] == pytest.approx(shipped["bar"][f"success/{suite}"], abs=0.03)
 

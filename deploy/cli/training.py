@@ -40,7 +40,7 @@ def models_group() -> None:
 )
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="gp-base: SFT steps (default 900).")
 @click.option("--retrain", is_flag=True, default=None,
-              help="gp-base: train it here (about an hour on 2 cores) instead of copying the shipped one.")  # fmt: skip
+              help="gp-base: train it here (about 75 minutes on 2 cores) instead of copying the shipped one.")  # fmt: skip
 def models_prepare(
     name: str,
     force: bool,

@@ -35,7 +35,7 @@ def prepare(name: str, given: dict[str, Any], force: bool, console: Console) -> 
         def report(step: str) -> None:
             if console.is_terminal:
                 status.update(f"preparing {name}: {step}")
-            else:  # a log file shows no spinner: an hour-long retrain would say nothing until it ends
+            else:  # a log file shows no spinner: a 75-minute retrain would say nothing until it ends
                 console.print(f"preparing {name}: {step}", highlight=False, soft_wrap=True)
 
         outcome = prepare_model(name, options, force=force, report=report)
