@@ -38,7 +38,7 @@ def models_group() -> None:
     default=None,
     help="smollm2-135m: the SmolLM2-135M-Instruct GGUF file already on disk.",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="gp-base: SFT steps (default 900).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="gp-base: SFT steps (default 1200).")
 @click.option("--retrain", is_flag=True, default=None,
               help="gp-base: train it here (about 75 minutes on 2 cores) instead of copying the shipped one.")  # fmt: skip
 def models_prepare(
