@@ -254,6 +254,17 @@ def copy_shipped(out_dir: Path, report: Callable[[str], None]) -> Any:
     )  # fmt: skip
 
 
+def outdated_copy(name: str, record: Any) -> bool:
+    """Whether a prepared ``name`` is a copy of a base shipped by an earlier sftrl (a new release
+    ships a retrained base: a study started from the old copy would not measure the recipe shipped)."""
+    if name != "gp-base" or not record.source.endswith("(shipped copy)"):
+        return False
+    from sftrl.models.store import read_record
+
+    shipped = read_record(SHIPPED)
+    return shipped is not None and shipped.weights_sha256 != record.weights_sha256
+
+
 def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) -> Any:
     """The catalogue builder: the shipped base for the default options (unless ``retrain``); else
     tokenizer, random init, rule-diverse SFT, and the bar measured and saved beside the weights."""

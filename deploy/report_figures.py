@@ -21,12 +21,20 @@ from deploy.study_stats import Arm, curve, pooled  # noqa: E402
 DPI = 110
 
 
+def _bar_errors(values: list[float], intervals: list[Interval | None]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars (none where a point lacks an interval), clamped at zero:
+    a plotted mean over seeds or a bootstrap estimate may lie a little outside its interval, and
+    matplotlib refuses negative lengths."""
+    lows = [max(0.0, v - i.low) if i else 0.0 for v, i in zip(values, intervals, strict=True)]
+    highs = [max(0.0, i.high - v) if i else 0.0 for v, i in zip(values, intervals, strict=True)]
+    return [lows, highs]
+
+
 def _errors(intervals: list[Interval | None], values: list[float]) -> Any:
-    """Matplotlib's asymmetric error bars; None when any point lacks an interval."""
+    """Error bars for a line of points; None when any point lacks an interval."""
     if not intervals or any(i is None for i in intervals):
         return None
-    return [[v - i.low for v, i in zip(values, intervals, strict=True) if i],
-            [i.high - v for v, i in zip(values, intervals, strict=True) if i]]  # fmt: skip
+    return _bar_errors(values, intervals)
 
 
 def _save(fig: Any, out: Path, name: str, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> str:
@@ -77,10 +85,8 @@ def final_bars(
     width = 0.8 / len(arms)
     for j, (arm, row) in enumerate(zip(arms, found, strict=True)):
         values = [i.estimate if i else 0.0 for i in row]
-        lows = [i.estimate - i.low if i else 0.0 for i in row]
-        highs = [i.high - i.estimate if i else 0.0 for i in row]
-        ax.bar([k + j * width for k in range(len(suites))], values, width, yerr=[lows, highs], capsize=3,
-               label=_legend(arm))  # fmt: skip
+        ax.bar([k + j * width for k in range(len(suites))], values, width, yerr=_bar_errors(values, row),
+               capsize=3, label=_legend(arm))  # fmt: skip
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(suites))], suites)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
@@ -126,16 +132,8 @@ def level_bars(arms: list[Arm], levels: list[str], out: Path, name: str) -> str:
         records = [r["levels"] for r in arm.runs]
         found = [pooled(records, "accuracy", lv) for lv in levels]
         values = [i.estimate if i else 0.0 for i in found]
-        yerr = [[v - i.low if i else 0.0 for v, i in zip(values, found, strict=True)],
-                [i.high - v if i else 0.0 for v, i in zip(values, found, strict=True)]]  # fmt: skip
-        ax.bar(
-            [k + j * width for k in range(len(levels))],
-            values,
-            width,
-            yerr=yerr,
-            capsize=3,
-            label=_legend(arm),
-        )
+        ax.bar([k + j * width for k in range(len(levels))], values, width, yerr=_bar_errors(values, found),
+               capsize=3, label=_legend(arm))  # fmt: skip
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(levels))], levels)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)

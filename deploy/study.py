@@ -272,6 +272,7 @@ class StudyRunner:
     def _prepare_models(self) -> None:
         """Catalogue models the study starts from are made here first when missing (gp-base: a copy
         of the shipped one, seconds)."""
+        from deploy.gp_base import outdated_copy
         from sftrl.models import find_prepared, prepare_model
         from sftrl.models.store import CATALOG
 
@@ -279,9 +280,15 @@ class StudyRunner:
             a.config.get("model") for a in self.study.arms if a.kind == "train"
         ]
         for name in dict.fromkeys(n for n in named if isinstance(n, str) and n in CATALOG):
-            if find_prepared(name) is None:
+            found = find_prepared(name)
+            if found is None:
                 self.console.print(f"preparing model {name} (sftrl models prepare {name})", highlight=False)
                 prepare_model(name)
+            elif outdated_copy(name, found.record):
+                self.console.print(
+                    f"replacing model {name}: a copy of the base an earlier sftrl shipped", highlight=False
+                )
+                prepare_model(name, force=True)
 
     def _run_arm(self, arm: StudyArm, arm_dir: Path) -> None:
         done = arm_dir / DONE

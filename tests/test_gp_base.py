@@ -89,6 +89,16 @@ def test_shipped_copy_is_verified(tmp_path, monkeypatch):
         prepare_model("gp-base", directory=tmp_path / "other")
 
 
+def test_a_copy_of_an_earlier_shipped_base_is_outdated(tmp_path):
+    copied = prepare_model("gp-base", directory=tmp_path / "models").model.record
+    assert not gp_base.outdated_copy("gp-base", copied)
+    earlier = copied.model_copy(update={"weights_sha256": "0" * 64})  # what an older release shipped
+    assert gp_base.outdated_copy("gp-base", earlier)
+    retrained = earlier.model_copy(update={"source": "made here: SFT from scratch"})
+    assert not gp_base.outdated_copy("gp-base", retrained)  # made here on purpose: kept
+    assert not gp_base.outdated_copy("tiny-llama", earlier)
+
+
 @pytest.mark.slow
 def test_shipped_base_meets_the_bar_measured_here(tmp_path):
     """Greedy, the paper's 5 attempts, 256 episodes on each bar rule: numbers under the stated rule in

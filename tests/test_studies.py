@@ -392,3 +392,16 @@ def test_a_report_of_many_arms_draws_its_curves_with_the_legend_below(tmp_path):
     text = write_report(runs, tmp_path / "out").read_text()
     for png in ("success_vs_compute.png", "reward_vs_compute.png"):
         assert f"]({png})" in text and (tmp_path / "out" / png).stat().st_size > 1000
+
+
+def test_error_bars_never_go_negative_when_a_point_lies_outside_its_interval(tmp_path):
+    """A mean over seeds (or a bootstrap estimate) can fall just outside its 95% interval; the
+    figure must still be drawn, with that side's bar at zero length."""
+    from deploy.intervals import Interval
+    from deploy.report_figures import _bar_errors, question_forest
+
+    intervals = [Interval(0.10, 0.12, 0.20), Interval(0.50, 0.40, 0.45), None]
+    lows, highs = _bar_errors([0.10, 0.50, 0.3], intervals)
+    assert lows == pytest.approx([0.0, 0.10, 0.0]) and highs == pytest.approx([0.10, 0.0, 0.0])
+    name = question_forest([("RL minus SFT", intervals[0]), ("SFT minus init", intervals[1])], tmp_path, "q.png")
+    assert name == "q.png" and (tmp_path / "q.png").stat().st_size > 1000

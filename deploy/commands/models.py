@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from deploy.gp_base import outdated_copy
 from sftrl.config import build
 from sftrl.models.prepare import PrepareOptions, PrepareOutcome, prepare_model
 from sftrl.models.store import CATALOG, folder_size, list_prepared, models_dir
@@ -46,6 +47,13 @@ def prepare(name: str, given: dict[str, Any], force: bool, console: Console) -> 
             highlight=False,
             soft_wrap=True,
         )
+        if outdated_copy(name, record):
+            console.print(
+                "  it is a copy of the base an earlier sftrl shipped; --force copies this release's "
+                "(studies replace it by themselves)",
+                highlight=False,
+                soft_wrap=True,
+            )
         return outcome
     console.print(
         f"[green]prepared[/] {name} in {outcome.seconds:.1f} s: {record.architecture}, "
