@@ -403,5 +403,7 @@ def test_error_bars_never_go_negative_when_a_point_lies_outside_its_interval(tmp
     intervals = [Interval(0.10, 0.12, 0.20), Interval(0.50, 0.40, 0.45), None]
     lows, highs = _bar_errors([0.10, 0.50, 0.3], intervals)
     assert lows == pytest.approx([0.0, 0.10, 0.0]) and highs == pytest.approx([0.10, 0.0, 0.0])
-    name = question_forest([("RL minus SFT", intervals[0]), ("SFT minus init", intervals[1])], tmp_path, "q.png")
+    name = question_forest(
+        [("RL minus SFT", intervals[0]), ("SFT minus init", intervals[1])], tmp_path, "q.png"
+    )
     assert name == "q.png" and (tmp_path / "q.png").stat().st_size > 1000
