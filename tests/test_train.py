@@ -207,3 +207,5 @@ def test_quickstart_starts_from_the_base_and_prints_intervals_and_the_answer(tmp
     folder = tmp_path / "quickstart-tiny"
     resolved = yaml.safe_load((folder / "seed-0" / "init" / "resolved_config.yaml").read_text())
     assert Path(resolved["model"]).name == "gp-base"  # the base with a prior, not a random model
+    # the table's suites only, and the init evaluated at its end only (its start is the base)
+    assert set(resolved["eval"]["suites"]) == {"id", "ood_rule"} and not resolved["eval"]["at_start"]
