@@ -86,14 +86,10 @@ def plot_run(run_dir: Path) -> Path | None:
     axes[0].legend()
     suites = sorted({k.removeprefix("success/") for r in evals for k in r if k.startswith("success/")})
     for suite in suites:
-        axes[1].plot(
-            [r["global_step"] for r in evals],
-            [r.get(f"success/{suite}") for r in evals],
-            marker="o",
-            label=suite,
-        )
-        axes[2].plot([r.get("flops", 0) / 1e9 for r in evals], [r.get(f"success/{suite}") for r in evals],
-                     marker="o", label=suite)  # fmt: skip
+        played = [r for r in evals if f"success/{suite}" in r]  # a suite kept for the ends skips some
+        rates = [r[f"success/{suite}"] for r in played]
+        axes[1].plot([r["global_step"] for r in played], rates, marker="o", label=suite)
+        axes[2].plot([r.get("flops", 0) / 1e9 for r in played], rates, marker="o", label=suite)
     axes[1].set_xlabel("step")
     axes[1].set_title("episode success")
     axes[2].set_xlabel("training compute (GFLOPs)")

@@ -143,10 +143,13 @@ class Trainer:
         dtype = push_dtype(self.config.rollout.engine.dtype)
         return push_weights(self.learner, self.rollout, dtype, self.global_step)
 
-    def _evaluate(self, stage: str, stage_step: int) -> dict[str, float]:
+    def _evaluate(self, stage: str, stage_step: int, between: bool = False) -> dict[str, float]:
+        """Evaluate the current weights; ``between``: an evaluation inside a stage, which leaves out
+        the suites ``eval.final_only`` keeps for the start and the ends of stages."""
         ev = self.config.eval
         t0 = time.perf_counter()
-        metrics, _ = evaluate(self.rollout, self.config.env.id, self.config.env.options, ev.suites, ev.episodes,
+        suites = {k: v for k, v in ev.suites.items() if not (between and k in ev.final_only)}
+        metrics, _ = evaluate(self.rollout, self.config.env.id, self.config.env.options, suites, ev.episodes,
                               ev.seed, ev.sampling, ev.pass_k, ev.pass_k_temperature)  # fmt: skip
         record = {"kind": "eval", "stage": stage, "stage_step": stage_step, "global_step": self.global_step,
                   "flops": self.flops, "eval_s": time.perf_counter() - t0, **metrics}  # fmt: skip
@@ -288,7 +291,7 @@ class Trainer:
         if step % self.config.eval.every == 0 or last:
             if isinstance(stage, SFTStage):
                 self._push_weights()
-            self._evaluate(stage.name, step)
+            self._evaluate(stage.name, step, between=not last)
         if step % self.config.checkpoint.every == 0 or last:
             self.last_checkpoint = self._save(stage_index, step, last)
         elif self.stop_requested:

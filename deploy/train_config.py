@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.learner.config import LearnerConfig, OptimConfig, RLConfig
 from services.rollout.config import RolloutConfig, SamplingConfig
@@ -89,6 +89,11 @@ class EvalConfig(StrictModel):
         },
         description="suite name -> env option overrides on top of the run's env",
     )
+    final_only: list[str] = Field(
+        default_factory=list,
+        description="suites evaluated only before the first step and at the end of each stage (a "
+        "costly control read at the end), not at the evaluations in between",
+    )
     pass_k: int = Field(
         0,
         ge=0,
@@ -96,6 +101,13 @@ class EvalConfig(StrictModel):
         description="> 1: also play pass_k samples of each task at pass_k_temperature (pass@k)",
     )
     pass_k_temperature: float = Field(1.0, gt=0, le=2)
+
+    @model_validator(mode="after")
+    def _final_only_are_suites(self) -> EvalConfig:
+        unknown = sorted(set(self.final_only) - set(self.suites))
+        if unknown:
+            raise ValueError(f"eval.final_only names {unknown}, which are not suites ({sorted(self.suites)})")
+        return self
 
 
 class CheckpointConfig(StrictModel):

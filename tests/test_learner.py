@@ -113,26 +113,6 @@ def test_labels_cover_exactly_the_assistant_tokens(gp_text_demos, tiny_model):
     assert tokenize_sft(from_chat, tok, max_len=1024)[0].input_ids.tolist() == examples[0].input_ids.tolist()
 
 
-@pytest.mark.parametrize("micro_batches", [4, 5])  # 5: another rank has more rows (a filler micro-batch)
-def test_rows_are_grouped_by_length_inside_each_mini_batch(micro_batches):
-    from services.learner.packing import length_grouped, split
-
-    gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(50, 600, (10,), generator=gen)
-    order = torch.randperm(10, generator=gen)
-    grouped = length_grouped(order, lengths, 3, split(micro_batches, 2))
-    assert sorted(grouped.tolist()) == list(range(10))
-    cut = 6 if micro_batches == 4 else 9  # mini-batches = micro-batches 0-1 | 2-3, or 0-2 | 3-4
-    for before, after in ((order[:cut], grouped[:cut]), (order[cut:], grouped[cut:])):
-        assert set(after.tolist()) == set(before.tolist())  # same rows per optimizer step: same update
-        assert lengths[after].tolist() == sorted(lengths[before].tolist(), reverse=True)
-
-    def padded(idx: torch.Tensor) -> int:  # token slots computed: each micro-batch pads to its longest
-        return sum(int(lengths[idx[s : s + 3]].max()) * len(idx[s : s + 3]) for s in range(0, 10, 3))
-
-    assert padded(grouped) <= padded(order)
-
-
 def test_long_rows_are_dropped_or_cut(gp_text_demos, tiny_model):
     tok = load_tokenizer_or_processor(str(tiny_model))
     convs = load_demonstrations(gp_text_demos[1])[:6]
@@ -353,6 +333,37 @@ def test_rl_step_each_algorithm(tiny_model, algorithm):
         worker.rl = rl.model_copy(update={"epochs": 2})
         m2 = worker.rl_step(build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id))
         assert m2["optimizer_steps"] == 4 and all(math.isfinite(v) for v in m2.values())
+    finally:
+        worker.shutdown()
+
+
+@pytest.mark.slow
+def test_turns_scored_in_their_episodes_forward_equal_their_own(tiny_model):
+    """One forward of an episode's last turn scores all its turns: the log-probs and values equal those
+    of each row scored alone, and a PPO step over the shared forwards runs fewer rows through the
+    model."""
+    from services.learner.batch import build_rl_batch
+
+    tok = load_tokenizer_or_processor(str(tiny_model))
+    trajs = gp_trajectories(tok)
+    rl = RLConfig(algorithm="ppo", epochs=2)
+    batch = build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id)
+    worker = make_worker(tiny_model, rl, micro_batch_size=3, value_head=True)
+    try:
+        shared_lp, shared_values = worker._score(batch)
+        for i in range(len(batch)):
+            alone_lp, alone_values = worker._score(batch.select([i]))
+            acts = batch.action_mask[
+                i
+            ].bool()  # prompt positions may differ: logits start at a row's first action
+            assert acts.any() and torch.allclose(
+                shared_lp[i][acts], alone_lp[0][acts[: alone_lp.shape[1]]], atol=1e-4
+            )
+            assert shared_values is not None and alone_values is not None
+            assert shared_values[i] == pytest.approx(float(alone_values[0]), abs=1e-4)
+        m = worker.rl_step(batch)
+        assert m["forwarded_rows"] == len(trajs) < m["rows"] == len(batch)
+        assert m["clip_fraction"] < 0.5 and all(math.isfinite(v) for v in m.values())
     finally:
         worker.shutdown()
 

@@ -88,13 +88,18 @@ def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples
     stage = (f"stages=[{{kind: rl, name: rl, steps: 10, tasks_per_step: {tasks}, samples_per_task: {samples}, "
              f"max_len: 768, rl: {{algorithm: {algorithm}, epochs: 2}}{extra}}}]")  # fmt: skip
     config = load_train_config(None, [*BASE, f"model={ckpt}", f"output_dir={tmp_path}", f"run_name={algorithm}",
-                                      stage, "eval.every=5", "checkpoint.every=50", "rollout.sampling.temperature=1.0"])  # fmt: skip
+                                      stage, "eval.every=5", "eval.final_only=[ood_rule]", "checkpoint.every=50",
+                                      "rollout.sampling.temperature=1.0"])  # fmt: skip
     trainer = Trainer(config)
     trainer.run()
     records = read_metrics(trainer.run_dir / "metrics.jsonl")
     evals = [r for r in records if r["kind"] == "eval"]
     train = [r for r in records if r["kind"] == "train"]
     assert len(train) == 10 and len(evals) == 3
+    # the suite kept for the ends is played at the start and the end only
+    assert ["success/ood_rule" in e for e in evals] == [True, False, True] and "success/id" in evals[1]
+    # a retried answer's turns share one forward of the learner
+    assert sum(r["forwarded_rows"] for r in train) < sum(r["rows"] for r in train)
     assert all(math.isfinite(r["policy_loss"]) and math.isfinite(r["approx_kl"]) for r in train)
     assert any(r["clip_fraction"] > 0 for r in train)  # the second epoch moved the policy past the clip
     assert trainer.final_policy_version == [10]  # every update reached the rollout actor

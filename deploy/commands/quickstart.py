@@ -53,7 +53,9 @@ def quickstart_study(study: Study) -> Study:
     the base before the SFT init (the table starts at the init)."""
     base = json.loads(json.dumps(study.base))
     suites = base.get("eval", {}).get("suites", {})
-    base.setdefault("eval", {})["suites"] = {k: v for k, v in suites.items() if k in SUITES} or suites
+    ev = base.setdefault("eval", {})
+    ev["suites"] = {k: v for k, v in suites.items() if k in SUITES} or suites
+    ev["final_only"] = [k for k in ev.get("final_only", []) if k in ev["suites"]]
     arms = [a.model_copy(update={"config": {**a.config, "eval": {**a.config.get("eval", {}), "at_start": False}}})
             if a.name == "init" else a for a in study.arms]  # fmt: skip
     return study.model_copy(update={"base": base, "arms": arms})

@@ -3,7 +3,8 @@
 A row of an :class:`RLBatch` is one TURN: the turn's whole prompt (the conversation so far, as the
 engine saw it) followed by the tokens the model sampled. Only response positions are ever trained on
 (``action_mask``). Episodes with several turns (sequential revision, V-IRL) keep one row per turn;
-``episode_ids`` and ``turn_index`` tie them back together for GAE over turns.
+``episode_ids`` and ``turn_index`` tie them back together for GAE over turns. The learner still runs
+one forward per episode, not per turn (:mod:`services.learner.sharing`).
 
 Choices worth knowing:
 
@@ -322,7 +323,7 @@ def build_rl_batch(
 # -- sharding across data-parallel ranks ----------------------------------------------------------
 
 
-def _units(batch: RLBatch, keep_groups: bool) -> list[list[int]]:
+def row_units(batch: RLBatch, keep_groups: bool = False) -> list[list[int]]:
     """Rows that must stay together: one episode, or one group (with all its episodes)."""
     key_of = batch.group_ids if keep_groups else batch.episode_ids
     # an episode spans one group, but be safe: merge keys that share an episode or a group
@@ -355,7 +356,7 @@ def shard_by_episode(batch: RLBatch, world_size: int, keep_groups: bool = True) 
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    units = _units(batch, keep_groups)
+    units = row_units(batch, keep_groups)
     tokens = batch.num_tokens.tolist()
     sizes = [sum(tokens[i] for i in unit) for unit in units]
     order = sorted(range(len(units)), key=lambda u: (-sizes[u], units[u][0]))

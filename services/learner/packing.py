@@ -1,21 +1,22 @@
 """Rows to model inputs: padding, images, and the micro-batches of a step.
 
 All ranks must run the same number of forward/backward passes (ZeRO-2/3 communicate on every one),
-so a rank with fewer rows pads its step with zero-weight repeats of one of its rows.
+so a rank with fewer rows pads its step with zero-weight repeats of one of its rows. RL micro-batches
+hold whole episodes, whose turns share one forward (:mod:`services.learner.sharing`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from services.learner.batch import RLBatch
+from services.learner.batch import RLBatch, row_units
 from services.learner.collectives import Collectives
 from services.learner.sft_data import IGNORE_INDEX, SFTExample
+from services.learner.sharing import pack_episodes, prefix_hosts
 
 
 def pad_stack(rows: Sequence[torch.Tensor], value: float) -> torch.Tensor:
@@ -43,20 +44,6 @@ def image_inputs(
     if all(m is not None for _, m in present):
         result["pixel_attention_mask"] = pad_stack([m.long() for _, m in present], 0).bool().unsqueeze(0)
     return result
-
-
-def length_grouped(
-    order: torch.Tensor, lengths: torch.Tensor, micro_batch_size: int, mini_batches: list[list[int]]
-) -> torch.Tensor:
-    """``order`` with the rows of each mini-batch sorted longest first. Micro-batch ``i`` is the slice
-    ``i * micro_batch_size`` onwards of ``order``; ``mini_batches`` lists the (contiguous) micro-batch
-    indices of each mini-batch. Every row stays in its mini-batch."""
-    n = len(order)
-    pieces = []
-    for group in mini_batches:
-        piece = order[group[0] * micro_batch_size : min((group[-1] + 1) * micro_batch_size, n)]
-        pieces.append(piece[torch.argsort(lengths[piece], descending=True, stable=True)])
-    return torch.cat(pieces)
 
 
 def split(n: int, parts: int) -> list[list[int]]:
@@ -124,33 +111,42 @@ class Packing(Collectives):
         pam = out.get("pixel_attention_mask")
         return pv, (pam.reshape(-1, *pam.shape[-2:]) if pam is not None else None)
 
-    def _mini_batches(self, micro_batches: int) -> list[list[int]]:
-        """The micro-batch indices of each optimizer step of an RL epoch: ``config.rl_mini_batches``
-        contiguous, nearly equal groups (fewer when there are fewer micro-batches)."""
-        return split(micro_batches, min(self.config.rl_mini_batches, micro_batches))
+    def _micro_batches(self, batch: RLBatch) -> list[tuple[list[int], float]]:
+        """The scoring pass's micro-batches, as (rows, weight): whole episodes in batch order."""
+        return self._plan(batch, [row_units(batch)], group_by_length=False)[0]
 
-    def _micro_batches(
-        self, batch: RLBatch, order: torch.Tensor | None = None, group_by_length: bool = False
-    ) -> list[tuple[RLBatch, float]]:
-        """(micro-batch, weight) in ``order`` (default: row order), padded to the same count on all
-        ranks with weight-0 repeats.
+    def _epoch_plan(self, batch: RLBatch, generator: torch.Generator) -> list[list[tuple[list[int], float]]]:
+        """One RL epoch: the episodes shuffled, split into ``config.rl_mini_batches`` optimizer steps
+        (fewer when no rank has that many episodes), each step's micro-batches as (rows, weight).
 
-        ``group_by_length``: the rows of each mini-batch (``_mini_batches``) are ordered longest
-        first. A mini-batch keeps the same rows, hence the same update, but rows of similar length share
-        a micro-batch and pad far less (turns of a multi-turn episode differ in length several times
-        over)."""
-        n = len(batch)
-        mbs = self.config.micro_batch_size
-        count = self._all_max(math.ceil(n / mbs))
-        idx = order if order is not None else torch.arange(n)
-        if group_by_length and n:
-            idx = length_grouped(idx, batch.num_tokens, mbs, self._mini_batches(count))
-        real = [(batch.select(idx[s : s + mbs]), 1.0) for s in range(0, n, mbs)]
-        if len(real) < count:
-            if n == 0:
-                raise ValueError(
-                    "an empty shard cannot take part in a step: give every rank at least one episode"
-                )
-            filler = batch.select(idx[:1])
-            real += [(filler, 0.0)] * (count - len(real))
-        return real
+        Within a step, episodes are ordered longest first: the step keeps the same rows, hence the same
+        update, but sequences of similar length share a micro-batch and pad far less."""
+        units = row_units(batch)
+        order = torch.randperm(len(units), generator=generator).tolist()
+        steps = min(self.config.rl_mini_batches, self._all_max(len(units)))
+        groups = [[units[order[k]] for k in part] for part in split(len(units), steps)]
+        return self._plan(batch, groups, group_by_length=True)
+
+    def _plan(
+        self, batch: RLBatch, groups: list[list[list[int]]], group_by_length: bool
+    ) -> list[list[tuple[list[int], float]]]:
+        """Each group of episodes packed into micro-batches of at most ``config.micro_batch_size``
+        forwarded rows (:func:`~services.learner.sharing.pack_episodes`), and padded to the same
+        count on every rank with a weight-0 repeat of one row."""
+        hosts = prefix_hosts(batch)
+        lengths = batch.num_tokens.tolist()
+        plan = []
+        for units in groups:
+            if group_by_length:
+                units = sorted(units, key=lambda unit: -max(lengths[i] for i in unit))
+            micro = [(rows, 1.0) for rows in pack_episodes(units, hosts, self.config.micro_batch_size)]
+            count = self._all_max(len(micro))
+            if len(micro) < count:
+                if len(batch) == 0:
+                    raise ValueError(
+                        "an empty shard cannot take part in a step: give every rank at least one episode"
+                    )
+                filler = [units[0][0]] if units else [0]
+                micro += [(filler, 0.0)] * (count - len(micro))
+            plan.append(micro)
+        return plan

@@ -1,9 +1,9 @@
 """The RL update, in its three phases: the old policy's scores, advantages, clipped epochs.
 
 ``rl_step`` recomputes the old log-probs (and values, reference log-probs) on the learner, computes
-advantages, then runs ``rl.epochs`` passes; each pass shuffles the rows and takes
+advantages, then runs ``rl.epochs`` passes; each pass shuffles the episodes and takes
 ``config.rl_mini_batches`` optimizer steps (default 1: one step per epoch over all rows,
-accumulated over micro-batches).
+accumulated over micro-batches of whole episodes).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from services.learner.batch import RLBatch
 from services.learner.config import RLConfig
 from services.learner.sft_data import SFTExample
 from services.learner.sft_update import Updates
+from services.learner.sharing import forwarded_rows
 
 
 @dataclass
@@ -45,17 +46,35 @@ class RLUpdates(Updates):
     generator: torch.Generator
 
     def _forward_rl(
-        self, mb: RLBatch, cache: dict[int, Any] | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """-> logits of the positions from ``logits_needed_from`` on [B, K, V], token log-probs [B, T]
-        (0 where no logits were computed: prompt tokens), values [B, T] or None."""
-        from services.learner.rl import logits_needed_from, token_logprobs, widen
+        self, mb: RLBatch, cache: dict[int, Any] | None, entropy: str = "none"
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> token log-probs [B, T] (0 where no logits were computed: prompt tokens), values [B, T]
+        (None without a head), and with ``entropy`` "grad" or "detached" the entropies [B, T].
 
-        inputs = self._rl_inputs(mb, cache)
+        The turns of an episode are scored by one forward of its longest row
+        (:mod:`services.learner.sharing`); the output head runs only from ``logits_needed_from`` on."""
+        from services.learner.rl import entropy_from_logits, logits_needed_from, token_logprobs, widen
+        from services.learner.sharing import prefix_hosts, spread
+
+        hosts = prefix_hosts(mb)
+        forwarded = sorted(set(hosts))
+        fwd = mb if len(forwarded) == len(mb) else mb.select(forwarded)
+        inputs = self._rl_inputs(fwd, cache)
         width = inputs["input_ids"].shape[1]
         start = logits_needed_from(mb.action_mask)
         logits, values = self.engine(**inputs, logits_to_keep=width - start)
-        return logits, widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width), values
+        lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width)
+        ent = None
+        if entropy == "grad":  # the bonus needs the entropy's gradient
+            ent = widen(entropy_from_logits(logits), width)
+        elif entropy == "detached":
+            with torch.no_grad():
+                ent = widen(entropy_from_logits(logits.detach()), width)
+        if fwd is not mb:
+            lp = spread(lp, hosts, forwarded, mb.attention_mask)
+            values = None if values is None else spread(values, hosts, forwarded, mb.attention_mask)
+            ent = None if ent is None else spread(ent, hosts, forwarded, mb.attention_mask)
+        return lp, values, ent
 
     @torch.no_grad()
     def _score(
@@ -63,17 +82,19 @@ class RLUpdates(Updates):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """No-grad token log-probs [B, T] and values at ``value_index`` [B] (None without a head)."""
         self.engine.eval()
-        lps, vals = [], []
-        for mb, weight in self._micro_batches(batch):
-            _, lp, values = self._forward_rl(mb, cache)
+        width = batch.input_ids.shape[1]
+        lp_all = torch.zeros((len(batch), width))
+        vals_all = torch.zeros(len(batch)) if self.module.value_head is not None else None
+        for rows, weight in self._micro_batches(batch):
+            mb = batch.select(rows)
+            lp, values, _ = self._forward_rl(mb, cache)
             if weight == 0.0:
                 continue
-            lps.append(F.pad(lp.float().cpu(), (0, batch.input_ids.shape[1] - lp.shape[1])))
-            if values is not None:
-                vals.append(values.float().cpu().gather(1, mb.value_index.view(-1, 1).cpu()).squeeze(1))
-        width = batch.input_ids.shape[1]
-        lp_all = torch.cat(lps) if lps else torch.zeros((0, width))
-        return lp_all, (torch.cat(vals) if vals else None)
+            index = torch.tensor(rows, dtype=torch.long)
+            lp_all[index] = F.pad(lp.float().cpu(), (0, width - lp.shape[1]))
+            if values is not None and vals_all is not None:
+                vals_all[index] = values.float().cpu().gather(1, mb.value_index.view(-1, 1).cpu()).squeeze(1)
+        return lp_all, vals_all
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: RLBatch, cache: dict[int, Any]) -> torch.Tensor:
@@ -139,11 +160,13 @@ class RLUpdates(Updates):
         totals = self._epochs(batch, rl, cache, reuse_forward, sft, sft_tokens, sft_weight)
 
         result = self._average_metrics(totals.sums, totals.weight)
-        tokens_total, rows_total = self._all_sum([float(batch.action_mask.sum()), float(len(batch))])
+        tokens_total, rows_total, forwarded = self._all_sum(
+            [float(batch.action_mask.sum()), float(len(batch)), float(forwarded_rows(batch))]
+        )
         result.update({
             "lr": totals.lr, "optimizer_steps": totals.steps,
             "grad_norm": float(np.mean(totals.grad_norms)) if totals.grad_norms else 0.0,
-            "tokens": tokens_total, "rows": rows_total,
+            "tokens": tokens_total, "rows": rows_total, "forwarded_rows": forwarded,
             "advantage_mean": self._all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
             "scoring_passes": 0.0 if reuse_forward else 1.0,  # no-grad forwards before the update
         })  # fmt: skip
@@ -209,10 +232,8 @@ class RLUpdates(Updates):
         totals = _EpochTotals()
         rl_factor = 1.0 - sft_weight if sft else 1.0
         for _ in range(rl.epochs):
-            order = torch.randperm(len(batch), generator=self.generator)
-            micro = self._micro_batches(batch, order, group_by_length=True)
-            for group in self._mini_batches(len(micro)):
-                items = [micro[i] for i in group]
+            for step in self._epoch_plan(batch, self.generator):
+                items = [(batch.select(rows), weight) for rows, weight in step]
                 self._mini_batch_backward(items, rl, cache, reuse_forward, rl_factor, not sft, totals)
                 if sft:
                     totals.sft_loss_sum += self._sft_backward(
@@ -264,14 +285,9 @@ class RLUpdates(Updates):
         value_share: float,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """One micro-batch's policy loss x ``policy_share`` (+ value loss x ``value_share``)."""
-        from services.learner.rl import entropy_from_logits, policy_loss, value_loss, widen
+        from services.learner.rl import policy_loss, value_loss
 
-        logits, lp, values = self._forward_rl(mb, cache)
-        if rl.entropy_coef > 0:  # the bonus needs the entropy's gradient
-            entropy = widen(entropy_from_logits(logits), lp.shape[1])
-        else:
-            with torch.no_grad():
-                entropy = widen(entropy_from_logits(logits.detach()), lp.shape[1])
+        lp, values, entropy = self._forward_rl(mb, cache, "grad" if rl.entropy_coef > 0 else "detached")
         if reuse_forward:
             mb.old_logprobs = lp.detach().float().cpu()
         p_loss, metrics = policy_loss(lp, mb.to(self.device), rl, entropy)

@@ -10,7 +10,7 @@ Step semantics:
   every assistant token of the step on all ranks (each micro-batch's summed loss is divided by the
   global token count, so accumulation gives that mean exactly, whatever the micro-batch sizes).
 - ``rl_step``: old log-probs (and values, reference log-probs) are recomputed by the learner, then
-  ``rl.epochs`` passes; each pass shuffles the rows and takes ``config.rl_mini_batches`` optimizer
+  ``rl.epochs`` passes; each pass shuffles the episodes and takes ``config.rl_mini_batches`` optimizer
   steps (default 1: one step per epoch over all rows, accumulated over micro-batches).
 - All ranks run the same number of forward/backward passes (ZeRO-2/3 communicate on every one):
   a rank with fewer rows pads with zero-weight repeats of one of its rows.
