@@ -48,6 +48,7 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
     arms = study.get("arms", [])
     seeds = [(k, path / f"seed-{k}") for k in range(int(study["seeds"]))] if "seeds" in study else [(0, path)]
     runs: list[dict[str, Any]] = []
+    first_seed: dict[str, dict[str, Any]] = {}
     for seed, folder in seeds:
         done: dict[str, dict[str, Any]] = {}
         for arm in arms:
@@ -57,12 +58,18 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
             run = _run(arm_dir, arm.get("label") or arm["name"], arm.get("kind", "train"))
             run |= {"study": str(path), "arm": arm["name"], "seed": seed}
             marker = json.loads((arm_dir / "DONE").read_text() or "{}")
-            if isinstance(marker, dict) and isinstance(marker.get("seconds"), int | float):
+            if not isinstance(marker, dict):
+                marker = {}
+            if isinstance(marker.get("seconds"), int | float):
                 run["seconds"] = float(marker["seconds"])
             parent = str((arm.get("config") or {}).get("model", ""))
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
                 _start_at_parent(run, done[parent[1:]])
+            elif marker.get("start_evaluation") == "seed-0" and arm["name"] in first_seed:
+                _start_at_first_seeds(run, first_seed[arm["name"]])
+            if not first_seed.get(arm["name"]):
+                first_seed[arm["name"]] = run
             done[arm["name"]] = run
             runs.append(run)
     return runs
@@ -104,6 +111,19 @@ def _start_at_parent(run: dict[str, Any], parent: dict[str, Any]) -> None:
         return
     start = parent["final"] | {"stage": evals[0]["stage"] if evals else "", "stage_step": 0, "global_step": 0}
     run["evals"] = [start, *evals]
+    run["final"] = run["evals"][-1]
+
+
+def _start_at_first_seeds(run: dict[str, Any], first: dict[str, Any]) -> None:
+    """An arm of a later seed that starts from the same model as the first seed's, evaluated the same
+    way (same tasks, greedy or seeded sampling), did not play that evaluation again: its curve starts at
+    the first seed's."""
+    evals, theirs = run.get("evals") or [], first.get("evals") or []
+    if run["kind"] != "train" or not theirs or theirs[0].get("global_step") != 0:
+        return
+    if evals and evals[0].get("global_step") == 0:
+        return
+    run["evals"] = [theirs[0], *evals]
     run["final"] = run["evals"][-1]
 
 

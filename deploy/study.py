@@ -240,6 +240,7 @@ class StudyRunner:
         self.console = console or Console()
         self.outputs: dict[str, str] = {}
         self.seed = 0
+        self.done_extra: dict[str, Any] = {}  # what the arm being run adds to its DONE marker
 
     def seed_dir(self, seed: int) -> Path:
         return self.dir / f"seed-{seed}"
@@ -300,12 +301,14 @@ class StudyRunner:
             f"{self.study.name} ({self.study.size}), seed {self.seed}: arm {arm.name} ({arm.kind})"
         )
         started = time.perf_counter()
+        self.done_extra = {}
         output = getattr(self, f"_run_{arm.kind}")(arm, arm_dir)
         self.outputs[arm.name] = output
         if self.study.levels is not None and arm.kind == "train":
             self._levels_report(arm_dir, output)
         # wall time of the attempt that finished the arm (one resumed after a stop: its last attempt)
-        done.write_text(json.dumps({"output": output, "seconds": round(time.perf_counter() - started, 1)}))
+        seconds = round(time.perf_counter() - started, 1)
+        done.write_text(json.dumps({"output": output, "seconds": seconds, **self.done_extra}))
 
     def _seeded(self, config: Any) -> Any:
         """The arm's config for this seed: training seeds moved by it, evaluation tasks untouched."""
@@ -322,6 +325,7 @@ class StudyRunner:
         return config
 
     def _run_train(self, arm: StudyArm, arm_dir: Path) -> str:
+        from deploy.study_reuse import start_played_in
         from deploy.train import Trainer
 
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
@@ -329,6 +333,13 @@ class StudyRunner:
         )
         if self._evaluated_by_parent(arm, config):  # its start is the parent's final evaluation
             config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
+        elif (
+            self.seed
+            and not _REF.fullmatch(str(arm.config.get("model", "")))
+            and start_played_in(self.seed_dir(0) / arm.name, config.eval)
+        ):  # the same model as seed 0's arm (not another arm's output), evaluated the same way
+            config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
+            self.done_extra["start_evaluation"] = "seed-0"
         # an arm stopped mid-way continues from its last checkpoint
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
         trainer.run()

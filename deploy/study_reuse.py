@@ -3,7 +3,9 @@
 An evaluation is greedy or seeded, over fixed tasks, so the same weights evaluated the same way (env,
 suites, episodes, task seed, sampling, engine precision) give the same numbers. Two cases use that:
 an arm continuing another arm's final checkpoint starts where that arm's final evaluation ended, and
-a linear merge sweep's end points (ratio 0 and 1) are its two models unchanged.
+a linear merge sweep's end points (ratio 0 and 1) are its two models unchanged. And seeds never change
+the evaluation, so an arm that starts from the same model in every seed (not another arm's output)
+has its start evaluated once, by seed 0.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ def evaluated_alike(theirs: Any, evaluation: Any, env: EnvSpec, dtype: str) -> b
         and theirs.env == env
         and theirs.rollout.engine.dtype == dtype
     )
+
+
+def start_played_in(first_arm_dir: Path, evaluation: Any) -> bool:
+    """Whether the finished arm at ``first_arm_dir`` (the same arm in seed 0) evaluated its starting
+    model, before any training, as ``evaluation`` (its EvalConfig) would: true only for greedy or
+    seeded sampling, whose numbers a later seed would repeat."""
+    sampling = evaluation.sampling
+    if not evaluation.at_start or (sampling.temperature > 0 and sampling.seed is None):
+        return False
+    if not (first_arm_dir / "DONE").is_file():
+        return False
+    evals = [r for r in read_metrics(first_arm_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+    return bool(evals) and evals[0].get("global_step") == 0 and not evals[0].get("flops")
 
 
 def final_evaluation(arm_dir: Path, checkpoint: str, suites: list[str]) -> dict[str, float] | None:

@@ -256,6 +256,12 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     assert resolved[0, "rl"]["eval"] == resolved[1, "rl"]["eval"]
     # arms that start from the init's final checkpoint reuse its final evaluation as their start
     assert resolved[0, "init"]["eval"]["at_start"] and not resolved[0, "rl"]["eval"]["at_start"]
+    # and seed 1's init, from the same base evaluated the same way, takes seed 0's start evaluation
+    assert not resolved[1, "init"]["eval"]["at_start"]
+    assert json.loads((folder / "seed-1" / "init" / "DONE").read_text())["start_evaluation"] == "seed-0"
+    report_runs = json.loads((folder / "report" / "report.json").read_text())["runs"]
+    starts = [r["evals"][0] for r in report_runs if r["arm"] == "init"]
+    assert len(starts) == 2 and starts[0] == starts[1] and starts[0]["global_step"] == 0
     rl_evals = [r for r in read_metrics(folder / "seed-0" / "rl" / "metrics.jsonl") if r["kind"] == "eval"]
     assert rl_evals[0]["global_step"] > 0
     demos = [(folder / f"seed-{s}" / "init" / "data" / "sft.jsonl").read_text() for s in (0, 1)]
@@ -301,6 +307,46 @@ def test_an_arm_that_skipped_its_start_evaluation_starts_at_its_parents_final_on
     assert (start["success/id"], start["flops"], start["global_step"], start["stage"]) == (0.4, 2e9, 0, "rl")
     assert (end["success/id"], end["flops"]) == (0.5, 3e9) and runs["rl"]["final"] == end
     assert len(runs["init"]["evals"]) == 2  # an arm that evaluated its start keeps its own
+
+
+def test_a_later_seed_starts_at_the_first_seeds_evaluation_of_the_same_model(tmp_path):
+    study = tmp_path / "s-tiny"
+    arms = [{"name": "init", "kind": "train"}]
+    study.mkdir()
+    (study / "study.yaml").write_text(json.dumps({"name": "s", "title": "T", "seeds": 2, "arms": arms}))
+    _fake_run(study / "seed-0" / "init", [(0, 0.1, 0.2), (2e9, 0.4, 0.3)])
+    _fake_run(study / "seed-1" / "init", [(2e9, 0.5, 0.35)])
+    record = json.loads((study / "seed-1" / "init" / "metrics.jsonl").read_text())
+    record |= {"stage_step": 20, "global_step": 20}  # eval.at_start was false: no global step 0
+    (study / "seed-1" / "init" / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    marker = study / "seed-1" / "init" / "DONE"
+    write_report([study], tmp_path / "plain")
+    runs = json.loads((tmp_path / "plain" / "report.json").read_text())["runs"]
+    assert len(runs[1]["evals"]) == 1  # no marker: the run keeps its own evaluations only
+    marker.write_text(json.dumps({"output": "x", "start_evaluation": "seed-0"}))
+    write_report([study], tmp_path / "out")
+    runs = json.loads((tmp_path / "out" / "report.json").read_text())["runs"]
+    assert [(r["seed"], len(r["evals"])) for r in runs] == [(0, 2), (1, 2)]
+    start, end = runs[1]["evals"]
+    assert (start["success/id"], start["flops"], start["global_step"]) == (0.1, 0, 0)
+    assert end["success/id"] == 0.5 and runs[1]["final"] == end
+
+
+def test_only_a_greedy_or_seeded_start_evaluation_of_seed_0_is_taken(tmp_path):
+    from deploy.study_reuse import start_played_in
+    from deploy.train_config import EvalConfig
+
+    first = tmp_path / "seed-0" / "init"
+    greedy = EvalConfig(sampling={"temperature": 0.0})
+    assert not start_played_in(first, greedy)  # seed 0 has not run
+    _fake_run(first, [(0, 0.1, 0.2), (2e9, 0.4, 0.3)])
+    assert start_played_in(first, greedy)
+    assert start_played_in(first, EvalConfig(sampling={"temperature": 1.0, "seed": 3}))
+    assert not start_played_in(first, EvalConfig(sampling={"temperature": 1.0}))  # unseeded: other samples
+    assert not start_played_in(first, EvalConfig(at_start=False, sampling={"temperature": 0.0}))
+    trained = tmp_path / "seed-0" / "rl"
+    _fake_run(trained, [(1e9, 0.1, 0.2)])  # its first evaluation came after training
+    assert not start_played_in(trained, greedy)
 
 
 def test_report_gives_each_arms_wall_time_per_seed_and_the_study_total(tmp_path):
