@@ -40,7 +40,10 @@ class FlopsCounter:
 
     def rl_update(self, trained: float, epochs: int, scoring_passes: float) -> float:
         """An RL update: ``scoring_passes`` no-grad forwards (the old policy's log-probs) and
-        ``epochs`` training passes over the batch's ``trained`` tokens."""
+        ``epochs`` training passes over the batch's ``trained`` tokens. The caller counts every turn's
+        row whole, as if scored alone: the cost of the per-turn formulation, which keeps compute
+        comparable across versions and implementations; the learner runs fewer tokens when an
+        episode's turns share one forward (its ``forwarded_tokens`` metric)."""
         return (6.0 * epochs + 2.0 * scoring_passes) * self.params * trained
 
 

@@ -363,6 +363,7 @@ def test_turns_scored_in_their_episodes_forward_equal_their_own(tiny_model):
             assert shared_values[i] == pytest.approx(float(alone_values[0]), abs=1e-4)
         m = worker.rl_step(batch)
         assert m["forwarded_rows"] == len(trajs) < m["rows"] == len(batch)
+        assert m["forwarded_tokens"] < float(batch.num_tokens.sum())
         assert m["clip_fraction"] < 0.5 and all(math.isfinite(v) for v in m.values())
     finally:
         worker.shutdown()

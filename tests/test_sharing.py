@@ -9,7 +9,7 @@ import torch
 
 from services.learner.batch import build_rl_batch, row_units
 from services.learner.config import RLConfig
-from services.learner.sharing import forwarded_rows, pack_episodes, prefix_hosts, spread
+from services.learner.sharing import forwarded, pack_episodes, prefix_hosts, spread
 from sftrl.trajectory import Trajectory, Turn
 
 GRPO = RLConfig(algorithm="grpo")
@@ -36,7 +36,7 @@ def test_an_episode_is_hosted_by_its_last_turn():
     )
     assert batch.episode_ids == ["a", "a", "a", "b", "c", "c"]
     assert prefix_hosts(batch) == [2, 2, 2, 3, 5, 5]
-    assert forwarded_rows(batch) == 3
+    assert forwarded(batch) == (3, int(batch.num_tokens[[2, 3, 5]].sum()))
 
 
 def test_rows_that_are_not_prefixes_keep_their_own_forward():

@@ -23,7 +23,7 @@ from services.learner.batch import RLBatch
 from services.learner.config import RLConfig
 from services.learner.sft_data import SFTExample
 from services.learner.sft_update import Updates
-from services.learner.sharing import forwarded_rows
+from services.learner.sharing import forwarded
 
 
 @dataclass
@@ -160,13 +160,15 @@ class RLUpdates(Updates):
         totals = self._epochs(batch, rl, cache, reuse_forward, sft, sft_tokens, sft_weight)
 
         result = self._average_metrics(totals.sums, totals.weight)
-        tokens_total, rows_total, forwarded = self._all_sum(
-            [float(batch.action_mask.sum()), float(len(batch)), float(forwarded_rows(batch))]
+        rows_run, tokens_run = forwarded(batch)
+        tokens_total, rows_total, rows_forwarded, tokens_forwarded = self._all_sum(
+            [float(batch.action_mask.sum()), float(len(batch)), float(rows_run), float(tokens_run)]
         )
         result.update({
             "lr": totals.lr, "optimizer_steps": totals.steps,
             "grad_norm": float(np.mean(totals.grad_norms)) if totals.grad_norms else 0.0,
-            "tokens": tokens_total, "rows": rows_total, "forwarded_rows": forwarded,
+            "tokens": tokens_total, "rows": rows_total,
+            "forwarded_rows": rows_forwarded, "forwarded_tokens": tokens_forwarded,  # run through the model
             "advantage_mean": self._all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
             "scoring_passes": 0.0 if reuse_forward else 1.0,  # no-grad forwards before the update
         })  # fmt: skip

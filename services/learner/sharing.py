@@ -86,6 +86,8 @@ def pack_episodes(units: Sequence[Sequence[int]], hosts: Sequence[int], capacity
     return out
 
 
-def forwarded_rows(batch: RLBatch) -> int:
-    """How many rows one scoring pass over ``batch`` runs through the model."""
-    return len(set(prefix_hosts(batch)))
+def forwarded(batch: RLBatch) -> tuple[int, int]:
+    """(rows, tokens) that one pass over ``batch`` runs through the model."""
+    hosts = set(prefix_hosts(batch))
+    tokens = batch.num_tokens
+    return len(hosts), sum(int(tokens[h]) for h in hosts)
