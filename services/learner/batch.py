@@ -3,7 +3,7 @@
 A row of an :class:`RLBatch` is one TURN: the turn's whole prompt (the conversation so far, as the
 engine saw it) followed by the tokens the model sampled. Only response positions are ever trained on
 (``action_mask``). Episodes with several turns (sequential revision, V-IRL) keep one row per turn;
-``episode_ids`` and ``turn_index`` tie them back together for GAE over turns. The learner still runs
+``episode_ids`` and ``turn_index`` tie them back together for GAE over turns. The learner, though, runs
 one forward per episode, not per turn (:mod:`services.learner.sharing`).
 
 Choices worth knowing:

@@ -34,7 +34,11 @@ class LearnerConfig(StrictModel):
         "auto",
         description="auto: bf16 where the hardware computes it natively (AVX-512 BF16, AMX, GPUs), else fp32",
     )
-    micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward on one rank (RL: the turns of an episode share one)")
+    micro_batch_size: int = Field(
+        8,
+        ge=1,
+        description="sequences per forward/backward on one rank (RL: the turns of an episode share one)",
+    )
     gradient_checkpointing: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)

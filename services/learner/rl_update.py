@@ -57,8 +57,8 @@ class RLUpdates(Updates):
         from services.learner.sharing import prefix_hosts, spread
 
         hosts = prefix_hosts(mb)
-        forwarded = sorted(set(hosts))
-        fwd = mb if len(forwarded) == len(mb) else mb.select(forwarded)
+        run_rows = sorted(set(hosts))
+        fwd = mb if len(run_rows) == len(mb) else mb.select(run_rows)
         inputs = self._rl_inputs(fwd, cache)
         width = inputs["input_ids"].shape[1]
         start = logits_needed_from(mb.action_mask)
@@ -71,9 +71,9 @@ class RLUpdates(Updates):
             with torch.no_grad():
                 ent = widen(entropy_from_logits(logits.detach()), width)
         if fwd is not mb:
-            lp = spread(lp, hosts, forwarded, mb.attention_mask)
-            values = None if values is None else spread(values, hosts, forwarded, mb.attention_mask)
-            ent = None if ent is None else spread(ent, hosts, forwarded, mb.attention_mask)
+            lp = spread(lp, hosts, run_rows, mb.attention_mask)
+            values = None if values is None else spread(values, hosts, run_rows, mb.attention_mask)
+            ent = None if ent is None else spread(ent, hosts, run_rows, mb.attention_mask)
         return lp, values, ent
 
     @torch.no_grad()
