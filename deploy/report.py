@@ -107,23 +107,26 @@ def _start_at_parent(run: dict[str, Any], parent: dict[str, Any]) -> None:
     """An arm that skipped evaluating its starting model (the parent's final checkpoint, evaluated
     already) starts its curve at the parent's final evaluation."""
     evals = run.get("evals") or []
-    if run["kind"] != "train" or not parent.get("final") or (evals and evals[0].get("global_step") == 0):
-        return
-    start = parent["final"] | {"stage": evals[0]["stage"] if evals else "", "stage_step": 0, "global_step": 0}
-    run["evals"] = [start, *evals]
-    run["final"] = run["evals"][-1]
+    if parent.get("final"):
+        stage = evals[0]["stage"] if evals else ""
+        _prepend_start(run, parent["final"] | {"stage": stage, "stage_step": 0, "global_step": 0})
 
 
 def _start_at_first_seeds(run: dict[str, Any], first: dict[str, Any]) -> None:
     """An arm of a later seed that starts from the same model as the first seed's, evaluated the same
     way (same tasks, greedy or seeded sampling), did not play that evaluation again: its curve starts at
     the first seed's."""
-    evals, theirs = run.get("evals") or [], first.get("evals") or []
-    if run["kind"] != "train" or not theirs or theirs[0].get("global_step") != 0:
+    theirs = first.get("evals") or []
+    if theirs and theirs[0].get("global_step") == 0:
+        _prepend_start(run, theirs[0])
+
+
+def _prepend_start(run: dict[str, Any], start: dict[str, Any]) -> None:
+    """``start`` as the first evaluation of a training run that has none at global step 0."""
+    evals = run.get("evals") or []
+    if run["kind"] != "train" or (evals and evals[0].get("global_step") == 0):
         return
-    if evals and evals[0].get("global_step") == 0:
-        return
-    run["evals"] = [theirs[0], *evals]
+    run["evals"] = [start, *evals]
     run["final"] = run["evals"][-1]
 
 

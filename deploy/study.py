@@ -331,14 +331,15 @@ class StudyRunner:
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
             update={"output_dir": str(arm_dir.parent), "run_name": arm.name}
         )
-        if self._evaluated_by_parent(arm, config):  # its start is the parent's final evaluation
-            config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
-        elif (
+        by_parent = self._evaluated_by_parent(arm, config)  # its start is the parent's final evaluation
+        by_seed_0 = not by_parent and bool(
             self.seed
             and not _REF.fullmatch(str(arm.config.get("model", "")))
             and start_played_in(self.seed_dir(0) / arm.name, config.eval)
-        ):  # the same model as seed 0's arm (not another arm's output), evaluated the same way
+        )  # the same model as seed 0's arm (not another arm's output), evaluated the same way
+        if by_parent or by_seed_0:
             config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
+        if by_seed_0:
             self.done_extra["start_evaluation"] = "seed-0"
         # an arm stopped mid-way continues from its last checkpoint
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
