@@ -10,7 +10,7 @@ import pytest
 
 from deploy.intervals import wilson
 from deploy.report import write_report
-from deploy.study import arm_config, list_recipes, load_study
+from deploy.study_recipe import arm_config, list_recipes, load_study
 from sftrl.config import ConfigError
 
 RECIPES = [r["name"] for r in list_recipes()]
@@ -391,7 +391,7 @@ def test_recipes_ship_as_package_data():
     so an installed sftrl finds them without a checkout."""
     import tomllib
 
-    from deploy.study import STUDIES_DIR
+    from deploy.study_recipe import STUDIES_DIR
 
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][

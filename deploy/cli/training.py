@@ -177,7 +177,8 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, s
     """Run every arm of a study RECIPE (configs/studies/NAME.yaml or a path), then write its report."""
     from rich.table import Table
 
-    from deploy.study import StudyRunner, list_recipes, load_study
+    from deploy.study import StudyRunner
+    from deploy.study_recipe import list_recipes, load_study
 
     try:
         if list_only or recipe is None:

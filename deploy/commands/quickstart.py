@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from deploy.study import Study
+    from deploy.study_recipe import Study
 
 RECIPE = "gp-l-rule-ood"
 NAME = "quickstart"
@@ -65,7 +65,8 @@ def run_quickstart(
     output_dir: str, fresh: bool, overrides: list[str], console: Console, seeds: int = 1
 ) -> Path:
     from deploy.report import write_report
-    from deploy.study import StudyRunner, load_study
+    from deploy.study import StudyRunner
+    from deploy.study_recipe import load_study
 
     study = quickstart_study(
         load_study(RECIPE, "tiny", [f"name={NAME}", *overrides], seeds, variables=ENDS_ONLY)

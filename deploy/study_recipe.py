@@ -1,0 +1,229 @@
+"""Study recipes: reading ``configs/studies/NAME.yaml`` into a typed :class:`Study`.
+
+A recipe holds
+
+- ``sizes``: variables per size (``tiny`` runs on a laptop CPU in minutes, ``small`` is SmolLM2-135M
+  for hours on a CPU, ``paper`` the papers' models and settings for a GPU cluster), substituted as
+  ``${var}`` into the rest of the file before it is parsed;
+- ``base``: TrainConfig settings shared by every training arm;
+- ``arms``, in order: ``train`` (a TrainConfig on top of ``base``), ``data_mix`` (deploy.data_mixing)
+  or ``merge_sweep`` (deploy.merge_sweep). A value ``"@ARM"`` names an earlier arm's output: the last
+  checkpoint of a training arm, the data file of a data-mixing arm;
+- ``levels`` (optional): tag the ID items with a model's pass rate (paper 2's L1..L5), then report
+  each training arm's final accuracy per level;
+- ``questions``: what the study asks, each as a difference between two arms on one suite (``a``
+  minus ``b``); the report answers each with a 95% interval and says whether it excludes zero.
+
+``_bases.yaml`` holds the bases and stages recipes share (``base: {extends: NAME}``, stages
+``{use: NAME}``); ``_sizes.yaml`` the variables every recipe gets per size. Every arm's config is
+checked when the recipe loads, not hours later when the arm starts.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from sftrl.config import ConfigError, StrictModel, apply_overrides, build
+
+STUDIES_DIR = Path(__file__).resolve().parent / "configs" / "studies"  # package data: in a wheel too
+Size = Literal["tiny", "small", "paper"]
+
+
+class StudyArm(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    kind: Literal["train", "data_mix", "merge_sweep"] = "train"
+    label: str = ""  # how reports name the arm (default: its name)
+    config: dict[str, Any] = {}
+
+
+class LevelsSpec(StrictModel):
+    model: str = Field(description="the model whose pass rates define the levels (a name, folder or @ARM)")
+    suite: str = "id"
+    items: int = Field(64, ge=1)
+    samples: int = Field(16, ge=1)
+    seed: int = 40_000
+    max_tokens: int = Field(256, ge=1)
+
+
+class StudyQuestion(StrictModel):
+    """One question of a study: does ``metric`` on ``suite`` differ between arms ``a`` and ``b``?"""
+
+    text: str
+    a: str
+    b: str
+    suite: str = "id"
+    metric: Literal["success", "adherence"] = "success"
+
+
+class Study(StrictModel):
+    name: str
+    title: str
+    paper: str = ""
+    question: str = ""
+    size: Size = "tiny"
+    seeds: int = Field(1, ge=1, le=64, description="replicates of every arm (seeds 0..N-1)")
+    base: dict[str, Any] = {}
+    arms: list[StudyArm] = Field(min_length=1)
+    levels: LevelsSpec | None = None
+    questions: list[StudyQuestion] = []
+
+    @model_validator(mode="after")
+    def _questions_name_arms(self) -> Study:
+        names = {a.name for a in self.arms}
+        for q in self.questions:
+            for arm in (q.a, q.b):
+                if arm not in names:
+                    raise ValueError(
+                        f"question {q.text!r} names arm {arm!r}; arms: {', '.join(sorted(names))}"
+                    )
+        return self
+
+
+def recipe_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = STUDIES_DIR / f"{name}.yaml"
+    if name.startswith("_") or not candidate.exists():
+        known = ", ".join(r["name"] for r in list_recipes())
+        raise ConfigError(f"unknown study {name!r}; known: {known}")
+    return candidate
+
+
+def list_recipes() -> list[dict[str, str]]:
+    out = []
+    for path in sorted(STUDIES_DIR.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        _, body = _split(path)
+        raw = yaml.safe_load(body) or {}
+        out.append(
+            {"name": path.stem, "title": str(raw.get("title", "")), "paper": str(raw.get("paper", ""))}
+        )
+    return out
+
+
+def _split(path: Path) -> tuple[dict[str, Any], str]:
+    """A recipe's own size variables (an optional first YAML document) and its body."""
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith("sizes:") and "\n---\n" not in text:
+        return {}, text
+    head_text, body = text.split("\n---\n", 1)
+    try:
+        head = yaml.safe_load(head_text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"study {path}: its sizes document is not valid YAML: {exc}") from None
+    sizes = head.get("sizes") if isinstance(head, dict) else None
+    if not isinstance(sizes, dict):
+        raise ConfigError(f"study {path}: the first document must be a mapping with sizes: {{tiny: ...}}")
+    return sizes, body
+
+
+def size_variables(path: Path, size: str) -> dict[str, Any]:
+    """configs/studies/_sizes.yaml's variables for ``size``, with the recipe's own on top."""
+    shared = yaml.safe_load((STUDIES_DIR / "_sizes.yaml").read_text(encoding="utf-8"))
+    if size not in shared:
+        raise ConfigError(f"unknown size {size!r}; sizes: {', '.join(shared)}")
+    own, _ = _split(path)
+    return {**shared[size], **(own.get(size) or {})}
+
+
+def load_study(
+    name: str,
+    size: Size = "tiny",
+    overrides: list[str] | None = None,
+    seeds: int | None = None,
+    variables: dict[str, Any] | None = None,
+) -> Study:
+    """Read a recipe at ``size``: its variables substituted (``variables`` on top of the size's),
+    then ``overrides`` (key=value) applied; ``seeds`` (when given) replaces the recipe's number of
+    seeds."""
+    path = recipe_path(name)
+    _, body = _split(path)
+    chosen = {**size_variables(path, size), **(variables or {})}
+    variables = {k: json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v
+                 for k, v in chosen.items()}  # fmt: skip
+    data = _substitute(path, body, variables, size)
+    shared = _substitute(
+        STUDIES_DIR / "_bases.yaml", (STUDIES_DIR / "_bases.yaml").read_text(), variables, size
+    )
+    data = _expand(data, shared, path)
+    data = apply_overrides({**data, "name": data.get("name", path.stem), "size": size}, overrides or [])
+    if seeds is not None:
+        data["seeds"] = seeds
+    study = build(Study, data, source=f"study {path.name} ({size})")
+    for arm in study.arms:  # every arm's config is checked now, not hours later when it starts
+        arm_config(study, arm, lambda value: value)
+    return study
+
+
+def arm_config(study: Study, arm: StudyArm, resolve: Any) -> Any:
+    """The typed config of ``arm`` (``resolve`` maps its values, e.g. ``@ARM`` to that arm's output)."""
+    from deploy.data_mixing import DataMixConfig
+    from deploy.merge_sweep import MergeSweepConfig
+    from deploy.train_config import TrainConfig
+
+    base, own = resolve(study.base), resolve(arm.config)
+    source = f"study {study.name}, arm {arm.name}"
+    if arm.kind == "train":
+        return build(TrainConfig, _deep_merge(base, own), source=source)
+    own.setdefault("env", base.get("env", {}))
+    # the study's engine settings (max_model_len within the model's positions, dtype) by default
+    own.setdefault("engine", (base.get("rollout") or {}).get("engine", {}))
+    if arm.kind == "data_mix":
+        return build(DataMixConfig, own, source=source)
+    own.setdefault("suites", (base.get("eval") or {}).get("suites", {"id": {}}))
+    return build(MergeSweepConfig, own, source=source)
+
+
+def _substitute(path: Path, text: str, variables: dict[str, Any], size: str) -> dict[str, Any]:
+    try:
+        filled = string.Template(text).substitute(variables)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"study {path}: size {size!r} does not define {exc}") from None
+    try:
+        data = yaml.safe_load(filled) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"study {path} at size {size} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"study {path} must be a mapping at the top level")
+    return data
+
+
+def _expand(data: dict[str, Any], shared: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Resolve ``base: {extends: NAME}`` and stages ``{use: NAME}`` against _bases.yaml."""
+
+    def pick(kind: str, name: Any) -> dict[str, Any]:
+        table = shared.get(kind) or {}
+        if name not in table:
+            raise ConfigError(f"study {path}: unknown {kind[:-1]} {name!r}; known: {', '.join(table)}")
+        return dict(table[name])
+
+    base = dict(data.get("base") or {})
+    if "extends" in base:
+        base = _deep_merge(pick("bases", base.pop("extends")), base)
+    data["base"] = base
+    for arm in data.get("arms") or []:
+        stages = (arm.get("config") or {}).get("stages")
+        if isinstance(stages, list):
+            arm["config"]["stages"] = [
+                _deep_merge(pick("stages", st.pop("use")), st) if isinstance(st, dict) and "use" in st else st
+                for st in stages
+            ]
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
