@@ -28,6 +28,9 @@ _REF = re.compile(r"@([A-Za-z0-9_.-]+)")
 
 
 class StudyRunner:
+    """Runs a :class:`Study`'s arms, seed after seed, into ``<out_root>/<name>-<size>/``; an arm with
+    a ``DONE`` marker is skipped (its output taken from the marker)."""
+
     def __init__(self, study: Study, out_root: str | Path = "runs/studies", console: Console | None = None):
         self.study = study
         self.dir = Path(out_root) / f"{study.name}-{study.size}"
