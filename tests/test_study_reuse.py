@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from deploy.merge_sweep import MergeSweepConfig, run_sweep
-from deploy.study import StudyRunner, load_study
+from deploy.study import StudyRunner
+from deploy.study_recipe import load_study
 from deploy.study_reuse import final_evaluation
 
 SUITES = ["id", "ood_rule", "fake_rule"]
@@ -57,7 +58,7 @@ def _runner(tmp_path: Path, overrides: list[str] | None = None) -> StudyRunner:
 
 
 def _sweep(runner: StudyRunner):
-    from deploy.study import arm_config
+    from deploy.study_recipe import arm_config
 
     arm = next(a for a in runner.study.arms if a.kind == "merge_sweep")
     return arm, arm_config(runner.study, arm, runner._resolve)
