@@ -190,14 +190,17 @@ def test_sft_lowers_the_loss_and_accumulation_is_exact(tiny_model, gp_examples):
         assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
     finally:
         worker.shutdown()
-    # One step over the same 7 rows in micro-batches of 7 and of 3 (+3+1): the same update. Adam with
-    # eps = 1 makes the first update ~ -lr * g (sign-like otherwise), so the gradients themselves are
-    # compared: a token-mean computed per micro-batch instead would differ by far more than this.
+    # One step over the same 7 rows in micro-batches of 7, of 3 (+3+1), and of about two rows grouped
+    # by length (a token budget): the same update. Adam with eps = 1 makes the first update ~ -lr * g
+    # (sign-like otherwise), so the gradients themselves are compared: a token-mean computed per
+    # micro-batch instead would differ by far more than this.
     states = []
-    for micro in (7, 3):
+    budget = 2 * max(len(e) for e in gp_examples[:7])
+    for micro, tokens in ((7, None), (3, None), (7, budget)):
         w = make_worker(
-            tiny_model, micro_batch_size=micro, optim={"lr": 1.0, "eps": 1.0, "max_grad_norm": 100.0}
-        )
+            tiny_model, micro_batch_size=micro, micro_batch_tokens=tokens,
+            optim={"lr": 1.0, "eps": 1.0, "max_grad_norm": 100.0},
+        )  # fmt: skip
         try:
             w.sft_step(gp_examples[:7])
             states.append(w.policy_state_dict(dtype="float32"))
@@ -205,7 +208,7 @@ def test_sft_lowers_the_loss_and_accumulation_is_exact(tiny_model, gp_examples):
             w.shutdown()
     original = load_file(str(tiny_model / "model.safetensors"))
     moved = max((states[0][k] - original[k]).abs().max().item() for k in original)
-    worst = max((states[0][k] - states[1][k]).abs().max().item() for k in states[0])
+    worst = max((states[0][k] - other[k]).abs().max().item() for other in states[1:] for k in states[0])
     assert moved > 0.1 and worst < 1e-6, (moved, worst)
 
 
@@ -668,6 +671,36 @@ def test_single_pass_reuses_the_training_forward_for_old_logprobs(tiny_model):
     finally:
         a.shutdown()
         b.shutdown()
+
+
+@pytest.mark.slow
+def test_a_token_budget_changes_the_padding_not_the_update(tiny_model):
+    """Two epochs of GRPO over multi-turn episodes in one micro-batch, and again with micro-batches
+    capped at about two episodes' padded tokens (scoring pass included): the same losses and update."""
+    from services.learner.batch import build_rl_batch
+
+    tok = load_tokenizer_or_processor(str(tiny_model))
+    trajs = gp_trajectories(tok)
+    rl = RLConfig(algorithm="grpo", epochs=2)
+    widest = max(len(t.turns[-1].prompt_ids) + len(t.turns[-1].response_ids) for t in trajs)
+    one, budgeted = (
+        make_worker(tiny_model, rl, micro_batch_size=32),
+        make_worker(tiny_model, rl, micro_batch_size=32, micro_batch_tokens=2 * widest),
+    )
+    try:
+        w0 = one.policy_state_dict("float32")
+        ma = one.rl_step(build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id))
+        mb = budgeted.rl_step(build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id))
+        assert ma["forwarded_rows"] == mb["forwarded_rows"] < ma["rows"]  # episodes still share forwards
+        for key in ("policy_loss", "approx_kl", "ratio_mean", "logprob_mismatch"):
+            assert ma[key] == pytest.approx(mb[key], abs=1e-6), key
+        wa, wb = one.policy_state_dict("float32"), budgeted.policy_state_dict("float32")
+        update = math.sqrt(sum(float(((wa[k] - w0[k]) ** 2).sum()) for k in wa))
+        apart = math.sqrt(sum(float(((wa[k] - wb[k]) ** 2).sum()) for k in wa))
+        assert update > 0 and apart < 1e-3 * update, (apart, update)
+    finally:
+        one.shutdown()
+        budgeted.shutdown()
 
 
 @pytest.mark.slow

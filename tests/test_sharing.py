@@ -77,6 +77,20 @@ def test_episodes_fill_micro_batches_by_forwarded_rows():
         pack_episodes(units, hosts, 0)
 
 
+def test_a_token_budget_caps_padded_tokens_per_micro_batch():
+    """Under a budget a micro-batch holds forwarded rows x its longest row <= the budget: rows that
+    come longest first share a micro-batch with rows of their own length, not the short ones'."""
+    units, hosts, lengths = [[0], [1], [2], [3]], [0, 1, 2, 3], [100, 90, 50, 40]
+    assert pack_episodes(units, hosts, 8) == [[0, 1, 2, 3]]
+    assert pack_episodes(units, hosts, 8, lengths, 200) == [[0, 1], [2, 3]]
+    assert pack_episodes(units, hosts, 1, lengths, 10_000) == [[0], [1], [2], [3]]  # rows still cap
+    # an episode is costed by its forwarded rows and its longest one; alone over the budget, it stays whole
+    assert pack_episodes([[0, 1], [2], [3]], [1, 1, 2, 3], 8, [60, 300, 50, 40], 200) == [[0, 1], [2, 3]]
+    for budget, given in ((0, lengths), (100, None)):
+        with pytest.raises(ValueError, match="token budget"):
+            pack_episodes(units, hosts, 8, given, budget)
+
+
 def test_spread_gives_each_row_its_hosts_positions_and_gradients():
     batch = build_rl_batch([episode("a", 2)], None, GRPO, pad_id=0)
     hosts = prefix_hosts(batch)

@@ -39,6 +39,12 @@ class LearnerConfig(StrictModel):
         ge=1,
         description="sequences per forward/backward on one rank (RL: the turns of an episode share one)",
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="also cap each micro-batch at this many padded tokens (rows x its longest row), rows "
+        "grouped by length: short rows stop padding to long ones (none: micro_batch_size rows alone)",
+    )
     gradient_checkpointing: bool = False
     cpus_per_actor: float = Field(1.0, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)

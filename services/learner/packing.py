@@ -7,6 +7,7 @@ hold whole episodes, whose turns share one forward (:mod:`services.learner.shari
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,9 +112,26 @@ class Packing(Collectives):
         pam = out.get("pixel_attention_mask")
         return pv, (pam.reshape(-1, *pam.shape[-2:]) if pam is not None else None)
 
+    def _sft_chunks(self, examples: Sequence[SFTExample]) -> list[list[int]]:
+        """SFT micro-batches as row indices, as many on every rank (empty ones pad): contiguous chunks
+        of at most ``config.micro_batch_size`` rows, or with ``config.micro_batch_tokens`` rows taken
+        longest first into chunks within the budget."""
+        budget = self.config.micro_batch_tokens
+        if budget is None:
+            return split(
+                len(examples), self._all_max(math.ceil(len(examples) / self.config.micro_batch_size))
+            )
+        order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
+        rows = list(range(len(examples)))  # every row is its own forward
+        chunks = pack_episodes([[i] for i in order], rows, self.config.micro_batch_size,
+                               [len(e) for e in examples], budget)  # fmt: skip
+        return chunks + [[] for _ in range(self._all_max(len(chunks)) - len(chunks))]
+
     def _micro_batches(self, batch: RLBatch) -> list[tuple[list[int], float]]:
-        """The scoring pass's micro-batches, as (rows, weight): whole episodes in batch order."""
-        return self._plan(batch, [row_units(batch)], group_by_length=False)[0]
+        """The scoring pass's micro-batches, as (rows, weight): whole episodes in batch order, or longest
+        first under a token budget (the order of a no-grad pass changes nothing but its padding)."""
+        by_length = self.config.micro_batch_tokens is not None
+        return self._plan(batch, [row_units(batch)], group_by_length=by_length)[0]
 
     def _epoch_plan(self, batch: RLBatch, generator: torch.Generator) -> list[list[tuple[list[int], float]]]:
         """One RL epoch: the episodes shuffled, split into ``config.rl_mini_batches`` optimizer steps
@@ -131,15 +149,19 @@ class Packing(Collectives):
         self, batch: RLBatch, groups: list[list[list[int]]], group_by_length: bool
     ) -> list[list[tuple[list[int], float]]]:
         """Each group of episodes packed into micro-batches of at most ``config.micro_batch_size``
-        forwarded rows (:func:`~services.learner.sharing.pack_episodes`), and padded to the same
-        count on every rank with a weight-0 repeat of one row."""
+        forwarded rows and ``config.micro_batch_tokens`` padded tokens
+        (:func:`~services.learner.sharing.pack_episodes`), and padded to the same count on every rank
+        with a weight-0 repeat of one row."""
         hosts = prefix_hosts(batch)
         lengths = batch.num_tokens.tolist()
         plan = []
         for units in groups:
             if group_by_length:
                 units = sorted(units, key=lambda unit: -max(lengths[i] for i in unit))
-            micro = [(rows, 1.0) for rows in pack_episodes(units, hosts, self.config.micro_batch_size)]
+            packed = pack_episodes(
+                units, hosts, self.config.micro_batch_size, lengths, self.config.micro_batch_tokens
+            )
+            micro = [(rows, 1.0) for rows in packed]
             count = self._all_max(len(micro))
             if len(micro) < count:
                 if len(batch) == 0:

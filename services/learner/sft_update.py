@@ -8,7 +8,6 @@ scheduler once per training step. The caller may name the update's point on the 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from services.learner.packing import Packing, split
+from services.learner.packing import Packing
 from services.learner.policy import PolicyModule
 from services.learner.sft_data import IGNORE_INDEX, SFTExample
 
@@ -62,8 +61,7 @@ class Updates(Packing):
     ) -> float:
         """Backward of ``factor`` x the token-mean cross-entropy (mean over ``total_tokens`` of all
         ranks) of ``examples`` in micro-batches; returns this rank's summed cross-entropy."""
-        n_micro = self._all_max(math.ceil(len(examples) / self.config.micro_batch_size))
-        chunks = split(len(examples), n_micro)
+        chunks = self._sft_chunks(examples)
         scale = self.world_size / max(total_tokens, 1.0)  # DeepSpeed averages gradients over ranks
         loss_sum = 0.0
         for i, chunk in enumerate(chunks):

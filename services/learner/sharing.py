@@ -6,7 +6,8 @@ earlier turn's row as a prefix, and a causal model gives a position the same log
 it: one forward of the longest row scores every turn of the episode. Rows whose prompt was cut from
 the left (``max_len``), or that are not prefixes for any other reason, keep their own forward.
 
-Micro-batches are therefore made of whole episodes, filled up to ``capacity`` forwarded rows.
+Micro-batches are therefore made of whole episodes, filled up to ``capacity`` forwarded rows (and,
+optionally, a budget of padded tokens).
 """
 
 from __future__ import annotations
@@ -59,28 +60,42 @@ def spread(
     return values.index_select(0, index)[:, : mask.shape[1]] * mask
 
 
-def pack_episodes(units: Sequence[Sequence[int]], hosts: Sequence[int], capacity: int) -> list[list[int]]:
+def pack_episodes(
+    units: Sequence[Sequence[int]],
+    hosts: Sequence[int],
+    capacity: int,
+    lengths: Sequence[int] | None = None,
+    token_budget: int | None = None,
+) -> list[list[int]]:
     """Whole episodes (``units``, in order) packed into micro-batches of at most ``capacity`` forwarded
-    rows each. An episode that alone needs more (turns that share no forward) is split into chunks
-    of ``capacity`` rows."""
+    rows each and, with ``token_budget`` (and the rows' ``lengths``), at most that many padded tokens
+    (forwarded rows x the longest of them) unless one episode alone needs more. An episode that alone
+    needs more than ``capacity`` rows (turns that share no forward) is split into chunks of
+    ``capacity`` rows."""
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity}")
+    if token_budget is not None and (token_budget < 1 or lengths is None):
+        raise ValueError("a token budget needs the rows' lengths and must be >= 1")
     out: list[list[int]] = []
     current: list[int] = []
-    load = 0
+    load, width = 0, 0
     for unit in units:
-        cost = len({hosts[i] for i in unit})
+        forwarded_rows = {hosts[i] for i in unit}
+        cost = len(forwarded_rows)
+        unit_width = max(lengths[h] for h in forwarded_rows) if lengths is not None else 0
         if cost > capacity:
             if current:
                 out.append(current)
-                current, load = [], 0
+                current, load, width = [], 0, 0
             out.extend(list(unit[s : s + capacity]) for s in range(0, len(unit), capacity))
             continue
-        if current and load + cost > capacity:
+        over_budget = token_budget is not None and (load + cost) * max(width, unit_width) > token_budget
+        if current and (load + cost > capacity or over_budget):
             out.append(current)
-            current, load = [], 0
+            current, load, width = [], 0, 0
         current.extend(unit)
         load += cost
+        width = max(width, unit_width)
     if current:
         out.append(current)
     return out
