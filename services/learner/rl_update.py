@@ -98,20 +98,29 @@ class RLUpdates(Updates):
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: RLBatch, cache: dict[int, Any]) -> torch.Tensor:
+        """[B, T] token log-probs of the frozen reference, scored as the policy's are: one forward per
+        episode (its longest row) in the scoring pass's micro-batches. The reference is a plain
+        module on every rank, so a rank runs only its own micro-batches."""
         from services.learner.rl import logits_needed_from, token_logprobs, widen
+        from services.learner.sharing import prefix_hosts, spread
 
         assert self.reference is not None
-        out = []
-        mbs = self.config.micro_batch_size
-        for s in range(0, len(batch), mbs):
-            mb = batch.select(range(s, min(s + mbs, len(batch))))
-            inputs = self._rl_inputs(mb, cache)
-            width = inputs["input_ids"].shape[1]
+        width = batch.input_ids.shape[1]
+        out = torch.zeros((len(batch), width))
+        for rows, weight in self._micro_batches(batch):
+            if weight == 0.0:
+                continue
+            mb = batch.select(rows)
+            hosts = prefix_hosts(mb)
+            run_rows = sorted(set(hosts))
+            inputs = self._rl_inputs(mb.select(run_rows), cache)
+            run_width = inputs["input_ids"].shape[1]
             start = logits_needed_from(mb.action_mask)
-            logits = self.reference(**inputs, use_cache=False, logits_to_keep=width - start).logits
-            lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width).float().cpu()
-            out.append(F.pad(lp, (0, batch.input_ids.shape[1] - lp.shape[1])))
-        return torch.cat(out) if out else torch.zeros_like(batch.rollout_logprobs)
+            logits = self.reference(**inputs, use_cache=False, logits_to_keep=run_width - start).logits
+            lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), run_width)
+            lp = spread(lp, hosts, run_rows, mb.attention_mask).float().cpu()
+            out[torch.tensor(rows, dtype=torch.long)] = F.pad(lp, (0, width - lp.shape[1]))
+        return out
 
     def forward_logprobs(self, batch: RLBatch) -> torch.Tensor:
         """[B, T] token log-probs of the current policy (no grad; position t scores input_ids[t])."""
