@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,19 @@ from services.learner.config import RLConfig
 from services.learner.sft_data import SFTExample
 from services.learner.sft_update import Updates
 from services.learner.sharing import forwarded
+
+_ModelCall = Callable[[dict[str, Any], int], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class _SharedForward:
+    """One forward of a micro-batch's longest row per episode (see ``RLUpdates._forward_shared``)."""
+
+    logprobs: torch.Tensor  # [run rows, T]
+    values: torch.Tensor | None  # [run rows, T]
+    logits: torch.Tensor  # [run rows, T - start, V]
+    width: int
+    back: Callable[[torch.Tensor | None], torch.Tensor | None]
 
 
 @dataclass
@@ -49,11 +62,25 @@ class RLUpdates(Updates):
         self, mb: RLBatch, cache: dict[int, Any] | None, entropy: str = "none"
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """-> token log-probs [B, T] (0 where no logits were computed: prompt tokens), values [B, T]
-        (None without a head), and with ``entropy`` "grad" or "detached" the entropies [B, T].
+        (None without a head), and with ``entropy`` "grad" or "detached" the entropies [B, T]."""
+        from services.learner.rl import entropy_from_logits, widen
+
+        out = self._forward_shared(mb, cache, lambda inputs, keep: self.engine(**inputs, logits_to_keep=keep))
+        ent = None
+        if entropy == "grad":  # the bonus needs the entropy's gradient
+            ent = widen(entropy_from_logits(out.logits), out.width)
+        elif entropy == "detached":
+            with torch.no_grad():
+                ent = widen(entropy_from_logits(out.logits.detach()), out.width)
+        return out.back(out.logprobs), out.back(out.values), out.back(ent)
+
+    def _forward_shared(self, mb: RLBatch, cache: dict[int, Any] | None, call: _ModelCall) -> _SharedForward:
+        """``call(inputs, logits_to_keep) -> (logits, values or None)`` on one row per episode.
 
         The turns of an episode are scored by one forward of its longest row
-        (:mod:`services.learner.sharing`); the output head runs only from ``logits_needed_from`` on."""
-        from services.learner.rl import entropy_from_logits, logits_needed_from, token_logprobs, widen
+        (:mod:`services.learner.sharing`); the output head runs only from ``logits_needed_from`` on.
+        The result's ``back`` spreads a [run rows, T] tensor over the micro-batch's rows."""
+        from services.learner.rl import logits_needed_from, token_logprobs, widen
         from services.learner.sharing import prefix_hosts, spread
 
         hosts = prefix_hosts(mb)
@@ -62,19 +89,13 @@ class RLUpdates(Updates):
         inputs = self._rl_inputs(fwd, cache)
         width = inputs["input_ids"].shape[1]
         start = logits_needed_from(mb.action_mask)
-        logits, values = self.engine(**inputs, logits_to_keep=width - start)
+        logits, values = call(inputs, width - start)
         lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), width)
-        ent = None
-        if entropy == "grad":  # the bonus needs the entropy's gradient
-            ent = widen(entropy_from_logits(logits), width)
-        elif entropy == "detached":
-            with torch.no_grad():
-                ent = widen(entropy_from_logits(logits.detach()), width)
-        if fwd is not mb:
-            lp = spread(lp, hosts, run_rows, mb.attention_mask)
-            values = None if values is None else spread(values, hosts, run_rows, mb.attention_mask)
-            ent = None if ent is None else spread(ent, hosts, run_rows, mb.attention_mask)
-        return lp, values, ent
+
+        def back(x: torch.Tensor | None) -> torch.Tensor | None:
+            return x if x is None or fwd is mb else spread(x, hosts, run_rows, mb.attention_mask)
+
+        return _SharedForward(lp, values, logits, width, back)
 
     @torch.no_grad()
     def _score(
@@ -101,25 +122,21 @@ class RLUpdates(Updates):
         """[B, T] token log-probs of the frozen reference, scored as the policy's are: one forward per
         episode (its longest row) in the scoring pass's micro-batches. The reference is a plain
         module on every rank, so a rank runs only its own micro-batches."""
-        from services.learner.rl import logits_needed_from, token_logprobs, widen
-        from services.learner.sharing import prefix_hosts, spread
+        reference = self.reference
+        assert reference is not None
 
-        assert self.reference is not None
+        def call(inputs: dict[str, Any], keep: int) -> tuple[torch.Tensor, None]:
+            return reference(**inputs, use_cache=False, logits_to_keep=keep).logits, None
+
         width = batch.input_ids.shape[1]
         out = torch.zeros((len(batch), width))
         for rows, weight in self._micro_batches(batch):
             if weight == 0.0:
                 continue
-            mb = batch.select(rows)
-            hosts = prefix_hosts(mb)
-            run_rows = sorted(set(hosts))
-            inputs = self._rl_inputs(mb.select(run_rows), cache)
-            run_width = inputs["input_ids"].shape[1]
-            start = logits_needed_from(mb.action_mask)
-            logits = self.reference(**inputs, use_cache=False, logits_to_keep=run_width - start).logits
-            lp = widen(token_logprobs(logits, inputs["input_ids"][:, start:]), run_width)
-            lp = spread(lp, hosts, run_rows, mb.attention_mask).float().cpu()
-            out[torch.tensor(rows, dtype=torch.long)] = F.pad(lp, (0, width - lp.shape[1]))
+            scored = self._forward_shared(batch.select(rows), cache, call)
+            lp = scored.back(scored.logprobs)
+            assert lp is not None
+            out[torch.tensor(rows, dtype=torch.long)] = F.pad(lp.float().cpu(), (0, width - lp.shape[1]))
         return out
 
     def forward_logprobs(self, batch: RLBatch) -> torch.Tensor:
