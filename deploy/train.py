@@ -374,9 +374,9 @@ class Trainer:
         # the engines start from the base model and receive the checkpoint's weights by a push: a
         # resumed run's checkpoint folder may be pruned later, and a replaced actor reloads its model
         rollout_cfg.engine.model = resolve_model(cfg.model)
-        self.rollout = RolloutGroup(
-            rollout_cfg, chunk_size=max(1, cfg.eval.episodes // rollout_cfg.num_actors)
-        )
+        # an evaluation plays its suites in one call: one chunk per actor
+        chunk = cfg.eval.episodes * max(1, len(cfg.eval.suites)) // rollout_cfg.num_actors
+        self.rollout = RolloutGroup(rollout_cfg, chunk_size=max(1, chunk))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         try:
             with Progress(*columns, console=self.console) as progress:

@@ -172,8 +172,8 @@ def test_evaluate_adds_pass_at_k_from_sampled_episodes():
     suites = {"id": {}, "fake_rule": {"face_cards": "as_11_12_13", "scored_face_cards": "as_10"}}
     metrics, played = evaluate(rollout, GP, {"verify_iter": 1}, suites, episodes=3, seed=7,
                                sampling=SamplingConfig(temperature=0.0), pass_k=4, pass_k_temperature=0.8)  # fmt: skip
-    # per suite: 3 greedy episodes, then 3 tasks x 4 samples at the pass@k temperature
-    assert [(n, t, len(g)) for n, t, g in rollout.calls] == [(3, 0.0, 3), (12, 0.8, 3)] * 2
+    # both suites in one call: 3 greedy episodes each, then 3 tasks x 4 samples at the pass@k temperature
+    assert [(n, t, len(g)) for n, t, g in rollout.calls] == [(6, 0.0, 3), (24, 0.8, 3)]
     for suite in suites:
         assert metrics[f"pass@1/{suite}"] == pytest.approx(0.5) and metrics[f"pass@4/{suite}"] == 1.0
         assert metrics[f"pass@2/{suite}"] == pytest.approx(1 - 1 / 6)  # 2 of 4 solved: 1 - C(2,2)/C(4,2)

@@ -331,6 +331,14 @@ def test_rl_step_each_algorithm(tiny_model, algorithm):
         after = worker.forward_logprobs(batch)
         moved = (after - before).abs()[batch.action_mask.bool()]
         assert moved.max() > 1e-4
+        if not critic:
+            # and moved them the way the group advantages ask: the clipped surrogate's objective (the
+            # advantage-weighted probability ratio over the sampled tokens) rose
+            from services.learner.rl import compute_advantages
+
+            scored = compute_advantages(build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id), rl)
+            ratio_gain = ((after - before).exp() - 1) * batch.action_mask
+            assert float((scored.advantages[:, None] * ratio_gain).sum()) > 0
         # 2 epochs x 2 mini-batches: 4 optimizer steps
         worker.config = worker.config.model_copy(update={"rl_mini_batches": 2})
         worker.rl = rl.model_copy(update={"epochs": 2})

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from services.rollout.config import RolloutConfig, SamplingConfig
-from services.rollout.group import episode_specs
+from services.rollout.group import episode_specs, spread_chunks
 from services.rollout.worker import RolloutWorker
 from sftrl.trajectory import Trajectory, read_trajectories, write_trajectories
 
@@ -123,6 +123,18 @@ def test_update_weights_changes_generations_and_restores_them_exactly(worker, ti
     assert all(t.turns[0].policy_version == version0 + 1 for t in changed)
     assert worker.update_weights(original) == version0 + 2
     assert [t.turns[0].response_ids for t in worker.play(specs, greedy)] == before
+
+
+def test_specs_are_spread_over_every_actor_in_order():
+    specs = episode_specs("sftrl/GeneralPoints-v0", {}, 10, seed=0)
+    # one actor: one chunk up to chunk_size (an evaluation's suites in one engine call)
+    assert [len(c) for c in spread_chunks(specs, 768, 1)] == [10]
+    assert [len(c) for c in spread_chunks(specs, 4, 1)] == [4, 4, 2]
+    # more actors: every actor gets a chunk, however large chunk_size is
+    assert [len(c) for c in spread_chunks(specs, 768, 4)] == [3, 3, 3, 1]
+    assert [len(c) for c in spread_chunks(specs, 2, 3)] == [2] * 5
+    assert [s for c in spread_chunks(specs, 3, 2) for s in c] == specs
+    assert spread_chunks([], 8, 2) == []
 
 
 def test_trajectory_files_round_trip(gp_trajectories, tmp_path):

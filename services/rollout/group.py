@@ -7,6 +7,7 @@ of the current policy, and its unfinished chunk is played again.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +30,13 @@ def episode_specs(
         for k in range(samples_per_task):
             specs.append(EpisodeSpec(f"{group}-{k}", env_id, dict(env_options), seed + t, group))
     return specs
+
+
+def spread_chunks(specs: Sequence[EpisodeSpec], chunk_size: int, actors: int) -> list[list[EpisodeSpec]]:
+    """``specs`` in order, cut into chunks of at most ``chunk_size`` and small enough that every
+    actor gets one (a chunk is what a replaced actor plays again)."""
+    step = max(1, min(chunk_size, math.ceil(len(specs) / max(1, actors))))
+    return [list(specs[i : i + step]) for i in range(0, len(specs), step)]
 
 
 class RolloutGroup:
@@ -76,9 +84,10 @@ class RolloutGroup:
         sampling: SamplingConfig | None = None,
         on_chunk: Callable[[list[Trajectory]], None] | None = None,
     ) -> list[Trajectory]:
-        """Play every spec; order of the result follows ``specs``."""
+        """Play every spec; order of the result follows ``specs``. The specs are spread evenly over
+        the actors, in chunks of at most ``chunk_size``."""
         ray = self._ray
-        queue = deque(list(specs[i : i + self.chunk_size]) for i in range(0, len(specs), self.chunk_size))
+        queue = deque(spread_chunks(specs, self.chunk_size, len(self.actors)))
         running: dict[Any, tuple[int, list[EpisodeSpec]]] = {}
         results: dict[str, Trajectory] = {}
         idle = list(range(len(self.actors)))
