@@ -66,13 +66,24 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
                 _start_at_parent(run, done[parent[1:]])
-            elif marker.get("start_evaluation") == "seed-0" and arm["name"] in first_seed:
-                _start_at_first_seeds(run, first_seed[arm["name"]])
+            elif (played := _start_played_by(marker, arm["name"])) in first_seed:
+                _start_at_first_seeds(run, first_seed[played])
             if not first_seed.get(arm["name"]):
                 first_seed[arm["name"]] = run
             done[arm["name"]] = run
             runs.append(run)
     return runs
+
+
+def _start_played_by(marker: dict[str, Any], arm: str) -> str | None:
+    """The seed-0 arm whose start evaluation an arm took (its DONE marker: ``seed-0`` for the same arm,
+    ``seed-0/<arm>`` for another arm from the same model)."""
+    found = marker.get("start_evaluation")
+    if found == "seed-0":
+        return arm
+    if isinstance(found, str) and found.startswith("seed-0/"):
+        return found.removeprefix("seed-0/")
+    return None
 
 
 def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:

@@ -122,26 +122,47 @@ class StudyRunner:
         return config
 
     def _run_train(self, arm: StudyArm, arm_dir: Path) -> str:
-        from deploy.study_reuse import start_played_in
         from deploy.train import Trainer
 
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
             update={"output_dir": str(arm_dir.parent), "run_name": arm.name}
         )
         by_parent = self._evaluated_by_parent(arm, config)  # its start is the parent's final evaluation
-        by_seed_0 = not by_parent and bool(
-            self.seed
-            and not _REF.fullmatch(str(arm.config.get("model", "")))
-            and start_played_in(self.seed_dir(0) / arm.name, config.eval)
-        )  # the same model as seed 0's arm (not another arm's output), evaluated the same way
-        if by_parent or by_seed_0:
+        played_by = None if by_parent else self._start_played_by(arm, config)
+        if by_parent or played_by:
             config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
-        if by_seed_0:
-            self.done_extra["start_evaluation"] = "seed-0"
+        if played_by:
+            self.done_extra["start_evaluation"] = "seed-0" if played_by == arm.name else f"seed-0/{played_by}"
         # an arm stopped mid-way continues from its last checkpoint
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
         trainer.run()
         return str(trainer.last_checkpoint)
+
+    def _start_played_by(self, arm: StudyArm, own: Any) -> str | None:
+        """The seed-0 arm that already evaluated this arm's starting model as ``own`` would (this arm
+        itself in a later seed, else another arm from the same model): seeds never change the
+        evaluation, so its numbers would repeat. None for an arm that starts from another arm's output."""
+        from deploy.study_reuse import evaluated_alike, start_played_in
+
+        if _REF.fullmatch(str(arm.config.get("model", ""))):
+            return None
+        earlier = self.study.arms[: self.study.arms.index(arm)]
+        candidates = [arm] * bool(self.seed) + [
+            a for a in (self.study.arms if self.seed else earlier) if a != arm
+        ]
+        for other in candidates:
+            if other.kind != "train" or _REF.fullmatch(str(other.config.get("model", ""))):
+                continue
+            theirs = arm_config(self.study, other, self._resolve)
+            alike = theirs.model == own.model and evaluated_alike(
+                theirs, own.eval, own.env, own.rollout.engine.dtype
+            )
+            same_pass_k = all(
+                getattr(theirs.eval, k) == getattr(own.eval, k) for k in ("pass_k", "pass_k_temperature")
+            )
+            if alike and same_pass_k and start_played_in(self.seed_dir(0) / other.name, own.eval):
+                return other.name
+        return None
 
     def _train_parent(self, value: Any) -> tuple[str, Any] | None:
         """``"@ARM"`` naming a training arm of this study: its name and config, else None."""

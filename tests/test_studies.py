@@ -332,6 +332,47 @@ def test_a_later_seed_starts_at_the_first_seeds_evaluation_of_the_same_model(tmp
     assert end["success/id"] == 0.5 and runs[1]["final"] == end
 
 
+def test_an_arm_from_the_same_model_takes_the_start_evaluation_another_arm_played(tmp_path):
+    from deploy.study import StudyRunner
+
+    study = load_study("prompt-diverse-sft", "tiny")  # two arms from the base, two from their outputs
+    runner = StudyRunner(study, tmp_path)
+    fixed, diverse, rl_fixed = study.arms[:3]
+    own = {arm.name: arm_config(study, arm, runner._resolve) for arm in (fixed, diverse)}
+    assert runner._start_played_by(diverse, own["sft-diverse"]) is None  # nothing played yet
+    _fake_run(runner.seed_dir(0) / "sft-fixed", [(0, 0.1, 0.2), (2e9, 0.4, 0.3)])
+    assert runner._start_played_by(fixed, own["sft-fixed"]) is None  # no arm before it in seed 0
+    assert runner._start_played_by(diverse, own["sft-diverse"]) == "sft-fixed"
+    other_tasks = own["sft-diverse"].eval.model_copy(update={"episodes": 8})
+    assert (
+        runner._start_played_by(diverse, own["sft-diverse"].model_copy(update={"eval": other_tasks})) is None
+    )
+    assert runner._start_played_by(rl_fixed, own["sft-fixed"]) is None  # starts from another arm's output
+    runner.seed = 1  # seed 0's sft-diverse skipped its start: seed 1 takes sft-fixed's
+    _fake_run(runner.seed_dir(0) / "sft-diverse", [(2e9, 0.5, 0.3)])
+    assert runner._start_played_by(fixed, own["sft-fixed"]) == "sft-fixed"
+    assert runner._start_played_by(diverse, own["sft-diverse"]) == "sft-fixed"
+    # and the report starts sft-diverse's curve at sft-fixed's start evaluation
+    trained = {
+        "kind": "eval",
+        "stage": "s",
+        "stage_step": 9,
+        "global_step": 9,
+        "flops": 2e9,
+        "success/id": 0.5,
+    }
+    (runner.seed_dir(0) / "sft-diverse" / "metrics.jsonl").write_text(json.dumps(trained) + "\n")
+    (runner.seed_dir(0) / "sft-diverse" / "DONE").write_text(
+        json.dumps({"output": "x", "start_evaluation": "seed-0/sft-fixed"})
+    )
+    arms = [{"name": a.name, "kind": "train", "config": a.config} for a in study.arms[:2]]
+    (runner.dir / "study.yaml").write_text(json.dumps({"name": "p", "title": "T", "seeds": 1, "arms": arms}))
+    write_report([runner.dir], tmp_path / "out")
+    runs = {r["arm"]: r for r in json.loads((tmp_path / "out" / "report.json").read_text())["runs"]}
+    start, end = runs["sft-diverse"]["evals"]
+    assert (start["success/id"], start["global_step"], end["success/id"]) == (0.1, 0, 0.5)
+
+
 def test_only_a_greedy_or_seeded_start_evaluation_of_seed_0_is_taken(tmp_path):
     from deploy.study_reuse import start_played_in
     from deploy.train_config import EvalConfig
