@@ -146,11 +146,10 @@ class StudyRunner:
 
         if _REF.fullmatch(str(arm.config.get("model", ""))):
             return None
-        earlier = self.study.arms[: self.study.arms.index(arm)]
-        candidates = [arm] * bool(self.seed) + [
-            a for a in (self.study.arms if self.seed else earlier) if a != arm
-        ]
-        for other in candidates:
+        others = [a for a in self.study.arms if a.name != arm.name]
+        if self.seed == 0:  # only the arms run before it
+            others = others[: self.study.arms.index(arm)]
+        for other in ([arm] if self.seed else []) + others:
             if other.kind != "train" or _REF.fullmatch(str(other.config.get("model", ""))):
                 continue
             theirs = arm_config(self.study, other, self._resolve)
