@@ -2,7 +2,8 @@
 
 The one way a suite is played: the training loop's evaluations (:func:`evaluate`, every suite of a
 run), ``sftrl evaluate`` and the endpoint (:func:`deploy.checkpoint_eval.run_evaluation`, one suite)
-all call :func:`play_suite`, so the same seed gives the same episodes everywhere.
+all take a suite's episodes from :func:`suite_specs`, so the same seed gives the same episodes
+everywhere.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ class StudyRunner:
         """The seed-0 arm that already evaluated this arm's starting model as ``own`` would (this arm
         itself in a later seed, else another arm from the same model): seeds never change the
         evaluation, so its numbers would repeat. None for an arm that starts from another arm's output."""
-        from deploy.study_reuse import evaluated_alike, start_played_in
+        from deploy.study_reuse import start_played_in, trained_alike
 
         if _REF.fullmatch(str(arm.config.get("model", ""))):
             return None
@@ -153,13 +153,8 @@ class StudyRunner:
             if other.kind != "train" or _REF.fullmatch(str(other.config.get("model", ""))):
                 continue
             theirs = arm_config(self.study, other, self._resolve)
-            alike = theirs.model == own.model and evaluated_alike(
-                theirs, own.eval, own.env, own.rollout.engine.dtype
-            )
-            same_pass_k = all(
-                getattr(theirs.eval, k) == getattr(own.eval, k) for k in ("pass_k", "pass_k_temperature")
-            )
-            if alike and same_pass_k and start_played_in(self.seed_dir(0) / other.name, own.eval):
+            alike = theirs.model == own.model and trained_alike(theirs, own)
+            if alike and start_played_in(self.seed_dir(0) / other.name, own.eval):
                 return other.name
         return None
 
@@ -174,15 +169,10 @@ class StudyRunner:
     def _evaluated_by_parent(self, arm: StudyArm, own: Any) -> bool:
         """Whether ``arm`` starts from a training arm's final checkpoint that was evaluated the same
         way (reports draw that evaluation as the arm's start)."""
-        from deploy.study_reuse import evaluated_alike
+        from deploy.study_reuse import trained_alike
 
         found = self._train_parent(arm.config.get("model", ""))
-        if found is None:
-            return False
-        theirs = found[1]
-        return evaluated_alike(theirs, own.eval, own.env, own.rollout.engine.dtype) and all(
-            getattr(theirs.eval, k) == getattr(own.eval, k) for k in ("pass_k", "pass_k_temperature")
-        )
+        return found is not None and trained_alike(found[1], own)
 
     def _run_data_mix(self, arm: StudyArm, arm_dir: Path) -> str:
         from deploy.data_mixing import mix_datasets

@@ -32,6 +32,14 @@ def evaluated_alike(theirs: Any, evaluation: Any, env: EnvSpec, dtype: str) -> b
     )
 
 
+def trained_alike(theirs: Any, own: Any) -> bool:
+    """Whether two training configs evaluate a model the same way, pass@k included (a start one of
+    them evaluated serves the other)."""
+    return evaluated_alike(theirs, own.eval, own.env, own.rollout.engine.dtype) and all(
+        getattr(theirs.eval, k) == getattr(own.eval, k) for k in ("pass_k", "pass_k_temperature")
+    )
+
+
 def start_played_in(first_arm_dir: Path, evaluation: Any) -> bool:
     """Whether the finished arm at ``first_arm_dir`` (the same arm in seed 0) evaluated its starting
     model, before any training, as ``evaluation`` (its EvalConfig) would: true only for greedy or
