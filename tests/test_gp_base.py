@@ -118,11 +118,11 @@ def test_shipped_base_meets_the_bar_measured_here(tmp_path):
 
 @pytest.mark.slow
 def test_preparation_at_reduced_size(tmp_path):
-    """The whole command at 60 steps: data, tokenizer, SFT through the learner, the bar measured with
+    """The whole command at 40 steps: data, tokenizer, SFT through the learner, the bar measured with
     vLLM. Stated lower bar at this size: first answers are JSON with a well-formed formula."""
-    outcome = prepare_model("gp-base", PrepareOptions(steps=60), directory=tmp_path)
+    outcome = prepare_model("gp-base", PrepareOptions(steps=40), directory=tmp_path)
     record = outcome.model.record
-    assert outcome.built and record.options == {"seed": 0, "steps": 60}
+    assert outcome.built and record.options == {"seed": 0, "steps": 40}
     assert 3_000_000 < record.parameters < 4_000_000 and record.vocab_size <= 1024
     summary = json.loads((outcome.model.path / BAR_FILE).read_text())
     assert summary["episodes_per_rule"] == 64 and summary["final_loss"] < summary["loss_every_25"][0]
