@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from deploy.study_recipe import Study, StudyArm, arm_config
 from sftrl.config import ConfigError
 
 if TYPE_CHECKING:
+    from services.rollout.protocol import Rollout
     from services.rollout.worker import RolloutWorker
 
 DONE = "DONE"
@@ -101,8 +103,6 @@ class StudyRunner:
         self.done_extra = {}
         output = getattr(self, f"_run_{arm.kind}")(arm, arm_dir)
         self.outputs[arm.name] = output
-        if self.study.levels is not None and arm.kind == "train":
-            self._levels_report(arm_dir, output)
         # wall time of the attempt that finished the arm (one resumed after a stop: its last attempt)
         seconds = round(time.perf_counter() - started, 1)
         done.write_text(json.dumps({"output": output, "seconds": seconds, **self.done_extra}))
@@ -135,7 +135,9 @@ class StudyRunner:
             self.done_extra["start_evaluation"] = "seed-0" if played_by == arm.name else f"seed-0/{played_by}"
         # an arm stopped mid-way continues from its last checkpoint
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
-        trainer.run()
+        # levels are played by the arm's own engines, its final weights in them
+        levels = None if self.study.levels is None else partial(self._levels_report, arm, arm_dir)
+        trainer.run(on_trained=levels)
         return str(trainer.last_checkpoint)
 
     def _start_played_by(self, arm: StudyArm, own: Any) -> str | None:
@@ -213,23 +215,21 @@ class StudyRunner:
                 known[ratio] = {**metrics, "evaluated_by": found[0]}
         return known
 
-    def _levels_report(self, arm_dir: Path, checkpoint: str) -> None:
-        """Accuracy per level of the arm's final checkpoint on the study's tagged items."""
+    def _levels_report(self, arm: StudyArm, arm_dir: Path, rollout: Rollout) -> None:
+        """Accuracy per level of the arm's final weights (held by ``rollout``) on the study's tagged items."""
         from deploy.difficulty import accuracy_by_level, read_tagged
         from services.rollout.config import SamplingConfig
 
-        tagged = read_tagged(self._tagged_items())
         spec = self.study.levels
         assert spec is not None
+        tagged = read_tagged(self._tagged_items(arm, rollout))
         sampling = SamplingConfig(temperature=0.0, max_tokens=spec.max_tokens, seed=spec.seed)
-        rollout = self._rollout(checkpoint)
-        try:
-            metrics = accuracy_by_level(rollout, tagged, sampling)
-        finally:
-            rollout.shutdown()
+        metrics = accuracy_by_level(rollout, tagged, sampling)
         (arm_dir / "levels.json").write_text(json.dumps(metrics, indent=1))
 
-    def _tagged_items(self) -> Path:
+    def _tagged_items(self, arm: StudyArm, rollout: Rollout) -> Path:
+        """This seed's tagged items; tagged now if missing, by ``rollout`` when ``arm`` is the model
+        that defines the levels, else by an engine of its own on that model."""
         from deploy.difficulty import tag_items, write_tagged
         from services.envs import resolve_options
         from services.rollout.config import SamplingConfig
@@ -243,12 +243,14 @@ class StudyRunner:
         suites = (self.study.base.get("eval") or {}).get("suites") or {"id": {}}
         env_id = env.get("id", "sftrl/GeneralPoints-v0")
         options = resolve_options(env_id, {**env.get("options", {}), **suites.get(spec.suite, {})})
-        rollout = self._rollout(self._resolve(spec.model))
+        sampling = SamplingConfig(temperature=1.0, max_tokens=spec.max_tokens, seed=spec.seed)
+        own = spec.model == f"@{arm.name}"
+        tagger = rollout if own else self._rollout(self._resolve(spec.model))
         try:
-            sampling = SamplingConfig(temperature=1.0, max_tokens=spec.max_tokens, seed=spec.seed)
-            tagged = tag_items(rollout, env_id, options, spec.items, spec.samples, spec.seed, sampling)
+            tagged = tag_items(tagger, env_id, options, spec.items, spec.samples, spec.seed, sampling)
         finally:
-            rollout.shutdown()
+            if not own:
+                tagger.shutdown()
         return write_tagged(tagged, path)
 
     def _rollout(self, model: str) -> RolloutWorker:

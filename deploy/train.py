@@ -14,7 +14,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,7 +304,9 @@ class Trainer:
 
     # -- run ---------------------------------------------------------------------------------------------
 
-    def run(self) -> Path:
+    def run(self, on_trained: Callable[[RolloutGroup], None] | None = None) -> Path:
+        """Train every stage; ``on_trained(rollout)``, if given, is called at the end with the run's
+        rollout group holding the final weights (more evaluation without another engine start)."""
         from sftrl.ray_setup import init_ray
 
         with contextlib.ExitStack() as stack:
@@ -313,7 +315,7 @@ class Trainer:
             try:
                 init_ray(self.config.ray_address)  # first: ray.init installs a SIGTERM handler of its own
                 with self._stop_on_sigterm():
-                    result = self._run()
+                    result = self._run(on_trained)
                 status = "finished"
                 return result
             except (KeyboardInterrupt, RunInterrupted):
@@ -355,7 +357,7 @@ class Trainer:
             return None
         return RunRegistrar(registry, run, self.console)
 
-    def _run(self) -> Path:
+    def _run(self, on_trained: Callable[[RolloutGroup], None] | None) -> Path:
         from services.rollout.config import RolloutConfig
         from sftrl.ray_setup import init_ray
 
@@ -369,6 +371,7 @@ class Trainer:
             if s.get("stage_final"):
                 start_stage, start_step = start_stage + 1, 0
             model_path = s["path"]
+            self.last_checkpoint = Path(s["path"])  # the output, should every stage be done already
             self.console.print(f"resuming from {s['path']} (stage {start_stage}, step {start_step})")
         rollout_cfg: RolloutConfig = cfg.rollout.model_copy(deep=True)
         # the engines start from the base model and receive the checkpoint's weights by a push: a
@@ -376,7 +379,8 @@ class Trainer:
         rollout_cfg.engine.model = resolve_model(cfg.model)
         # an evaluation plays its suites in one call: one chunk per actor
         chunk = cfg.eval.episodes * max(1, len(cfg.eval.suites)) // rollout_cfg.num_actors
-        self.rollout = RolloutGroup(rollout_cfg, chunk_size=max(1, chunk))
+        # the engines build while the first learner starts: its first use waits for them
+        self.rollout = RolloutGroup(rollout_cfg, chunk_size=max(1, chunk), wait=False)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         try:
             with Progress(*columns, console=self.console) as progress:
@@ -402,6 +406,10 @@ class Trainer:
                     model_path = str(self.last_checkpoint)
                     self.learner.shutdown()
                     self.learner = None
+            if on_trained is not None:
+                if start_stage == len(cfg.stages):  # resumed after the last stage: nothing was pushed
+                    self.rollout.update_weights(str(self.last_checkpoint), version=self.global_step)
+                on_trained(self.rollout)
             self.final_policy_version = self.rollout.policy_versions()
         finally:
             if self.learner is not None:

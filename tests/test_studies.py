@@ -233,6 +233,8 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
         "--output-dir",
         str(tmp_path / "out"),
         *REDUCED,
+        # difficulty levels (combinations' recipe has them): 4 items tagged by each seed's init
+        *["levels.model=@init", "levels.items=4", "levels.samples=2", "levels.max_tokens=64"],
     ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -264,6 +266,16 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     assert len(starts) == 2 and starts[0] == starts[1] and starts[0]["global_step"] == 0
     rl_evals = [r for r in read_metrics(folder / "seed-0" / "rl" / "metrics.jsonl") if r["kind"] == "eval"]
     assert rl_evals[0]["global_step"] > 0
+    # every training arm played the tagged items with its own engines after its last step
+    from deploy.difficulty import read_tagged
+
+    for seed in (0, 1):
+        tagged = read_tagged(folder / f"seed-{seed}" / "levels.jsonl")
+        assert len(tagged) == 4 and all(t.samples == 2 for t in tagged)
+        for arm in ("init", "sft", "rl"):
+            levels = json.loads((folder / f"seed-{seed}" / arm / "levels.json").read_text())
+            assert sum(v for k, v in levels.items() if k.startswith("items/")) == 4
+            assert 0.0 <= levels["accuracy"] <= 1.0
     demos = [(folder / f"seed-{s}" / "init" / "data" / "sft.jsonl").read_text() for s in (0, 1)]
     assert demos[0] != demos[1]
     # the report pools both seeds: the rate over 2 x 8 episodes, with its Wilson interval
@@ -281,7 +293,7 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
                for s in (0, 1) for a in ("init", "sft", "rl"))  # fmt: skip
     assert "## Run time" in text and "| SFT init |" in text.split("## Run time")[1]
     assert text.count("the interval excludes zero") + text.count("the interval does not exclude zero") == 5
-    for png in ("success_vs_compute.png", "final_success.png", "differences.png"):
+    for png in ("success_vs_compute.png", "final_success.png", "differences.png", "levels.png"):
         assert f"]({png})" in text
     # a second run finds every arm done and only rewrites the report
     again = CliRunner().invoke(main, args, catch_exceptions=False)

@@ -115,6 +115,33 @@ def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples
     assert best > evals[0]["reward/id"] - 0.5
 
 
+def test_a_finished_run_resumed_hands_its_final_weights_to_on_trained(sft_run):
+    """A study interrupted after an arm's last step but before its levels were played resumes the arm:
+    no stage is left, and the rollout group handed to ``on_trained`` must hold the final checkpoint's
+    weights (the engines start from the base model), not the base's."""
+    from deploy.evaluation import evaluate
+
+    final = sorted((sft_run.run_dir / "checkpoints").glob("step-*"))[-1]
+    ev = sft_run.config.eval
+    played: list[dict[str, float]] = []
+
+    def replay_final_evaluation(rollout) -> None:
+        metrics, _ = evaluate(rollout, sft_run.config.env.id, sft_run.config.env.options, ev.suites, ev.episodes,
+                              ev.seed, ev.sampling, ev.pass_k, ev.pass_k_temperature)  # fmt: skip
+        played.append(metrics)
+
+    resumed = Trainer(sft_run.config, resume=True)
+    resumed.run(on_trained=replay_final_evaluation)
+    assert resumed.last_checkpoint == final  # the arm's output, though no step ran
+    last_eval = [r for r in read_metrics(sft_run.run_dir / "metrics.jsonl") if r["kind"] == "eval"][-1]
+    assert last_eval["global_step"] == 300 and len(played) == 1
+    # greedy, same tasks, same batch: the final weights give the final evaluation's numbers again (the
+    # base's ID adherence is 0: test_sft_teaches_the_format_and_the_training_rule)
+    assert played[0]["adherence/id"] > 0.8
+    for key in ("adherence/id", "success/id", "reward/id", "reward/ood_rule"):
+        assert played[0][key] == pytest.approx(last_eval[key], abs=1e-9), key
+
+
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "deploy.cli", "train", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip

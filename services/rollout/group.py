@@ -40,7 +40,10 @@ def spread_chunks(specs: Sequence[EpisodeSpec], chunk_size: int, actors: int) ->
 
 
 class RolloutGroup:
-    def __init__(self, config: RolloutConfig, chunk_size: int = 16):
+    def __init__(self, config: RolloutConfig, chunk_size: int = 16, wait: bool = True):
+        """Start ``config.num_actors`` actors. ``wait=False`` returns while their engines are still
+        being built (so a caller can start a learner meanwhile); the first call that needs them, or
+        :meth:`wait_ready`, waits, and raises an engine's construction error."""
         import ray
 
         self._ray = ray
@@ -53,7 +56,15 @@ class RolloutGroup:
         self.last_error = ""
         self._weights_ref: Any = None
         self._version = 0
-        ray.get([a.ping.remote() for a in self.actors])
+        self._starting = [a.ping.remote() for a in self.actors]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every actor's engine is built."""
+        starting, self._starting = self._starting, []
+        if starting:
+            self._ray.get(starting)
 
     def _spawn(self, index: int) -> Any:
         return self._actor_cls.options(
@@ -87,6 +98,7 @@ class RolloutGroup:
         """Play every spec; order of the result follows ``specs``. The specs are spread evenly over
         the actors, in chunks of at most ``chunk_size``."""
         ray = self._ray
+        self.wait_ready()
         queue = deque(spread_chunks(specs, self.chunk_size, len(self.actors)))
         running: dict[Any, tuple[int, list[EpisodeSpec]]] = {}
         results: dict[str, Trajectory] = {}
@@ -117,6 +129,7 @@ class RolloutGroup:
         """Send one copy of ``weights`` through the object store to every actor. An actor that died
         (before or during the push) is replaced, and its replacement loads these weights."""
         ray = self._ray
+        self.wait_ready()
         self._version = version if version is not None else self._version + 1
         self._weights_ref = ray.put(weights) if not isinstance(weights, ray.ObjectRef) else weights
         pushes = [a.update_weights.remote(self._weights_ref, self._version) for a in self.actors]
@@ -130,6 +143,7 @@ class RolloutGroup:
 
     def policy_versions(self) -> list[int]:
         """The policy version each actor's engine holds now."""
+        self.wait_ready()
         return self._ray.get([a.policy_version.remote() for a in self.actors])
 
     def shutdown(self) -> None:
