@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
 
@@ -25,6 +25,25 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors (typos must not pass silently)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_section_defaults(cls, data: Any) -> Any:
+        """A section given in part keeps its default's other settings.
+
+        Where a field's default is a configured section (evaluation sampling defaults to greedy,
+        ``SamplingConfig(temperature=0.0, ...)``), pydantic builds a partial mapping from the class
+        defaults instead: ``eval.sampling.max_tokens=64`` alone would sample evaluations at T = 1.
+        """
+        if not isinstance(data, Mapping):
+            return data
+        merged: dict[str, Any] | None = None
+        for name, field in cls.model_fields.items():
+            given = data.get(name)
+            if isinstance(field.default, BaseModel) and isinstance(given, Mapping):
+                merged = merged if merged is not None else dict(data)
+                merged[name] = {**field.default.model_dump(exclude_unset=True), **given}
+        return merged if merged is not None else data
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -59,3 +59,20 @@ def test_list_index_overrides():
         apply_overrides(data, ["stages.5.steps=7"])
     with pytest.raises(ConfigError, match="index"):
         apply_overrides(data, ["stages.x.steps=7"])
+
+
+def test_a_section_given_in_part_keeps_its_defaults_other_settings():
+    """Evaluation sampling defaults to greedy and SFT stages to lr 1e-4: setting one other key of those
+    sections must not bring back the class defaults (T = 1 evaluations, lr 1e-5)."""
+    from deploy.train_config import TrainConfig
+
+    stages = "stages=[{kind: sft, optim: {warmup_steps: 0}}, {kind: rl, optim: {scheduler: constant}}]"
+    cfg = load_config(TrainConfig, None, ["eval.sampling.max_tokens=64", stages])
+    assert (cfg.eval.sampling.temperature, cfg.eval.sampling.max_tokens) == (0.0, 64)
+    assert (cfg.stages[0].optim.lr, cfg.stages[0].optim.warmup_steps) == (1e-4, 0)
+    assert (cfg.stages[1].optim.lr, cfg.stages[1].optim.scheduler) == (1e-5, "constant")
+    given = load_config(TrainConfig, None, ["eval.sampling.temperature=0.7", "eval.sampling.max_tokens=8"])
+    assert (given.eval.sampling.temperature, given.eval.sampling.max_tokens) == (0.7, 8)
+    untouched = load_config(TrainConfig, None, [])
+    assert untouched.eval.sampling == TrainConfig.model_fields["eval"].default.sampling
+    assert SFTDataConfig.model_validate({"env": {"id": "sftrl/GeneralPoints-v0"}}).env.options == {}

@@ -107,10 +107,8 @@ def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples
     if algorithm == "ppo":  # paper 1's value head is trained alongside
         assert all(math.isfinite(r["value_loss"]) and "value_mean" in r for r in train)
     # Only a collapse is an error here: whether 10 steps of this random tiny model raise its mean reward
-    # depends on near-tied greedy argmaxes, so on the CPU kind and the engine's batch (PPO did on an
-    # Intel Xeon, not on an AMD EPYC: -16.35 -> best -16.375; GRPO's evaluation played in one engine call
-    # instead of one per suite: -15.85 -> best -16.17). That an update moves the policy the way its
-    # advantages ask is test_learner's test_rl_step_each_algorithm.
+    # depends on near-tied greedy argmaxes, so on the CPU kind and the engine's batch. That an update
+    # moves the policy the way its advantages ask is test_learner's test_rl_step_each_algorithm.
     best = max(e["reward/id"] for e in evals[1:])
     assert best > evals[0]["reward/id"] - 0.5
 
@@ -136,10 +134,7 @@ def test_a_finished_run_resumed_hands_its_final_weights_to_on_trained(sft_run):
     last_eval = [r for r in read_metrics(sft_run.run_dir / "metrics.jsonl") if r["kind"] == "eval"][-1]
     assert last_eval["global_step"] == 300 and len(played) == 1
     # the final weights, not the base's: the base writes the ID rule's numbers in none of its first
-    # answers (test_sft_teaches_the_format_and_the_training_rule), the final ones in > 80%. Not asserted
-    # equal to the last evaluation: an engine whose weights were loaded from the checkpoint folder and
-    # one whose weights were pushed by the learner answered near-ties differently here (gp-base, 16
-    # episodes: ID success 62.5% against 56.3%), and so did one engine loaded from that folder twice
+    # answers (test_sft_teaches_the_format_and_the_training_rule), the final ones in > 80%
     assert played[0]["adherence/id"] > 0.5
     assert played[0]["adherence/id"] == pytest.approx(last_eval["adherence/id"], abs=0.15)
 
