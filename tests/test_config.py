@@ -75,4 +75,5 @@ def test_a_section_given_in_part_keeps_its_defaults_other_settings():
     assert (given.eval.sampling.temperature, given.eval.sampling.max_tokens) == (0.7, 8)
     untouched = load_config(TrainConfig, None, [])
     assert untouched.eval.sampling == TrainConfig.model_fields["eval"].default.sampling
+    # a section whose default sets nothing (EnvSpec()) takes the given keys and the class defaults
     assert SFTDataConfig.model_validate({"env": {"id": "sftrl/GeneralPoints-v0"}}).env.options == {}
