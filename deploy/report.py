@@ -95,6 +95,7 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
         run["final"] = evals[-1] if evals else {}
         run["suites"] = sorted({k.split("/")[1] for r in evals for k in r if k.startswith("success/")})
         run["gflops"] = (evals[-1].get("flops", 0.0) / 1e9) if evals else 0.0
+        run["attempts"] = _attempts_allowed(folder)
     if (folder / "levels.json").exists():
         run["levels"] = json.loads((folder / "levels.json").read_text())
     if (folder / "sweep.json").exists():
@@ -102,6 +103,17 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
     if (folder / "counts.json").exists():
         run["counts"] = json.loads((folder / "counts.json").read_text())
     return run
+
+
+def _attempts_allowed(folder: Path) -> dict[str, int]:
+    """Answers an evaluation episode allows per suite (the environment's ``verify_iter``, a suite's own
+    over it), from the run's resolved config; empty where the environment has no such option."""
+    path = folder / "resolved_config.yaml"
+    config = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    base = (config.get("env") or {}).get("options") or {}
+    suites = (config.get("eval") or {}).get("suites") or {}
+    found = {name: {**base, **(own or {})}.get("verify_iter") for name, own in suites.items()}
+    return {name: n for name, n in found.items() if isinstance(n, int)}
 
 
 def _offset_compute(run: dict[str, Any], gflops: float) -> None:
@@ -190,7 +202,13 @@ def _final_table(arms: list[Arm], suites: list[str]) -> list[str]:
     episodes = {
         int(f[f"episodes/{s}"]) for a in arms for f in a.finals for s in suites if f"episodes/{s}" in f
     }
-    per_suite = f" ({'/'.join(map(str, sorted(episodes)))} episodes per suite and seed)" if episodes else ""
+    allowed = {s: sorted({r["attempts"][s] for a in arms for r in a.runs if s in r.get("attempts", {})})
+               for s in suites}  # fmt: skip
+    notes = [f"{'/'.join(map(str, sorted(episodes)))} episodes per suite and seed"] if episodes else []
+    if any(allowed.values()):
+        notes.append("answers an episode allows: " + ", ".join(f"{s} {'/'.join(map(str, n))}"
+                                                               for s, n in allowed.items() if n))  # fmt: skip
+    per_suite = f" ({'; '.join(notes)})" if notes else ""
     lines = ["## Final evaluation", "",
              f"Episode success per suite{per_suite}: the rate over every seed's episodes with its 95% "
              "interval (Wilson); then the mean over seeds of the rest.", "",

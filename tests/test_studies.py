@@ -123,6 +123,19 @@ def test_report_draws_curves_tables_and_levels(tmp_path):
         write_report([tmp_path / "out"], tmp_path / "again")
 
 
+def test_report_states_the_answers_each_suite_allows(tmp_path):
+    # the suites' attempts come from each run's resolved config: the environment's, a suite's own over it
+    for name in ("a", "b"):
+        _fake_run(tmp_path / name, [(0, 0.1, 0.1), (1e9, 0.4, 0.3)])
+        suites = {"id": {}, "ood_rule": {"verify_iter": 1 if name == "a" else 2, "face_cards": "as_10"}}
+        config = {"env": {"options": {"verify_iter": 5}}, "eval": {"suites": suites}}
+        (tmp_path / name / "resolved_config.yaml").write_text(json.dumps(config))
+    text = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out").read_text()
+    assert "Episode success per suite (answers an episode allows: id 5, ood_rule 1/2): the rate" in text
+    raw = json.loads((tmp_path / "out" / "report.json").read_text())["runs"]
+    assert [r["attempts"] for r in raw] == [{"id": 5, "ood_rule": 1}, {"id": 5, "ood_rule": 2}]
+
+
 def _seeded_study(folder: Path, finals: dict[str, list[tuple[int, int]]], questions: list[dict]) -> None:
     """A study folder of 3 seeds as StudyRunner writes it; ``finals``: arm -> (ID, OOD successes) per
     seed, each out of 256 episodes."""
