@@ -301,7 +301,11 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     header = next(line for line in lines if line.startswith("| run | seeds |")).split(" | ")
     row = next(line for line in lines if line.startswith("| SFT init | 2 | ")).split(" | ")
     assert row[header.index("id")] == f"{pooled.estimate:.1%} ({pooled.low:.1%}–{pooled.high:.1%})"
-    assert "(8 episodes per suite and seed)" in text and "Seeds per arm: 2." in text
+    # every suite (in the report's order) allows the training environment's answers per episode
+    attempts = resolved[0, "init"]["env"]["options"]["verify_iter"]
+    allowed = ", ".join(f"{s} {attempts}" for s in sorted(resolved[0, "init"]["eval"]["suites"]))
+    assert f"(8 episodes per suite and seed; answers an episode allows: {allowed})" in text
+    assert "Seeds per arm: 2." in text
     assert all(json.loads((folder / f"seed-{s}" / a / "DONE").read_text())["seconds"] > 0
                for s in (0, 1) for a in ("init", "sft", "rl"))  # fmt: skip
     assert "## Run time" in text and "| SFT init |" in text.split("## Run time")[1]
