@@ -109,8 +109,13 @@ def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples
     # Only a collapse is an error here: whether 10 steps of this random tiny model raise its mean reward
     # depends on near-tied greedy argmaxes, so on the CPU kind and the engine's batch. That an update
     # moves the policy the way its advantages ask is test_learner's test_rl_step_each_algorithm.
+    # A collapse answers malformed at every attempt (-16 an episode). The mean return of 128 episodes at
+    # ~10% success has a standard error near 0.45 (returns spread from -16 to +5), so a drop of up to 1.5
+    # is noise: on an AMD EPYC with AVX-512 BF16, GRPO's evaluations read -13.9, -14.8, -14.4.
     best = max(e["reward/id"] for e in evals[1:])
-    assert best > evals[0]["reward/id"] - 0.5
+    assert best > evals[0]["reward/id"] - 1.5
+    malformed = "error_rate/id/malformed_answer"
+    assert evals[-1][malformed] < evals[0][malformed] + 0.15
 
 
 def test_a_finished_run_resumed_hands_its_final_weights_to_on_trained(sft_run):
