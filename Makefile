@@ -25,7 +25,7 @@ bench:
 # Every study recipe at the tiny size, each with its report (CI runs the cheapest in `make test`).
 STUDY_SIZE ?= tiny
 studies:
-	for recipe in $$($(PY) -c "from deploy.study_recipe import list_recipes; print(' '.join(r['name'] for r in list_recipes()))"); do \
+	for recipe in $$($(PY) -c "from deploy.studies.recipe import list_recipes; print(' '.join(r['name'] for r in list_recipes()))"); do \
 		$(VENV)/bin/sftrl study $$recipe --size $(STUDY_SIZE) || exit 1; \
 	done
 

@@ -26,7 +26,7 @@ TARGET_RATIO = 0.8
 
 
 def _rows(episodes: int, seed: int) -> tuple[Any, list[Any], Any]:
-    from deploy.gp_base import GPBaseConfig, demonstrations, gp_base_tokenizer, initial_model
+    from deploy.models.gp_base import GPBaseConfig, demonstrations, gp_base_tokenizer, initial_model
     from services.learner.sft_data import SFTConversation, tokenize_sft
 
     config = GPBaseConfig(seed=seed, episodes=episodes)

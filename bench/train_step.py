@@ -5,7 +5,7 @@ generation length, learning rate and number of policy epochs.
                                [--precision auto|fp32|bf16] [--quick]
 
 sftrl: Ray with one vLLM rollout actor and one DeepSpeed learner (world size 1); a step is
-:class:`deploy.rl_step.RLStep` (play -> batch -> ``LearnerGroup.rl_step`` -> weight push), the same
+:class:`deploy.train.rl_step.RLStep` (play -> batch -> ``LearnerGroup.rl_step`` -> weight push), the same
 object the training loop runs, and its compute is counted by the same ``FlopsCounter``. TRL: ``GRPOTrainer`` with generation through
 transformers (``use_vllm=False``; TRL's vLLM path needs CUDA). Both play GeneralPoints text
 (single attempt, compact prompt) from the same task seeds and score with ``verify_general_points``.
@@ -109,8 +109,8 @@ def _summary(steps: list[dict[str, Any]], samples: int) -> dict[str, Any]:
 
 
 def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
-    from deploy.evaluation import suite_metrics
-    from deploy.rl_step import RLStep
+    from deploy.evaluate.suites import suite_metrics
+    from deploy.train.rl_step import RLStep
     from services.learner.config import LearnerConfig, OptimConfig, RLConfig
     from services.learner.group import LearnerGroup
     from services.rollout.config import RolloutConfig, SamplingConfig
@@ -384,7 +384,7 @@ def main() -> None:
                      "dtype": {"sftrl_learner": args.precision, "sftrl_rollout": _engine_dtype(args.precision),
                                "trl": args.precision}},
         "matmul_peak_gflop_per_s": peak,
-        "flops_formula": "deploy.rl_step.FlopsCounter.rl_update: (6 x params x trained tokens, + 2 x params x "
+        "flops_formula": "deploy.train.rl_step.FlopsCounter.rl_update: (6 x params x trained tokens, + 2 x params x "
                          "trained tokens when the learner made a no-grad scoring pass) / learn seconds; "
                          "trained tokens = batch.attention_mask.sum()",
         "sftrl": ours, "trl": theirs,

@@ -1,1 +1,3 @@
-"""Job entry points: the training loop behind `sftrl train` (also what `ray job submit` runs)."""
+"""Entry points and orchestration: the command line (``cli/``, ``commands/``), the training loop
+(``train/``), evaluation and the endpoint (``evaluate/``), the papers' studies and reports
+(``studies/``), the models made here (``models/``)."""

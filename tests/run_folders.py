@@ -11,7 +11,7 @@ def make_run_folder(run_dir: Path, model: Path, steps: list[int], **config: obje
     import json
     import shutil
 
-    from deploy.train_config import TrainConfig
+    from deploy.train.config import TrainConfig
     from sftrl.checkpoint import CheckpointManager, write_complete, write_trainer_state
     from sftrl.config import write_resolved_config
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.checkpoint_eval import EvalInputError, client_suite, error_text, with_dataset_files
-from deploy.serve.schemas import CheckpointList, EvaluationStatus
+from deploy.evaluate.checkpoint import EvalInputError, client_suite, error_text, with_dataset_files
+from deploy.evaluate.serve.schemas import CheckpointList, EvaluationStatus
 from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec
 
 SAMPLE = Path(__file__).parent / "data" / "visual_qa_sample.jsonl"

@@ -9,9 +9,9 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-from deploy.combination import pass_rates, sft_weight, split_by_pass_rate
-from deploy.train_config import SFTMix
-from deploy.train_data import rows_for_step
+from deploy.train.combination import pass_rates, sft_weight, split_by_pass_rate
+from deploy.train.config import SFTMix
+from deploy.train.data import rows_for_step
 from sftrl.trajectory import Trajectory
 
 
@@ -55,8 +55,8 @@ def test_progressive_rows_are_a_function_of_the_step():
 
 @pytest.mark.slow
 def test_interleaved_and_progressive_stages_in_one_run(tiny_model, tmp_path, monkeypatch):
-    from deploy.metrics import read_metrics
-    from deploy.train import Trainer, load_train_config
+    from deploy.train.loop import Trainer, load_train_config
+    from deploy.train.metrics import read_metrics
     from services.learner.sft_data import load_demonstrations
     from sftrl.trajectory import read_trajectories
 
@@ -112,8 +112,8 @@ def test_interleaved_and_progressive_stages_in_one_run(tiny_model, tmp_path, mon
 def test_interleaved_step_trains_sft_on_failed_tasks_and_rl_on_the_rest(tiny_model, tmp_path):
     """Both branches of an interleaved step with a real DeepSpeed learner, on real GeneralPoints episodes
     where tasks 1 and 3 were failed by every sample and tasks 0 and 2 were solved."""
-    from deploy.rl_step import RLStep
-    from deploy.train import Trainer, load_train_config
+    from deploy.train.loop import Trainer, load_train_config
+    from deploy.train.rl_step import RLStep
     from services.learner.batch import build_rl_batch
     from services.learner.sft_data import load_demonstrations
     from sftrl.models.processor import load_tokenizer_or_processor

@@ -64,7 +64,7 @@ def test_list_index_overrides():
 def test_a_section_given_in_part_keeps_its_defaults_other_settings():
     """Evaluation sampling defaults to greedy and SFT stages to lr 1e-4: setting one other key of those
     sections must not bring back the class defaults (T = 1 evaluations, lr 1e-5)."""
-    from deploy.train_config import TrainConfig
+    from deploy.train.config import TrainConfig
 
     stages = "stages=[{kind: sft, optim: {warmup_steps: 0}}, {kind: rl, optim: {scheduler: constant}}]"
     cfg = load_config(TrainConfig, None, ["eval.sampling.max_tokens=64", stages])

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from deploy.data_mixing import DataMixConfig, demonstration_from, mix_datasets
+from deploy.studies.data_mixing import DataMixConfig, demonstration_from, mix_datasets
 from services.learner.sft_data import load_demonstrations
 from sftrl.trajectory import Trajectory, Turn
 

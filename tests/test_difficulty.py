@@ -8,7 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy.difficulty import TaggedItem, accuracy_by_level, level_of, read_tagged, tag_items, write_tagged
+from deploy.evaluate.levels import (
+    TaggedItem,
+    accuracy_by_level,
+    level_of,
+    read_tagged,
+    tag_items,
+    write_tagged,
+)
 from services.rollout.config import SamplingConfig
 from sftrl.config import ConfigError
 

@@ -11,8 +11,8 @@ import gymnasium as gym
 import pytest
 
 import services.envs  # noqa: F401
-from deploy.eval_metrics import pass_at_k, pass_at_k_metrics, suite_metrics
-from deploy.evaluation import _named
+from deploy.evaluate.metrics import pass_at_k, pass_at_k_metrics, suite_metrics
+from deploy.evaluate.suites import _named
 from services.verifier.general_points import GPTask, card_value
 from services.verifier.gp_fields import answer_fields
 from sftrl.trajectory import Trajectory, Turn
@@ -165,7 +165,7 @@ class ScriptedRollout:
 
 
 def test_evaluate_adds_pass_at_k_from_sampled_episodes():
-    from deploy.evaluation import evaluate
+    from deploy.evaluate.suites import evaluate
     from services.rollout.config import SamplingConfig
 
     rollout = ScriptedRollout()

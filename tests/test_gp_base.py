@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from deploy import gp_base
-from deploy.gp_base import BAR_FILE, BAR_RULES, GPBaseConfig, demonstrations, gp_base_tokenizer
+from deploy.models import gp_base
+from deploy.models.gp_base import BAR_FILE, BAR_RULES, GPBaseConfig, demonstrations, gp_base_tokenizer
 from services.verifier.face_rules import parse_face_rule, rule_text
 from sftrl.models.prepare import PrepareOptions, prepare_model
 from sftrl.models.store import weights_sha256

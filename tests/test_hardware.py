@@ -55,8 +55,8 @@ def test_a_run_writes_the_choice_and_its_reason_into_its_resolved_config(cpu, tm
     import yaml
     from rich.console import Console
 
-    from deploy.train import _resolve_hardware
-    from deploy.train_config import TrainConfig
+    from deploy.train.config import TrainConfig
+    from deploy.train.loop import _resolve_hardware
     from sftrl.config import write_resolved_config
 
     cpu(AVX2_ONLY)

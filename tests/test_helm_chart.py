@@ -629,7 +629,7 @@ def test_rayservice_serves_the_sftrl_application(chart: Chart, case: str) -> Non
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     assert app["name"] == "sftrl" and app["route_prefix"] == "/"
-    assert app["import_path"] == "deploy.serve.app:build_app"
+    assert app["import_path"] == "deploy.evaluate.serve.app:build_app"
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {"SftrlAPI", "EvalReplica"}
     assert deployments["SftrlAPI"]["num_replicas"] >= 1

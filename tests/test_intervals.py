@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.intervals import Interval, bootstrap_difference, bootstrap_rate_difference, wilson
+from deploy.studies.intervals import Interval, bootstrap_difference, bootstrap_rate_difference, wilson
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,7 @@ def test_merge_sweep_evaluates_every_ratio_in_vllm(tiny_model: Path, tmp_path: P
     from click.testing import CliRunner
 
     from deploy.cli import main
-    from deploy.evaluation import evaluate
+    from deploy.evaluate.suites import evaluate
     from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
     from services.rollout.worker import RolloutWorker
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from deploy.metrics import MetricsLog, read_metrics
+from deploy.train.metrics import MetricsLog, read_metrics
 
 
 def test_a_torn_last_line_is_dropped_with_a_warning_and_the_run_resumes(tmp_path):
@@ -39,7 +39,7 @@ def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
 def test_a_run_resumed_without_a_complete_checkpoint_starts_its_record_over(tmp_path):
     """A run stopped before its first complete checkpoint starts again from step 0: the records of the
     stopped attempt (its stage start and first evaluation) would otherwise appear twice."""
-    from deploy.train import Trainer, load_train_config
+    from deploy.train.loop import Trainer, load_train_config
 
     config = load_train_config(None, ["model=tiny", f"output_dir={tmp_path}", "run_name=r", "tensorboard=false",
                                       "learner.precision=fp32", "rollout.engine.dtype=float32"])  # fmt: skip

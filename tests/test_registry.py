@@ -12,9 +12,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from deploy.checkpoint_eval import EvalInputError, EvalRequest, UnknownCheckpoint, create_evaluation
 from deploy.cli import main
-from deploy.registry_sync import RunRegistrar, read_run, resync
+from deploy.evaluate.checkpoint import EvalInputError, EvalRequest, UnknownCheckpoint, create_evaluation
+from deploy.train.registry_sync import RunRegistrar, read_run, resync
 from sftrl.registry import (
     LocalRedis,
     Registry,
@@ -368,7 +368,7 @@ def test_an_evaluation_nobody_renews_is_lost_and_frees_its_owner(registry: Regis
 
 @pytest.mark.fault
 def test_a_cancelled_evaluation_stops_at_its_next_chunk(registry: Registry, run_dir: Path) -> None:
-    from deploy.checkpoint_eval import CHUNK_EPISODES, execute_evaluation
+    from deploy.evaluate.checkpoint import CHUNK_EPISODES, execute_evaluation
     from tests.test_eval_metrics import ScriptedRollout
 
     resync(registry, [run_dir])

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from deploy.registry_sync import resync
+from deploy.train.registry_sync import resync
 from sftrl.registry import Registry
 from tests.run_folders import make_run_folder
 
@@ -49,7 +49,7 @@ def endpoint(serve_runs: Path, tiny_model: Path, registry_server: str) -> Any:
     import ray
     from ray import serve
 
-    from deploy.serve.app import build_app
+    from deploy.evaluate.serve.app import build_app
 
     root = serve_runs
     make_run_folder(root / "gp", tiny_model, [10, 20], **RUN_CONFIG)
@@ -352,7 +352,7 @@ def test_a_lost_evaluation_never_locks_its_token_out_and_one_can_be_cancelled(
 ) -> None:
     """An evaluation whose replicas were killed stops renewing its lease: the token's next POST marks
     it lost instead of answering 429 (the limit here is one live evaluation per token)."""
-    from deploy.serve.app import _owner
+    from deploy.evaluate.serve.app import _owner
     from sftrl.registry.records import EvaluationRecord, SuiteSpec
 
     with Registry(registry_server) as reg:

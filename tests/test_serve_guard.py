@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from deploy.serve.guard import RequestGuard
-from deploy.serve.settings import set_guard
+from deploy.evaluate.serve.guard import RequestGuard
+from deploy.evaluate.serve.settings import set_guard
 
 TOKEN = "s3cret-token"
 LIMIT = 1024
@@ -88,7 +88,7 @@ def test_an_unset_token_lets_nothing_through(client):
 def test_tokens_are_stripped_wherever_they_come_from(monkeypatch, tmp_path):
     """A Secret made from a file (`kubectl create secret --from-file`) ends in a newline; the token
     must still match what clients send."""
-    from deploy.serve.settings import ServeSettings
+    from deploy.evaluate.serve.settings import ServeSettings
 
     monkeypatch.setenv("SFTRL_API_TOKEN", f"{TOKEN}\n")
     assert ServeSettings().resolved_token() == TOKEN

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.intervals import wilson
-from deploy.report import write_report
-from deploy.study_recipe import arm_config, list_recipes, load_study
+from deploy.studies.intervals import wilson
+from deploy.studies.recipe import arm_config, list_recipes, load_study
+from deploy.studies.report import write_report
 from sftrl.config import ConfigError
 
 RECIPES = [r["name"] for r in list_recipes()]
@@ -178,8 +178,8 @@ def test_a_study_of_seeds_pools_them_and_answers_its_questions(tmp_path):
     for png in ("success_vs_compute.png", "final_success.png", "differences.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000 and f"]({png})" in text
     # before any training every seed plays the same model on the same tasks: 256 episodes, not 768
-    from deploy.report import collect_runs
-    from deploy.study_stats import curve, group_arms
+    from deploy.studies.report import collect_runs
+    from deploy.studies.stats import curve, group_arms
 
     first = curve(group_arms(collect_runs([tmp_path / "s-tiny"]))[0], "success", "id")[0][2]
     assert (first.low, first.high) == (wilson(round(0.1 * 256), 256).low, wilson(round(0.1 * 256), 256).high)
@@ -233,7 +233,7 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     from click.testing import CliRunner
 
     from deploy.cli import main
-    from deploy.metrics import read_metrics
+    from deploy.train.metrics import read_metrics
 
     monkeypatch.setenv("SFTRL_MODELS_DIR", str(tmp_path / "models"))  # gp-base: prepared by the study itself
     args = [
@@ -280,7 +280,7 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     rl_evals = [r for r in read_metrics(folder / "seed-0" / "rl" / "metrics.jsonl") if r["kind"] == "eval"]
     assert rl_evals[0]["global_step"] > 0
     # every training arm played the tagged items with its own engines after its last step
-    from deploy.difficulty import read_tagged
+    from deploy.evaluate.levels import read_tagged
 
     for seed in (0, 1):
         tagged = read_tagged(folder / f"seed-{seed}" / "levels.jsonl")
@@ -362,7 +362,7 @@ def test_a_later_seed_starts_at_the_first_seeds_evaluation_of_the_same_model(tmp
 
 
 def test_an_arm_from_the_same_model_takes_the_start_evaluation_another_arm_played(tmp_path):
-    from deploy.study import StudyRunner
+    from deploy.studies.runner import StudyRunner
 
     study = load_study("prompt-diverse-sft", "tiny")  # two arms from the base, two from their outputs
     runner = StudyRunner(study, tmp_path)
@@ -403,8 +403,8 @@ def test_an_arm_from_the_same_model_takes_the_start_evaluation_another_arm_playe
 
 
 def test_only_a_greedy_or_seeded_start_evaluation_of_seed_0_is_taken(tmp_path):
-    from deploy.study_reuse import start_played_in
-    from deploy.train_config import EvalConfig
+    from deploy.studies.reuse import start_played_in
+    from deploy.train.config import EvalConfig
 
     first = tmp_path / "seed-0" / "init"
     greedy = EvalConfig(sampling={"temperature": 0.0})
@@ -440,7 +440,7 @@ def test_report_gives_each_arms_wall_time_per_seed_and_the_study_total(tmp_path)
 
 
 def test_arms_that_continue_an_arm_evaluated_the_same_way_skip_their_start_evaluation(tmp_path):
-    from deploy.study import StudyRunner
+    from deploy.studies.runner import StudyRunner
 
     runner = StudyRunner(load_study("combinations", "tiny"), tmp_path)
     runner.outputs = {a.name: str(tmp_path / a.name) for a in runner.study.arms}
@@ -461,7 +461,7 @@ def test_recipes_ship_as_package_data():
     so an installed sftrl finds them without a checkout."""
     import tomllib
 
-    from deploy.study_recipe import STUDIES_DIR
+    from deploy.studies.recipe import STUDIES_DIR
 
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
@@ -513,8 +513,8 @@ def test_a_report_of_many_arms_draws_its_curves_with_the_legend_below(tmp_path):
 def test_error_bars_never_go_negative_when_a_point_lies_outside_its_interval(tmp_path):
     """A mean over seeds (or a bootstrap estimate) can fall just outside its 95% interval; the
     figure must still be drawn, with that side's bar at zero length."""
-    from deploy.intervals import Interval
-    from deploy.report_figures import _bar_errors, question_forest
+    from deploy.studies.figures import _bar_errors, question_forest
+    from deploy.studies.intervals import Interval
 
     intervals = [Interval(0.10, 0.12, 0.20), Interval(0.50, 0.40, 0.45), None]
     lows, highs = _bar_errors([0.10, 0.50, 0.3], intervals)

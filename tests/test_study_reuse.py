@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.merge_sweep import MergeSweepConfig, run_sweep
-from deploy.study import StudyRunner
-from deploy.study_recipe import load_study
-from deploy.study_reuse import final_evaluation
+from deploy.studies.merge_sweep import MergeSweepConfig, run_sweep
+from deploy.studies.recipe import load_study
+from deploy.studies.reuse import final_evaluation
+from deploy.studies.runner import StudyRunner
 
 SUITES = ["id", "ood_rule", "fake_rule"]
 
@@ -58,7 +58,7 @@ def _runner(tmp_path: Path, overrides: list[str] | None = None) -> StudyRunner:
 
 
 def _sweep(runner: StudyRunner):
-    from deploy.study_recipe import arm_config
+    from deploy.studies.recipe import arm_config
 
     arm = next(a for a in runner.study.arms if a.kind == "merge_sweep")
     return arm, arm_config(runner.study, arm, runner._resolve)

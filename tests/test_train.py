@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.metrics import read_metrics
-from deploy.train import Trainer, load_train_config
+from deploy.train.loop import Trainer, load_train_config
+from deploy.train.metrics import read_metrics
 
 # the shared 300-step SFT run needs headroom on a busy machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -122,7 +122,7 @@ def test_a_finished_run_resumed_hands_its_final_weights_to_on_trained(sft_run):
     """A study interrupted after an arm's last step but before its levels were played resumes the arm:
     no stage is left, and the rollout group handed to ``on_trained`` must hold the final checkpoint's
     weights (the engines start from the base model), not the base's."""
-    from deploy.evaluation import evaluate
+    from deploy.evaluate.suites import evaluate
 
     final = sorted((sft_run.run_dir / "checkpoints").glob("step-*"))[-1]
     ev = sft_run.config.eval

@@ -137,7 +137,7 @@ def data_sft(
 def data_mix(ctx: click.Context, rl_model: str, sft_model: str, env_id: str, tasks: int, samples: int, seed: int,
              max_tokens: int, device: str, out: Path) -> None:  # fmt: skip
     """Data mixing (paper 2): RL model's successes, the SFT model's only where RL failed."""
-    from deploy.data_mixing import DataMixConfig, mix_datasets
+    from deploy.studies.data_mixing import DataMixConfig, mix_datasets
 
     try:
         config = build(DataMixConfig, {

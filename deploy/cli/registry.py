@@ -83,8 +83,8 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
                  samples: int, seed: int, temperature: float | None, max_tokens: int | None, device: str,
                  threads: int | None, checkpoint_roots: tuple[str, ...]) -> None:  # fmt: skip
     """Evaluate CHECKPOINT (RUN@STEP, or RUN for its latest) in this process; stored in the registry."""
-    from deploy.checkpoint_eval import EvalInputError, EvalRequest
     from deploy.commands.evaluate import evaluate_command
+    from deploy.evaluate.checkpoint import EvalInputError, EvalRequest
     from sftrl.registry import REGISTRY_ERRORS, SuiteSpec, open_registry
 
     if (suite is None) == (env_id is None):

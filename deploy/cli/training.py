@@ -100,7 +100,7 @@ def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) 
     Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`
     (put a bare --resume after them, or write --resume yes).
     """
-    from deploy.train import RunInterrupted, Trainer, load_train_config
+    from deploy.train.loop import RunInterrupted, Trainer, load_train_config
 
     try:
         config = load_train_config(config_path, list(overrides))
@@ -177,8 +177,8 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, s
     """Run every arm of a study RECIPE (configs/studies/NAME.yaml or a path), then write its report."""
     from rich.table import Table
 
-    from deploy.study import StudyRunner
-    from deploy.study_recipe import list_recipes, load_study
+    from deploy.studies.recipe import list_recipes, load_study
+    from deploy.studies.runner import StudyRunner
 
     try:
         if list_only or recipe is None:
@@ -193,7 +193,7 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, s
         folder = StudyRunner(study, output_dir, console).run()
         console.print(f"study folder: {folder}", highlight=False)
         if report:
-            from deploy.report import write_report
+            from deploy.studies.report import write_report
 
             path = write_report([folder], folder / "report", title=f"{study.title} ({study.size})")
             console.print(f"report: {path}", highlight=False)
@@ -211,7 +211,7 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, s
 @click.option("--title", default=None, help="Default: a single study's own title, else 'sftrl report'.")
 def report_cmd(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
     """Markdown report with figures (success vs compute, per-level accuracy, merges) from RUNS or studies."""
-    from deploy.report import write_report
+    from deploy.studies.report import write_report
 
     try:
         console.print(f"report: {write_report(list(runs), out, title)}", highlight=False)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy.difficulty import (
+from deploy.evaluate.levels import (
     LEVELS,
     accuracy_by_level,
     level_counts,

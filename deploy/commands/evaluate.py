@@ -1,6 +1,6 @@
 """``sftrl evaluate CHECKPOINT``: evaluate a registered checkpoint in this process (no Ray).
 
-The same code path as the endpoint's replicas (deploy.checkpoint_eval), so a seed gives the same
+The same code path as the endpoint's replicas (deploy.evaluate.checkpoint), so a seed gives the same
 numbers here and over HTTP; the result is stored in the registry like the endpoint's.
 """
 
@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deploy.checkpoint_eval import EvalRequest, create_evaluation, execute_evaluation, load_rollout
+from deploy.evaluate.checkpoint import EvalRequest, create_evaluation, execute_evaluation, load_rollout
 from sftrl.checkpoint import checkpoint_roots as sftrl_checkpoint_roots
 from sftrl.registry import EvaluationRecord, Registry
 

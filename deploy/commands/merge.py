@@ -77,7 +77,7 @@ def sweep_parser() -> argparse.ArgumentParser:
         description="Merge two models at several ratios and evaluate each merge on ID/OOD suites.",
         epilog="Further settings as key=value (e.g. episodes=64 env.options.target=24 engine.device=cuda).",
     )
-    p.add_argument("--config", type=Path, help="a YAML sweep config (deploy.merge_sweep.MergeSweepConfig)")
+    p.add_argument("--config", type=Path, help="a YAML sweep config (deploy.studies.merge_sweep.MergeSweepConfig)")
     p.add_argument("--method", choices=["linear", "slerp"])
     p.add_argument("--models", nargs=2, metavar=("A", "B"))
     p.add_argument("--ratios", nargs="+", type=float, help="B's share: 0 gives A, 1 gives B")
@@ -87,7 +87,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(console: Console, argv: list[str]) -> dict[str, Any]:
-    from deploy.merge_sweep import MergeSweepConfig, run_sweep
+    from deploy.studies.merge_sweep import MergeSweepConfig, run_sweep
     from sftrl.config import read_yaml
 
     args = sweep_parser().parse_args(argv)

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from deploy.gp_base import outdated_copy
+from deploy.models.gp_base import outdated_copy
 from sftrl.config import build
 from sftrl.models.prepare import PrepareOptions, PrepareOutcome, prepare_model
 from sftrl.models.store import CATALOG, folder_size, list_prepared, models_dir

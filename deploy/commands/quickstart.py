@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from deploy.study_recipe import Study
+    from deploy.studies.recipe import Study
 
 RECIPE = "gp-l-rule-ood"
 NAME = "quickstart"
@@ -31,8 +31,8 @@ SUITES = ("id", "ood_rule")
 
 def results_table(study_dir: Path) -> Table:
     """Per arm: ID success, rule-OOD success and OOD rule adherence (95% intervals)."""
-    from deploy.report import collect_runs
-    from deploy.study_stats import cell, group_arms, mean_value, pooled
+    from deploy.studies.report import collect_runs
+    from deploy.studies.stats import cell, group_arms, mean_value, pooled
 
     arms = [a for a in group_arms(collect_runs([study_dir])) if a.kind == "train"]
     columns = (("ID success", "success", "id"), ("rule-OOD success", "success", "ood_rule"),
@@ -64,9 +64,9 @@ def quickstart_study(study: Study) -> Study:
 def run_quickstart(
     output_dir: str, fresh: bool, overrides: list[str], console: Console, seeds: int = 1
 ) -> Path:
-    from deploy.report import write_report
-    from deploy.study import StudyRunner
-    from deploy.study_recipe import load_study
+    from deploy.studies.recipe import load_study
+    from deploy.studies.report import write_report
+    from deploy.studies.runner import StudyRunner
 
     study = quickstart_study(
         load_study(RECIPE, "tiny", [f"name={NAME}", *overrides], seeds, variables=ENDS_ONLY)

@@ -53,7 +53,7 @@ def print_checkpoints(console: Console, run_id: str, checkpoints: list[Checkpoin
 
 
 def resync_command(console: Console, registry: Registry, roots: list[Path], prune: bool = False) -> None:
-    from deploy.registry_sync import resync
+    from deploy.train.registry_sync import resync
 
     report = resync(registry, roots, prune)
     console.print(

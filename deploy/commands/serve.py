@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from deploy.serve.settings import ServeSettings, local_token_file
+from deploy.evaluate.serve.settings import ServeSettings, local_token_file
 from sftrl.registry.local_server import LocalRedis
 
 
@@ -17,7 +17,7 @@ def serve_command(
 ) -> None:
     from ray import serve
 
-    from deploy.serve.app import build_app
+    from deploy.evaluate.serve.app import build_app
     from sftrl.ray_setup import init_ray
 
     args = dict(settings)

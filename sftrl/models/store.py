@@ -58,7 +58,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "text",
         "Llama, 3.2M parameters, trained here from scratch to read GeneralPoints' face-card rule from the "
         "prompt (rules drawn per episode; J,Q,K = 10, = 11,12,13 and two more held out); a token per number",
-        "deploy.gp_base:build_gp_base",
+        "deploy.models.gp_base:build_gp_base",
         ("seed", "steps", "retrain"),
     ),
     "tiny-vl": CatalogEntry(

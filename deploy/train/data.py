@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deploy.train_config import SFTDataSpec, TrainConfig
+from deploy.train.config import SFTDataSpec, TrainConfig
 from services.envs import resolve_options
 
 if TYPE_CHECKING:

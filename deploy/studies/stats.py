@@ -1,8 +1,8 @@
 """A study's figures pooled over its seeds, with 95% intervals, and the answers to its questions.
 
-Runs come from :func:`deploy.report.collect_runs`; runs of the same arm (one per seed) form an arm.
+Runs come from :func:`deploy.studies.report.collect_runs`; runs of the same arm (one per seed) form an arm.
 A rate is pooled over the episodes of every seed (Wilson interval); a question's difference between
-two arms is bootstrapped over seeds and episodes (:func:`deploy.intervals.bootstrap_rate_difference`),
+two arms is bootstrapped over seeds and episodes (:func:`deploy.studies.intervals.bootstrap_rate_difference`),
 paired by seed when both arms ran the same seeds (they share each seed's start).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.intervals import Interval, bootstrap_rate_difference, wilson
+from deploy.studies.intervals import Interval, bootstrap_rate_difference, wilson
 
 # the count each rate is a share of, as evaluation records write it
 DENOMINATORS = {

@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from deploy.train_config import SFTMix
+from deploy.train.config import SFTMix
 from sftrl.trajectory import Trajectory
 
 

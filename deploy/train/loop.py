@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deploy.combination import sft_weight, split_by_pass_rate
-from deploy.evaluation import evaluate, suite_metrics
-from deploy.metrics import MetricsLog, plot_run
-from deploy.registry_sync import RunRegistrar
-from deploy.rl_step import FlopsCounter, RLStep, push_dtype, push_weights
-from deploy.train_config import RLStage, SFTStage, TrainConfig
-from deploy.train_data import TrainingData, epoch_order, rows_for_step
+from deploy.evaluate.suites import evaluate, suite_metrics
+from deploy.train.combination import sft_weight, split_by_pass_rate
+from deploy.train.config import RLStage, SFTStage, TrainConfig
+from deploy.train.data import TrainingData, epoch_order, rows_for_step
+from deploy.train.metrics import MetricsLog, plot_run
+from deploy.train.registry_sync import RunRegistrar
+from deploy.train.rl_step import FlopsCounter, RLStep, push_dtype, push_weights
 from services.envs import resolve_options
 from services.rollout.group import RolloutGroup, episode_specs
 from sftrl.checkpoint import step_of

@@ -1,6 +1,6 @@
 """One RL step, callable: play episodes, build the batch, update the learner, push the weights.
 
-The training loop (:class:`deploy.train.Trainer`) and the benchmark (``bench/train_step.py``) both
+The training loop (:class:`deploy.train.loop.Trainer`) and the benchmark (``bench/train_step.py``) both
 run RL through :class:`RLStep`, so what is timed is what trains, and the compute of a step is
 counted in one place (:class:`FlopsCounter`).
 """

@@ -2,7 +2,7 @@
 
 Two deployments: ``SftrlAPI`` (HTTP, auth, validation, the registry) and ``EvalReplica`` (vLLM
 engines on checkpoints, loaded on demand and kept warm up to a bound; autoscaled by the Serve
-config). ``build_app`` is the import path a Serve config names (``deploy.serve.app:build_app``).
+config). ``build_app`` is the import path a Serve config names (``deploy.evaluate.serve.app:build_app``).
 
 Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time).
 Bad requests get a 4xx with a message: 401 no/wrong token, 404 unknown checkpoint or evaluation,
@@ -32,7 +32,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from deploy.checkpoint_eval import (
+from deploy.evaluate.checkpoint import (
     EvalInputError,
     EvalRequest,
     UnknownCheckpoint,
@@ -41,8 +41,8 @@ from deploy.checkpoint_eval import (
     execute_evaluation,
     load_rollout,
 )
-from deploy.serve.guard import RequestGuard
-from deploy.serve.schemas import (
+from deploy.evaluate.serve.guard import RequestGuard
+from deploy.evaluate.serve.schemas import (
     ChatRequest,
     ChatResponse,
     CheckpointList,
@@ -50,7 +50,7 @@ from deploy.serve.schemas import (
     EvaluationStatus,
     Health,
 )
-from deploy.serve.settings import ServeSettings, set_guard
+from deploy.evaluate.serve.settings import ServeSettings, set_guard
 from services.rollout.config import SamplingConfig
 from sftrl.registry import REGISTRY_ERRORS, CheckpointRecord, Registry, RegistryError
 from sftrl.registry.store import ACTIVE
@@ -300,7 +300,7 @@ class SftrlAPI:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Any:
-    """The Serve application (``import_path: deploy.serve.app:build_app``; ``args``: ServeSettings)."""
+    """The Serve application (``import_path: deploy.evaluate.serve.app:build_app``; ``args``: ServeSettings)."""
     settings = ServeSettings.model_validate(args or {})
     settings.resolved_token()  # fail at deploy time, not at the first request
     settings.resolved_redis_url()

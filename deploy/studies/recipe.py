@@ -6,8 +6,8 @@ A recipe holds
   for hours on a CPU, ``paper`` the papers' models and settings for a GPU cluster), substituted as
   ``${var}`` into the rest of the file before it is parsed;
 - ``base``: TrainConfig settings shared by every training arm;
-- ``arms``, in order: ``train`` (a TrainConfig on top of ``base``), ``data_mix`` (deploy.data_mixing)
-  or ``merge_sweep`` (deploy.merge_sweep). A value ``"@ARM"`` names an earlier arm's output: the last
+- ``arms``, in order: ``train`` (a TrainConfig on top of ``base``), ``data_mix`` (deploy.studies.data_mixing)
+  or ``merge_sweep`` (deploy.studies.merge_sweep). A value ``"@ARM"`` names an earlier arm's output: the last
   checkpoint of a training arm, the data file of a data-mixing arm;
 - ``levels`` (optional): tag the ID items with a model's pass rate (paper 2's L1..L5), then report
   each training arm's final accuracy per level;
@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from sftrl.config import ConfigError, StrictModel, apply_overrides, build
 
-STUDIES_DIR = Path(__file__).resolve().parent / "configs" / "studies"  # package data: in a wheel too
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"  # package data: in a wheel too
 Size = Literal["tiny", "small", "paper"]
 
 
@@ -165,9 +165,9 @@ def load_study(
 
 def arm_config(study: Study, arm: StudyArm, resolve: Any) -> Any:
     """The typed config of ``arm`` (``resolve`` maps its values, e.g. ``@ARM`` to that arm's output)."""
-    from deploy.data_mixing import DataMixConfig
-    from deploy.merge_sweep import MergeSweepConfig
-    from deploy.train_config import TrainConfig
+    from deploy.studies.data_mixing import DataMixConfig
+    from deploy.studies.merge_sweep import MergeSweepConfig
+    from deploy.train.config import TrainConfig
 
     base, own = resolve(study.base), resolve(arm.config)
     source = f"study {study.name}, arm {arm.name}"

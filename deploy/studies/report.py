@@ -1,6 +1,6 @@
 """``sftrl report``: a Markdown report with figures in the papers' style from runs and studies.
 
-Runs of one study arm (one per seed) are pooled (deploy.study_stats): every rate is given with its
+Runs of one study arm (one per seed) are pooled (deploy.studies.stats): every rate is given with its
 95% interval, in tables and figures. Figures (PNG): episode success on every suite against training
 compute, one line per arm (paper 1); final success per suite; the differences the study asks about;
 recognition accuracy against compute for image runs; accuracy per difficulty level (paper 2); merge
@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from deploy import report_figures as figures
-from deploy.metrics import read_metrics
-from deploy.study_stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
+from deploy.studies import figures
+from deploy.studies.stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
+from deploy.train.metrics import read_metrics
 
 LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
 

@@ -1,7 +1,7 @@
 """Evaluation suites: the same environment under ID and OOD variants, played by the rollout actors.
 
 The one way a suite is played: the training loop's evaluations (:func:`evaluate`, every suite of a
-run), ``sftrl evaluate`` and the endpoint (:func:`deploy.checkpoint_eval.run_evaluation`, one suite)
+run), ``sftrl evaluate`` and the endpoint (:func:`deploy.evaluate.checkpoint.run_evaluation`, one suite)
 all take a suite's episodes from :func:`suite_specs`, so the same seed gives the same episodes
 everywhere.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from deploy.eval_metrics import suite_metrics
+from deploy.evaluate.metrics import suite_metrics
 from services.rollout.config import SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs

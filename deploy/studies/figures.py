@@ -1,6 +1,6 @@
 """The figures of a report (PNG), each drawn with its 95% intervals where the runs carry counts.
 
-Every function takes arms (:class:`deploy.study_stats.Arm`, one or more seeds each), writes one file
+Every function takes arms (:class:`deploy.studies.stats.Arm`, one or more seeds each), writes one file
 under ``out`` and returns its name, or None when there is nothing to draw.
 """
 
@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-from deploy.intervals import Interval  # noqa: E402
-from deploy.study_stats import Arm, curve, pooled  # noqa: E402
+from deploy.studies.intervals import Interval  # noqa: E402
+from deploy.studies.stats import Arm, curve, pooled  # noqa: E402
 
 DPI = 110
 

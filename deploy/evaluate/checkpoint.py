@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from deploy.eval_metrics import suite_metrics
-from deploy.evaluation import play_suite
+from deploy.evaluate.metrics import suite_metrics
+from deploy.evaluate.suites import play_suite
 from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
 from sftrl.config import ConfigError, StrictModel
 from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec, parse_checkpoint_ref

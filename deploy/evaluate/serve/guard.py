@@ -4,7 +4,7 @@ the limit, chunked or not; at most the limit is held, then handed to the app), s
 oversized request never costs more than the limit in memory.
 
 Serve runs a copy of the app in each ingress replica; the token and the limit live in
-:mod:`deploy.serve.settings` and are set by the replica (``set_guard``).
+:mod:`deploy.evaluate.serve.settings` and are set by the replica (``set_guard``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from deploy.serve.settings import body_limit, guard_token
+from deploy.evaluate.serve.settings import body_limit, guard_token
 
 OPEN_PATHS = ("/healthz",)
 

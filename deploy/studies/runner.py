@@ -1,4 +1,4 @@
-"""Studies: a recipe (:mod:`deploy.study_recipe`) run as a sequence of seeded arms.
+"""Studies: a recipe (:mod:`deploy.studies.recipe`) run as a sequence of seeded arms.
 
 A study runs ``seeds`` replicates of its arms (``--seeds N``): seed k moves the training seeds (data
 order, demonstrations, sampling, RL tasks; so the initial SFT too), never the evaluation tasks. Each arm
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from deploy.study_recipe import Study, StudyArm, arm_config
+from deploy.studies.recipe import Study, StudyArm, arm_config
 from sftrl.config import ConfigError
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class StudyRunner:
     def _prepare_models(self) -> None:
         """Catalogue models the study starts from are made here first when missing (gp-base: a copy
         of the shipped one, seconds)."""
-        from deploy.gp_base import outdated_copy
+        from deploy.models.gp_base import outdated_copy
         from sftrl.models import find_prepared, prepare_model
         from sftrl.models.store import CATALOG
 
@@ -122,7 +122,7 @@ class StudyRunner:
         return config
 
     def _run_train(self, arm: StudyArm, arm_dir: Path) -> str:
-        from deploy.train import Trainer
+        from deploy.train.loop import Trainer
 
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
             update={"output_dir": str(arm_dir.parent), "run_name": arm.name}
@@ -144,7 +144,7 @@ class StudyRunner:
         """The seed-0 arm that already evaluated this arm's starting model as ``own`` would (this arm
         itself in a later seed, else another arm from the same model): seeds never change the
         evaluation, so its numbers would repeat. None for an arm that starts from another arm's output."""
-        from deploy.study_reuse import start_played_in, trained_alike
+        from deploy.studies.reuse import start_played_in, trained_alike
 
         if _REF.fullmatch(str(arm.config.get("model", ""))):
             return None
@@ -171,13 +171,13 @@ class StudyRunner:
     def _evaluated_by_parent(self, arm: StudyArm, own: Any) -> bool:
         """Whether ``arm`` starts from a training arm's final checkpoint that was evaluated the same
         way (reports draw that evaluation as the arm's start)."""
-        from deploy.study_reuse import trained_alike
+        from deploy.studies.reuse import trained_alike
 
         found = self._train_parent(arm.config.get("model", ""))
         return found is not None and trained_alike(found[1], own)
 
     def _run_data_mix(self, arm: StudyArm, arm_dir: Path) -> str:
-        from deploy.data_mixing import mix_datasets
+        from deploy.studies.data_mixing import mix_datasets
 
         arm_dir.mkdir(parents=True, exist_ok=True)
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
@@ -188,7 +188,7 @@ class StudyRunner:
         return counts["path"]
 
     def _run_merge_sweep(self, arm: StudyArm, arm_dir: Path) -> str:
-        from deploy.merge_sweep import run_sweep
+        from deploy.studies.merge_sweep import run_sweep
 
         config = arm_config(self.study, arm, self._resolve)
         run_sweep(config, arm_dir, known=self._sweep_end_points(arm, config))
@@ -197,7 +197,7 @@ class StudyRunner:
     def _sweep_end_points(self, arm: StudyArm, config: Any) -> dict[float, dict[str, Any]]:
         """A linear sweep's ratio 0 and 1 are its two models unchanged: where a model is a training
         arm's final checkpoint evaluated the same way, that evaluation is the row (not played again)."""
-        from deploy.study_reuse import evaluated_alike, final_evaluation
+        from deploy.studies.reuse import evaluated_alike, final_evaluation
 
         known: dict[float, dict[str, Any]] = {}
         if config.method != "linear":  # SLERP's end points are not bitwise its models
@@ -217,7 +217,7 @@ class StudyRunner:
 
     def _levels_report(self, arm: StudyArm, arm_dir: Path, rollout: Rollout) -> None:
         """Accuracy per level of the arm's final weights (held by ``rollout``) on the study's tagged items."""
-        from deploy.difficulty import accuracy_by_level, read_tagged
+        from deploy.evaluate.levels import accuracy_by_level, read_tagged
         from services.rollout.config import SamplingConfig
 
         spec = self.study.levels
@@ -230,7 +230,7 @@ class StudyRunner:
     def _tagged_items(self, arm: StudyArm, rollout: Rollout) -> Path:
         """This seed's tagged items; tagged now if missing, by ``rollout`` when ``arm`` is the model
         that defines the levels, else by an engine of its own on that model."""
-        from deploy.difficulty import tag_items, write_tagged
+        from deploy.evaluate.levels import tag_items, write_tagged
         from services.envs import resolve_options
         from services.rollout.config import SamplingConfig
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from deploy.evaluation import evaluate
+from deploy.evaluate.suites import evaluate
 from services.rollout.config import EngineConfig, SamplingConfig
 from sftrl.config import EnvSpec, StrictModel, write_resolved_config
 from sftrl.models.merge import MergeSpec, merge_models

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploy.metrics import read_metrics
+from deploy.train.metrics import read_metrics
 from sftrl.checkpoint import step_of
 from sftrl.config import EnvSpec
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from deploy.evaluation import play_in_chunks
+from deploy.evaluate.suites import play_in_chunks
 from services.rollout.config import SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs

@@ -34,7 +34,7 @@ BAR_RULES: dict[str, str] = {
 }
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 BAR_FILE = "gp_base.json"
-SHIPPED = Path(__file__).parent / "shipped" / "gp-base"  # package data: found in a wheel too
+SHIPPED = Path(__file__).parents[1] / "shipped" / "gp-base"  # package data: found in a wheel too
 
 
 class GPBaseConfig(StrictModel):
@@ -154,7 +154,7 @@ def bar_suites(config: GPBaseConfig) -> dict[str, dict[str, Any]]:
 
 def measure_bar(model_dir: Path, config: GPBaseConfig) -> dict[str, Any]:
     """Greedy episodes (the paper's attempts) on every bar rule: success, adherence, fields."""
-    from deploy.evaluation import evaluate
+    from deploy.evaluate.suites import evaluate
     from services.rollout.config import EngineConfig, SamplingConfig
     from services.rollout.worker import RolloutWorker
 
@@ -173,7 +173,7 @@ def measure_bar(model_dir: Path, config: GPBaseConfig) -> dict[str, Any]:
 
 def bar_intervals(metrics: dict[str, float]) -> dict[str, list[float]]:
     """95% Wilson intervals of the bar's rates, from the counts the evaluation recorded beside them."""
-    from deploy.study_stats import pooled
+    from deploy.studies.stats import pooled
 
     out = {}
     for suite in BAR_RULES:

@@ -1,0 +1,1 @@
+"""The evaluation endpoint (Ray Serve): ``deploy.evaluate.serve.app:build_app``."""

@@ -1,1 +1,0 @@
-"""The evaluation endpoint (Ray Serve): ``deploy.serve.app:build_app``."""
