@@ -4,7 +4,7 @@
 floor or below. Inside ``services/`` the roles keep to themselves: environments know nothing of
 models, rollout or the learner; verifiers are pure (nothing of the other roles); rollout knows
 nothing of the learner; the learner nothing of environments or rollout (it reads answers with the
-verifiers' bounded JSON reader). And no import cycle between
+verifiers' bounded JSON reader). ``deploy/``'s rooms never import its command line. And no import cycle between
 modules, lazy imports included.
 """
 
@@ -99,6 +99,21 @@ def test_roles_keep_to_themselves(graph):
             if other is not None and other != role and other not in ROLES[role]:
                 crossing.append(f"{module}:{line} imports {target}")
     assert crossing == []
+
+
+def test_deploys_rooms_never_import_the_command_line(graph):
+    """``deploy/``'s rooms (train, evaluate, studies, models) are what the command line calls: they
+    never import ``deploy.cli`` or ``deploy.commands`` back."""
+    rooms = ("deploy.train", "deploy.evaluate", "deploy.studies", "deploy.models")
+    assert {name for name in graph if name.startswith(rooms)} >= {"deploy.train.loop", "deploy.evaluate.serve.app"}
+    upward = [
+        f"{module}:{line} imports {target}"
+        for module, edges in graph.items()
+        if module.startswith(rooms)
+        for line, target in edges
+        if target.startswith(("deploy.cli", "deploy.commands"))
+    ]
+    assert upward == []
 
 
 def test_no_import_cycle(graph):
