@@ -3,8 +3,8 @@
     python -m bench.envs [--seconds 3] [--quick]
 
 Each episode mixes a wrong attempt, a malformed one and the expert's answer, so every verifier
-path is exercised. Writes bench/results/envs.json. Target: GeneralPoints text mode at
-least 10,000 scored attempts per second on one core.
+path is exercised. Writes bench/results/<cpu-kind>/envs.json (results of other CPU kinds stay
+beside it). Target: GeneralPoints text mode at least 10,000 scored attempts per second on one core.
 """
 
 from __future__ import annotations
