@@ -340,7 +340,7 @@ def test_rl_step_each_algorithm(tiny_model, algorithm):
             ratio_gain = ((after - before).exp() - 1) * batch.action_mask
             assert float((scored.advantages[:, None] * ratio_gain).sum()) > 0
         # 2 epochs x 2 mini-batches: 4 optimizer steps
-        worker.config = worker.config.model_copy(update={"rl_mini_batches": 2})
+        worker.rl_update.mini_batches = 2
         worker.rl = rl.model_copy(update={"epochs": 2})
         m2 = worker.rl_step(build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id))
         assert m2["optimizer_steps"] == 4 and all(math.isfinite(v) for v in m2.values())
@@ -361,9 +361,9 @@ def test_turns_scored_in_their_episodes_forward_equal_their_own(tiny_model):
     batch = build_rl_batch(trajs, tok, rl, pad_id=tok.pad_token_id)
     worker = make_worker(tiny_model, rl, micro_batch_size=3, value_head=True)
     try:
-        shared_lp, shared_values = worker._score(batch)
+        shared_lp, shared_values = worker.rl_update.score(batch)
         for i in range(len(batch)):
-            alone_lp, alone_values = worker._score(batch.select([i]))
+            alone_lp, alone_values = worker.rl_update.score(batch.select([i]))
             acts = batch.action_mask[
                 i
             ].bool()  # prompt positions may differ: logits start at a row's first action

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.learner.collectives import Collectives
 from services.learner.policy import checkpoint_naming
-from services.learner.sft_update import Updates
+from services.learner.sft_update import OptimizerSteps
 from services.learner.value_head import save_value_head
 from sftrl import checkpoint as ckpt
 
@@ -56,17 +57,32 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(_bytes_tensor(state["cuda"]))
 
 
-class CheckpointIO(Updates):
-    """Part of :class:`~services.learner.worker.LearnerWorker`: weights and checkpoints."""
+class CheckpointIO:
+    """Weights out and checkpoints in and out. A checkpoint records ``model_path``, ``precision``
+    and ``zero_stage``; it holds the engine's state, the schedule's position (``steps``) and every
+    rank's RNG states, ``generator`` included."""
 
-    model_path: str
-    generator: torch.Generator
-    _deepspeed: Any
+    def __init__(
+        self,
+        engine: Any,
+        comm: Collectives,
+        steps: OptimizerSteps,
+        processor: Any,
+        generator: torch.Generator,
+        model_path: str,
+        precision: str,
+        zero_stage: int,
+    ):
+        self.engine, self.comm, self.steps = engine, comm, steps
+        self.processor, self.generator = processor, generator
+        self.model_path, self.precision, self.zero_stage = model_path, precision, zero_stage
 
     def _gathered(self, params: list[nn.Parameter]) -> Any:
-        if not self.zero3:
+        if self.zero_stage != 3:
             return nullcontext()
-        return self._deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     def _full_state(
         self, module: nn.Module, dtype: torch.dtype | None, checkpoint_format: bool = False
@@ -77,7 +93,7 @@ class CheckpointIO(Updates):
         removed and transformers' load-time renamings reverted to the checkpoint's names.
         """
         with self._gathered(list(module.parameters())):
-            if self.rank != 0:
+            if self.comm.rank != 0:
                 return None
             state = module.state_dict()
             if checkpoint_format:
@@ -95,49 +111,49 @@ class CheckpointIO(Updates):
         is_checkpoint_format=True)`` and ``from_pretrained`` read; no value-head keys, tied copies
         left out), on rank 0; None on the other ranks. ``dtype=None`` keeps the training dtype."""
         return self._full_state(
-            self.module.policy, getattr(torch, dtype) if dtype else None, checkpoint_format=True
+            self.engine.module.policy, getattr(torch, dtype) if dtype else None, checkpoint_format=True
         )
 
-    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a complete checkpoint at ``path`` (collective: every rank writes its DeepSpeed
         shards, rank 0 the HF files); atomic: see :mod:`sftrl.checkpoint`."""
         final = Path(path)
-        tmp = Path(self._broadcast_object(str(ckpt.temp_path(final)) if self.rank == 0 else None))
-        if self.rank == 0:
+        tmp = Path(self.comm.broadcast_object(str(ckpt.temp_path(final)) if self.comm.rank == 0 else None))
+        if self.comm.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        self._barrier()
+        self.comm.barrier()
         try:
             self.engine.save_checkpoint(str(tmp / ckpt.DEEPSPEED_DIR), tag="state", save_latest=False)
             policy = self.policy_state_dict(dtype=None)
-            head = self.module.value_head
+            head = self.engine.module.value_head
             head_state = self._full_state(head, None) if head is not None else None
-            rng = self._gather_object(_rng_state(self.generator))
-            if self.rank == 0:
+            rng = self.comm.gather_object(_rng_state(self.generator))
+            if self.comm.rank == 0:
                 assert policy is not None
                 # already in checkpoint naming: no second renaming pass
-                self.module.policy.save_pretrained(tmp, state_dict=policy, save_original_format=False)
+                self.engine.module.policy.save_pretrained(tmp, state_dict=policy, save_original_format=False)
                 self.processor.save_pretrained(tmp)
                 if head is not None and head_state is not None:
                     save_value_head(head_state, head.config(), tmp / ckpt.VALUE_HEAD_DIR)
                 ckpt.write_trainer_state(tmp, {
-                    "extra": extra or {}, "rng": rng, "world_size": self.world_size,
-                    "zero_stage": self.config.zero_stage, "precision": self.config.precision,
+                    "extra": extra or {}, "rng": rng, "world_size": self.comm.world_size,
+                    "zero_stage": self.zero_stage, "precision": self.precision,
                     "model": self.model_path, "value_head": head is not None,
-                    "optimizer_steps": int(self.engine.global_steps), "updates": self.updates,
+                    "optimizer_steps": int(self.engine.global_steps), "updates": self.steps.updates,
                 })  # fmt: skip
                 ckpt.commit(tmp, final)
         except BaseException:
-            if self.rank == 0:
+            if self.comm.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._barrier()
+        self.comm.barrier()
 
-    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+    def load(self, path: str | Path) -> dict[str, Any]:
         """Restore weights, optimizer, schedule position and this rank's RNG states; returns ``extra``."""
         folder = Path(path)
         state = ckpt.read_trainer_state(folder)  # verifies the hashes first: a clear ValueError
-        if state.get("value_head") != (self.module.value_head is not None):
+        if state.get("value_head") != (self.engine.module.value_head is not None):
             raise ValueError(
                 f"checkpoint {folder} was saved {'with' if state.get('value_head') else 'without'} a value head; "
                 "this learner differs"
@@ -150,15 +166,15 @@ class CheckpointIO(Updates):
         )
         if load_path is None:
             raise ValueError(f"checkpoint {folder} is incomplete/corrupt: DeepSpeed found no state in it")
-        self._clear_zero3_gradients()
-        self.updates = int(state.get("updates", state.get("optimizer_steps", 0)))
+        self.steps.clear_zero3_gradients()
+        self.steps.updates = int(state.get("updates", state.get("optimizer_steps", 0)))
         rng = state.get("rng") or []
-        if len(rng) == self.world_size:
-            _set_rng_state(rng[self.rank], self.generator)
+        if len(rng) == self.comm.world_size:
+            _set_rng_state(rng[self.comm.rank], self.generator)
         else:
             log.warning(
                 "checkpoint %s was written by %d ranks, this run has %d: RNG states not restored",
-                folder, len(rng), self.world_size,
+                folder, len(rng), self.comm.world_size,
             )  # fmt: skip
-        self._barrier()
+        self.comm.barrier()
         return state.get("extra", {})

@@ -52,15 +52,28 @@ def split(n: int, parts: int) -> list[list[int]]:
     return [c.tolist() for c in np.array_split(np.arange(n), parts)]
 
 
-class Packing(Collectives):
-    """Part of :class:`~services.learner.worker.LearnerWorker`: rows to padded, device-ready inputs."""
+class Packer:
+    """Rows to padded, device-ready inputs, and a step's rows to micro-batches of at most
+    ``micro_batch_size`` rows (and ``micro_batch_tokens`` padded tokens, when set) that every rank
+    runs as many of (``comm``)."""
 
-    compute_dtype: torch.dtype
-    pad_id: int
-    is_vision: bool
-    processor: Any
+    def __init__(
+        self,
+        processor: Any,
+        is_vision: bool,
+        pad_id: int,
+        device: torch.device,
+        compute_dtype: torch.dtype,
+        comm: Collectives,
+        micro_batch_size: int,
+        micro_batch_tokens: int | None,
+    ):
+        self.processor, self.is_vision, self.pad_id = processor, is_vision, pad_id
+        self.device, self.compute_dtype = device, compute_dtype  # images are fed in the compute dtype
+        self.comm = comm
+        self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
 
-    def _sft_inputs(self, rows: Sequence[SFTExample]) -> tuple[dict[str, Any], torch.Tensor]:
+    def sft_inputs(self, rows: Sequence[SFTExample]) -> tuple[dict[str, Any], torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -81,7 +94,8 @@ class Packing(Collectives):
             out[key] = value
         return out
 
-    def _rl_inputs(self, batch: RLBatch, cache: dict[int, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    def rl_inputs(self, batch: RLBatch, cache: dict[int, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+        """``batch``'s model inputs; ``cache`` keeps each episode's processed images for the step."""
         inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.images is not None and any(batch.images):
             if not self.is_vision:
@@ -112,44 +126,44 @@ class Packing(Collectives):
         pam = out.get("pixel_attention_mask")
         return pv, (pam.reshape(-1, *pam.shape[-2:]) if pam is not None else None)
 
-    def _sft_chunks(self, examples: Sequence[SFTExample]) -> list[list[int]]:
+    def sft_chunks(self, examples: Sequence[SFTExample]) -> list[list[int]]:
         """SFT micro-batches as row indices, as many on every rank (empty ones pad): contiguous chunks
-        of at most ``config.micro_batch_size`` rows, or with ``config.micro_batch_tokens`` rows taken
-        longest first into chunks within the budget."""
-        budget = self.config.micro_batch_tokens
+        of at most ``micro_batch_size`` rows, or with ``micro_batch_tokens`` rows taken longest first
+        into chunks within the budget."""
+        budget = self.micro_batch_tokens
         if budget is None:
-            return split(
-                len(examples), self._all_max(math.ceil(len(examples) / self.config.micro_batch_size))
-            )
+            return split(len(examples), self.comm.all_max(math.ceil(len(examples) / self.micro_batch_size)))
         order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
         rows = list(range(len(examples)))  # every row is its own forward
-        chunks = pack_episodes([[i] for i in order], rows, self.config.micro_batch_size,
+        chunks = pack_episodes([[i] for i in order], rows, self.micro_batch_size,
                                [len(e) for e in examples], budget)  # fmt: skip
-        return chunks + [[] for _ in range(self._all_max(len(chunks)) - len(chunks))]
+        return chunks + [[] for _ in range(self.comm.all_max(len(chunks)) - len(chunks))]
 
-    def _micro_batches(self, batch: RLBatch) -> list[tuple[list[int], float]]:
+    def micro_batches(self, batch: RLBatch) -> list[tuple[list[int], float]]:
         """The scoring pass's micro-batches, as (rows, weight): whole episodes in batch order, or longest
         first under a token budget (the order of a no-grad pass changes nothing but its padding)."""
-        by_length = self.config.micro_batch_tokens is not None
+        by_length = self.micro_batch_tokens is not None
         return self._plan(batch, [row_units(batch)], group_by_length=by_length)[0]
 
-    def _epoch_plan(self, batch: RLBatch, generator: torch.Generator) -> list[list[tuple[list[int], float]]]:
-        """One RL epoch: the episodes shuffled, split into ``config.rl_mini_batches`` optimizer steps
-        (fewer when no rank has that many episodes), each step's micro-batches as (rows, weight).
+    def epoch_plan(
+        self, batch: RLBatch, generator: torch.Generator, mini_batches: int
+    ) -> list[list[tuple[list[int], float]]]:
+        """One RL epoch: the episodes shuffled, split into ``mini_batches`` optimizer steps (fewer
+        when no rank has that many episodes), each step's micro-batches as (rows, weight).
 
         Within a step, episodes are ordered longest first: the step keeps the same rows, hence the same
         update, but sequences of similar length share a micro-batch and pad far less."""
         units = row_units(batch)
         order = torch.randperm(len(units), generator=generator).tolist()
-        steps = min(self.config.rl_mini_batches, self._all_max(len(units)))
+        steps = min(mini_batches, self.comm.all_max(len(units)))
         groups = [[units[order[k]] for k in part] for part in split(len(units), steps)]
         return self._plan(batch, groups, group_by_length=True)
 
     def _plan(
         self, batch: RLBatch, groups: list[list[list[int]]], group_by_length: bool
     ) -> list[list[tuple[list[int], float]]]:
-        """Each group of episodes packed into micro-batches of at most ``config.micro_batch_size``
-        forwarded rows and ``config.micro_batch_tokens`` padded tokens
+        """Each group of episodes packed into micro-batches of at most ``micro_batch_size`` forwarded
+        rows and ``micro_batch_tokens`` padded tokens
         (:func:`~services.learner.sharing.pack_episodes`), and padded to the same count on every rank
         with a weight-0 repeat of one row."""
         hosts = prefix_hosts(batch)
@@ -158,11 +172,9 @@ class Packing(Collectives):
         for units in groups:
             if group_by_length:
                 units = sorted(units, key=lambda unit: -max(lengths[i] for i in unit))
-            packed = pack_episodes(
-                units, hosts, self.config.micro_batch_size, lengths, self.config.micro_batch_tokens
-            )
+            packed = pack_episodes(units, hosts, self.micro_batch_size, lengths, self.micro_batch_tokens)
             micro = [(rows, 1.0) for rows in packed]
-            count = self._all_max(len(micro))
+            count = self.comm.all_max(len(micro))
             if len(micro) < count:
                 if len(batch) == 0:
                     raise ValueError(

@@ -1,9 +1,9 @@
 """The RL update, in its three phases: the old policy's scores, advantages, clipped epochs.
 
-``rl_step`` recomputes the old log-probs (and values, reference log-probs) on the learner, computes
-advantages, then runs ``rl.epochs`` passes; each pass shuffles the episodes and takes
-``config.rl_mini_batches`` optimizer steps (default 1: one step per epoch over all rows,
-accumulated over micro-batches of whole episodes).
+:meth:`RLUpdate.step` (the learner's ``rl_step``) recomputes the old log-probs (and values,
+reference log-probs) on the learner, computes advantages, then runs ``rl.epochs`` passes; each pass
+shuffles the episodes and takes ``config.rl_mini_batches`` optimizer steps (default 1: one step per
+epoch over all rows, accumulated over micro-batches of whole episodes).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.learner.batch import RLBatch
+from services.learner.collectives import Collectives
 from services.learner.config import RLConfig
+from services.learner.packing import Packer
 from services.learner.sft_data import SFTExample
-from services.learner.sft_update import Updates
+from services.learner.sft_update import OptimizerSteps, SFTUpdate
 from services.learner.sharing import forwarded
 
 _ModelCall = Callable[[dict[str, Any], int], tuple[torch.Tensor, torch.Tensor | None]]
@@ -30,7 +32,7 @@ _ModelCall = Callable[[dict[str, Any], int], tuple[torch.Tensor, torch.Tensor | 
 
 @dataclass
 class _SharedForward:
-    """One forward of a micro-batch's longest row per episode (see ``RLUpdates._forward_shared``)."""
+    """One forward of a micro-batch's longest row per episode (see ``RLUpdate._forward_shared``)."""
 
     logprobs: torch.Tensor  # [run rows, T]
     values: torch.Tensor | None  # [run rows, T]
@@ -51,12 +53,27 @@ class _EpochTotals:
     sft_loss_sum: float = 0.0
 
 
-class RLUpdates(Updates):
-    """Part of :class:`~services.learner.worker.LearnerWorker`: scoring and the RL update."""
+class RLUpdate:
+    """Scoring and the RL update. ``rl`` (None: the learner takes SFT steps only) and
+    ``mini_batches`` (optimizer steps per epoch) are read at each step."""
 
-    rl: RLConfig | None
-    reference: nn.Module | None
-    generator: torch.Generator
+    def __init__(
+        self,
+        engine: Any,
+        comm: Collectives,
+        packer: Packer,
+        steps: OptimizerSteps,
+        sft: SFTUpdate,
+        rl: RLConfig | None,
+        mini_batches: int,
+        generator: torch.Generator,
+        reference: nn.Module | None = None,
+    ):
+        self.engine, self.comm, self.packer, self.steps, self.sft = engine, comm, packer, steps, sft
+        self.rl, self.mini_batches = rl, mini_batches
+        self.device = packer.device
+        self.generator = generator  # shuffles the episodes of each epoch
+        self.reference = reference  # frozen, in the compute dtype, on every rank (kl_coef > 0)
 
     def _forward_rl(
         self, mb: RLBatch, cache: dict[int, Any] | None, entropy: str = "none"
@@ -86,7 +103,7 @@ class RLUpdates(Updates):
         hosts = prefix_hosts(mb)
         run_rows = sorted(set(hosts))
         fwd = mb if len(run_rows) == len(mb) else mb.select(run_rows)
-        inputs = self._rl_inputs(fwd, cache)
+        inputs = self.packer.rl_inputs(fwd, cache)
         width = inputs["input_ids"].shape[1]
         start = logits_needed_from(mb.action_mask)
         logits, values = call(inputs, width - start)
@@ -98,15 +115,15 @@ class RLUpdates(Updates):
         return _SharedForward(lp, values, logits, width, back)
 
     @torch.no_grad()
-    def _score(
+    def score(
         self, batch: RLBatch, cache: dict[int, Any] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """No-grad token log-probs [B, T] and values at ``value_index`` [B] (None without a head)."""
         self.engine.eval()
         width = batch.input_ids.shape[1]
         lp_all = torch.zeros((len(batch), width))
-        vals_all = torch.zeros(len(batch)) if self.module.value_head is not None else None
-        for rows, weight in self._micro_batches(batch):
+        vals_all = torch.zeros(len(batch)) if self.engine.module.value_head is not None else None
+        for rows, weight in self.packer.micro_batches(batch):
             mb = batch.select(rows)
             lp, values, _ = self._forward_rl(mb, cache)
             if weight == 0.0:
@@ -130,7 +147,7 @@ class RLUpdates(Updates):
 
         width = batch.input_ids.shape[1]
         out = torch.zeros((len(batch), width))
-        for rows, weight in self._micro_batches(batch):
+        for rows, weight in self.packer.micro_batches(batch):
             if weight == 0.0:
                 continue
             scored = self._forward_shared(batch.select(rows), cache, call)
@@ -139,22 +156,20 @@ class RLUpdates(Updates):
             out[torch.tensor(rows, dtype=torch.long)] = F.pad(lp.float().cpu(), (0, width - lp.shape[1]))
         return out
 
-    def forward_logprobs(self, batch: RLBatch) -> torch.Tensor:
-        """[B, T] token log-probs of the current policy (no grad; position t scores input_ids[t])."""
-        return self._score(batch)[0]
-
     def _whiten(self, batch: RLBatch, rl: RLConfig) -> None:
         """Normalise advantages over the rows of ALL ranks (as one batch would be)."""
         adv = batch.advantages
         assert adv is not None
-        n, s1, s2 = self._all_sum([adv.numel(), float(adv.double().sum()), float((adv.double() ** 2).sum())])
+        n, s1, s2 = self.comm.all_sum(
+            [adv.numel(), float(adv.double().sum()), float((adv.double() ** 2).sum())]
+        )
         if n < 2:
             return
         mean = s1 / n
         std = math.sqrt(max(s2 / n - mean * mean, 0.0))
         batch.advantages = (adv - mean) / (std + 1e-8)
 
-    def rl_step(
+    def step(
         self,
         batch: RLBatch,
         sft: Sequence[SFTExample] | None = None,
@@ -162,13 +177,14 @@ class RLUpdates(Updates):
         lr_step: int | None = None,
     ) -> dict[str, float]:
         """Recompute old log-probs/values/reference, compute advantages, then ``rl.epochs`` passes
-        of ``config.rl_mini_batches`` optimizer steps each. Metrics are averaged over micro-batches
+        of ``mini_batches`` optimizer steps each. Metrics are averaged over micro-batches
         (weighted by response tokens, rows for ``ppo``) and ranks, identical on every rank.
 
         With ``sft`` rows, every optimizer step minimises one objective,
         ``(1 - sft_weight) * RL loss + sft_weight * token-mean cross-entropy on the rows``
-        (the progressive SFT+RL combination). ``lr_step``: as in :meth:`sft_step`; every optimizer
-        step of this update uses the same learning rate."""
+        (the progressive SFT+RL combination). ``lr_step``: as in
+        :meth:`~services.learner.sft_update.SFTUpdate.step`; every optimizer step of this update uses
+        the same learning rate."""
         if self.rl is None:
             raise ValueError("this learner was made without an RLConfig")
         if sft is not None and not sft:
@@ -176,8 +192,8 @@ class RLUpdates(Updates):
         if not 0.0 <= sft_weight <= 1.0:
             raise ValueError(f"sft_weight must lie in [0, 1] (got {sft_weight})")
         rl = self.rl
-        self._start_update(lr_step)
-        sft_tokens = self._all_sum([sum(ex.num_target_tokens for ex in sft)])[0] if sft else 0.0
+        self.steps.start_update(lr_step)
+        sft_tokens = self.comm.all_sum([sum(ex.num_target_tokens for ex in sft)])[0] if sft else 0.0
         start = time.perf_counter()
         batch = batch.to("cpu")
         cache: dict[int, Any] = {}
@@ -187,7 +203,7 @@ class RLUpdates(Updates):
 
         result = self._average_metrics(totals.sums, totals.weight)
         rows_run, tokens_run = forwarded(batch)
-        tokens_total, rows_total, rows_forwarded, tokens_forwarded = self._all_sum(
+        tokens_total, rows_total, rows_forwarded, tokens_forwarded = self.comm.all_sum(
             [float(batch.action_mask.sum()), float(len(batch)), float(rows_run), float(tokens_run)]
         )
         result.update({
@@ -195,15 +211,15 @@ class RLUpdates(Updates):
             "grad_norm": float(np.mean(totals.grad_norms)) if totals.grad_norms else 0.0,
             "tokens": tokens_total, "rows": rows_total,
             "forwarded_rows": rows_forwarded, "forwarded_tokens": tokens_forwarded,  # run through the model
-            "advantage_mean": self._all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
+            "advantage_mean": self.comm.all_sum([raw_advantage_sum])[0] / max(rows_total, 1.0),
             "scoring_passes": 0.0 if reuse_forward else 1.0,  # no-grad forwards before the update
         })  # fmt: skip
         if sft:
             result.update({
-                "sft_loss": self._all_sum([totals.sft_loss_sum])[0] / max(sft_tokens * max(totals.steps, 1), 1.0),
+                "sft_loss": self.comm.all_sum([totals.sft_loss_sum])[0] / max(sft_tokens * max(totals.steps, 1), 1.0),
                 "sft_weight": sft_weight, "sft_tokens": sft_tokens,
             })  # fmt: skip
-        result["seconds"] = self._max_seconds(time.perf_counter() - start)
+        result["seconds"] = self.comm.max_seconds(time.perf_counter() - start)
         return result
 
     def _old_policy(
@@ -214,14 +230,14 @@ class RLUpdates(Updates):
         A single pass of a critic-free method updates the very policy that would score the batch:
         its training forward gives the old log-probs, and no scoring pass runs. Returns (whether the
         training forward is reused, the old values)."""
-        single_pass = rl.epochs == 1 and self.config.rl_mini_batches == 1 and self.module.value_head is None
+        single_pass = rl.epochs == 1 and self.mini_batches == 1 and self.engine.module.value_head is None
         reuse_forward = single_pass if rl.recompute_logprobs is None else not rl.recompute_logprobs
         if reuse_forward and not single_pass:
             raise ValueError("recompute_logprobs=false needs 1 epoch, 1 mini-batch and no value head")
         if reuse_forward:
             batch.old_logprobs, old_values = None, None
         else:
-            batch.old_logprobs, old_values = self._score(batch, cache)
+            batch.old_logprobs, old_values = self.score(batch, cache)
         batch.old_values = None
         if rl.kl_coef > 0 and self.reference is not None:
             batch.ref_logprobs = self._reference_logprobs(batch, cache)
@@ -260,14 +276,14 @@ class RLUpdates(Updates):
         totals = _EpochTotals()
         rl_factor = 1.0 - sft_weight if sft else 1.0
         for _ in range(rl.epochs):
-            for step in self._epoch_plan(batch, self.generator):
+            for step in self.packer.epoch_plan(batch, self.generator, self.mini_batches):
                 items = [(batch.select(rows), weight) for rows, weight in step]
                 self._mini_batch_backward(items, rl, cache, reuse_forward, rl_factor, not sft, totals)
                 if sft:
-                    totals.sft_loss_sum += self._sft_backward(
+                    totals.sft_loss_sum += self.sft.backward(
                         sft, sft_tokens, sft_weight, boundary_at_end=True
                     )
-                totals.lr, norm = self._optimizer_step()
+                totals.lr, norm = self.steps.step()
                 totals.grad_norms.append(norm)
                 totals.steps += 1
         return totals
@@ -285,11 +301,11 @@ class RLUpdates(Updates):
         """Backward of one mini-batch's RL loss, micro-batch by micro-batch: each micro-batch's mean
         loss is rescaled to its share of the mini-batch's mean over all ranks."""
         real = [mb for mb, weight in items if weight > 0]
-        tokens, rows = self._all_sum([
+        tokens, rows = self.comm.all_sum([
             sum(float(mb.action_mask.sum()) for mb in real), sum(len(mb) for mb in real)
         ])  # fmt: skip
-        per_rank_tokens = max(tokens, 1.0) / self.world_size
-        per_rank_rows = max(rows, 1.0) / self.world_size
+        per_rank_tokens = max(tokens, 1.0) / self.comm.world_size
+        per_rank_rows = max(rows, 1.0) / self.comm.world_size
         turn_level = rl.algorithm == "ppo"  # its losses are means over rows, the others' over tokens
         for k, (mb, weight) in enumerate(items):
             self.engine.set_gradient_accumulation_boundary(boundary_at_end and k == len(items) - 1)
@@ -330,7 +346,7 @@ class RLUpdates(Updates):
     def _average_metrics(self, sums: dict[str, float], weight: float) -> dict[str, float]:
         """Weighted means of the metrics over every rank's micro-batches."""
         total: dict[str, float] = {}
-        gathered = self._gather_object((sums, weight))
+        gathered = self.comm.gather_object((sums, weight))
         for part, _ in gathered:
             for key, value in part.items():
                 total[key] = total.get(key, 0.0) + value
