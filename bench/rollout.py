@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from bench.machine import write_result
+from sftrl.hardware import describe_precision, normalize_precision
 
 ENV_ID = "sftrl/GeneralPoints-v0"
 TARGET_RATIO = 6.0
@@ -45,6 +46,18 @@ TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 PAPER_ATTEMPTS = 5  # verify_iter of paper 1's GeneralPoints runs
 SHORT_CASE = {"turns": 2, "style": "compact", "batch": 64}
 WARMUP_SEED = 90_000  # warm-up episodes share no task (and so no cached prompt) with the timed ones
+
+
+def check_models(names: list[str]) -> None:
+    """Exit at once, with the command that prepares it, when a model is not usable."""
+    from services.rollout.context import model_context
+    from sftrl.config import ConfigError
+
+    for name in names:
+        try:
+            model_context(name)
+        except ConfigError as exc:
+            sys.exit(f"bench.rollout: {exc}")
 
 
 def _specs(batch: int, turns: int, style: str, seed: int = 1000) -> list[Any]:
@@ -69,13 +82,14 @@ def run_sftrl(
     from safetensors.torch import load_file
 
     from services.rollout.config import RolloutConfig
+    from services.rollout.context import model_context
     from services.rollout.worker import RolloutWorker
     from sftrl.models import resolve_model
 
     kv = 8 if max(batches) > 64 else 3  # SmolLM2 at batch 256 x 5 attempts holds ~5 GB of KV cache
     config = RolloutConfig.model_validate({
-        "engine": {"model": model, "dtype": dtype, "max_model_len": 1024 if model == "gp-base" else 4096, "kv_cache_gib": kv,
-                   "enforce_eager": eager},
+        "engine": {"model": model, "dtype": dtype, "max_model_len": min(4096, model_context(model).tokens),
+                   "kv_cache_gib": kv, "enforce_eager": eager},
         "sampling": {"temperature": 1.0, "max_tokens": max_tokens, "seed": 0},
     })  # fmt: skip
     t0 = time.perf_counter()
@@ -224,8 +238,13 @@ def _compare(
         )
         probe[dtype] = run["runs"][0]["tokens_per_s"]
     best = max(probe, key=probe.get)
+    reason = (
+        f"the faster in a probe here: {probe['bfloat16']} tokens/s in bfloat16, {probe['float32']} in float32"
+    )
+    print(f"{model}: {describe_precision(best, reason)}", file=sys.stderr, flush=True)
     sftrl = _child("sftrl", args, model, batches, turns, style, dtype=best) | {
-        "dtype_probe_tokens_per_s": probe
+        "dtype_probe_tokens_per_s": probe,
+        "dtype_reason": reason,
     }
     hf = _child("hf", args, model, batches, turns, style)
     ratios = {}
@@ -273,6 +292,7 @@ def main() -> None:
         args.models, args.batches, args.max_tokens, args.turns = ["gp-base"], [4, 8], 16, 2
     if args.child:
         common = (args.models[0], args.batches, args.max_tokens, args.turns, args.style)
+        args.dtype = normalize_precision(args.dtype)
         result = (
             run_sftrl(*common, eager=args.eager, dtype=args.dtype)
             if args.child == "sftrl"
@@ -280,6 +300,7 @@ def main() -> None:
         )
         print(json.dumps(result))
         return
+    check_models(args.models)  # before minutes of work: every model must be prepared
     results = {
         m: _compare(args, m, args.batches, args.turns, STYLE_OF.get(m, args.style)) for m in args.models
     }

@@ -79,11 +79,11 @@ def run(steps: int, batch: int, micro: int, precision: str, seed: int = 0) -> di
 
     from services.learner.config import LearnerConfig, OptimConfig
     from services.learner.worker import LearnerWorker
-    from sftrl.hardware import native_bf16
+    from sftrl.hardware import describe_precision, resolve_precision
     from sftrl.threads import apply_cpu_threads, cpu_threads
 
-    if precision == "auto":
-        precision = "bf16" if native_bf16() else "fp32"
+    precision, reason = resolve_precision(precision, "cpu")
+    print(describe_precision(precision, reason), flush=True)
     apply_cpu_threads(cpu_threads(None))
     tokenizer, rows, model = _rows(episodes=max(256, (steps + 1) * batch), seed=seed)
     lr = 1e-3
@@ -97,7 +97,7 @@ def run(steps: int, batch: int, micro: int, precision: str, seed: int = 0) -> di
             LearnerConfig(model=folder, micro_batch_size=micro, precision=precision, optim=optim, seed=seed),
             master_port=29_377,
         )
-        plain = PlainLoop(copy.deepcopy(model), tokenizer.pad_token_id, micro, precision == "bf16", lr)
+        plain = PlainLoop(copy.deepcopy(model), tokenizer.pad_token_id, micro, precision == "bfloat16", lr)
         times: dict[str, list[float]] = {"sftrl": [], "plain": []}
         losses: dict[str, list[float]] = {"sftrl": [], "plain": []}
         tokens: list[int] = []
@@ -122,6 +122,7 @@ def run(steps: int, batch: int, micro: int, precision: str, seed: int = 0) -> di
     rate = {side: sum(tokens) / sum(t) for side, t in times.items()}
     return {
         "precision": precision,
+        "precision_reason": reason,
         "model_parameters": sum(p.numel() for p in model.parameters()),
         "batch_rows": batch,
         "micro_batch_rows": micro,
@@ -140,7 +141,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps (one more is warm-up)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--micro", type=int, default=32)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16", "fp32", "bf16"],
+        default="auto",
+        help="auto: bfloat16 where the CPU computes it natively, else float32 (fp32/bf16: the same)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 timed steps of 32 rows; nothing written")
     args = parser.parse_args()
     if args.quick:
@@ -151,7 +157,7 @@ def main() -> None:
         f"({result['precision']}): {result['ratio']:.2f}x (target {TARGET_RATIO}x)"
     )
     if not args.quick:
-        name = "sft_step" if result["precision"] == "fp32" else f"sft_step_{result['precision']}"
+        name = "sft_step" if result["precision"] == "float32" else "sft_step_bf16"  # the files' names stay
         print(f"wrote {write_result(name, result)}")
 
 

@@ -2,7 +2,7 @@
 generation length, learning rate and number of policy epochs.
 
     python -m bench.train_step [--model smollm2-135m] [--prompts 8] [--group 4] [--max-tokens 96]
-                               [--precision auto|fp32|bf16] [--quick]
+                               [--precision auto|float32|bfloat16] [--quick]
 
 sftrl: Ray with one vLLM rollout actor and one DeepSpeed learner (world size 1); a step is
 :class:`deploy.train.rl_step.RLStep` (play -> batch -> ``LearnerGroup.rl_step`` -> weight push), the same
@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from bench.machine import write_result
+from sftrl.hardware import describe_precision, normalize_precision, resolve_precision
 
 ENV_ID = "sftrl/GeneralPoints-v0"
 TARGET_RATIO = 3.0
@@ -37,10 +38,19 @@ PEAK_FRACTION_TARGET = 0.35
 SEED = 5000  # GeneralPoints task seeds of step s: SEED + s * prompts .. + prompts - 1
 STEPS = 3
 TIMED = (2, 3)  # 1-based steps that are timed (step 1 is warm-up)
+SHORT_NAME = {"float32": "fp32", "bfloat16": "bf16"}  # result files keep their names
 
 
-def _engine_dtype(precision: str) -> str:
-    return "bfloat16" if precision == "bf16" else "float32"
+def check_model(name: str) -> None:
+    """Exit at once, with the command that prepares it, when ``name`` is not a usable model: the
+    benchmark would otherwise fail minutes in, inside a Ray actor."""
+    from services.rollout.context import model_context
+    from sftrl.config import ConfigError
+
+    try:
+        model_context(name)
+    except ConfigError as exc:
+        sys.exit(f"bench.train_step: {exc}")
 
 
 def _env_options(style: str) -> dict[str, Any]:
@@ -123,7 +133,7 @@ def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
     path = resolve_model(args.model)
     t0 = time.perf_counter()
     rollout_cfg = RolloutConfig.model_validate({
-        "engine": {"model": path, "dtype": _engine_dtype(args.precision), "max_model_len": 2048, "kv_cache_gib": 1},
+        "engine": {"model": path, "dtype": args.precision, "max_model_len": 2048, "kv_cache_gib": 1},
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_tokens, "seed": 0},
         "num_actors": 1, "cpus_per_actor": cores,
     })  # fmt: skip
@@ -136,7 +146,7 @@ def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     learner = LearnerGroup(learner_cfg, rl=rl)
     startup = time.perf_counter() - t0
-    rl_step = RLStep(rollout, learner, rl, _tokenizer(path), 2048, _engine_dtype(args.precision))
+    rl_step = RLStep(rollout, learner, rl, _tokenizer(path), 2048, args.precision)
     params = rl_step.flops.params
     sampling: SamplingConfig = rollout_cfg.sampling
     steps = []
@@ -168,7 +178,7 @@ def run_sftrl(args: argparse.Namespace) -> dict[str, Any]:
         sum(s["learner_flops"] for s in timed) / sum(s["learn_s"] for s in timed) / 1e9, 2
     )
     return {
-        "engine": {"dtype": _engine_dtype(args.precision), "max_model_len": 2048, "chunked_prefill": "default (off on CPU)",
+        "engine": {"dtype": args.precision, "max_model_len": 2048, "chunked_prefill": "default (off on CPU)",
                    "kv_cache_gib": 1, "actors": 1},
         "learner": {"precision": args.precision, "world_size": 1, "zero_stage": 0,
                     "micro_batch_size": args.micro_batch, "cpus_per_actor": cores, "ray_num_cpus": 2 * cores,
@@ -227,7 +237,7 @@ def _grpo_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_completion_length": args.max_tokens, "learning_rate": args.lr, "lr_scheduler_type": "constant",
         "max_steps": STEPS, "logging_steps": 1, "report_to": [], "save_strategy": "no", "temperature": 1.0,
         "top_p": 1.0, "beta": 0.0, "num_iterations": 1, "epsilon": 0.2, "shuffle_dataset": False,
-        "bf16": args.precision == "bf16", "gradient_checkpointing": False, "seed": 0,
+        "bf16": args.precision == "bfloat16", "gradient_checkpointing": False, "seed": 0,
         "dataloader_num_workers": 0, "disable_tqdm": True,
     }  # fmt: skip
 
@@ -346,30 +356,37 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4, help="G: samples per task (GRPO group)")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--lr", type=float, default=1e-6)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="both sides; auto: the dtype with the higher measured matmul peak")  # fmt: skip
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "fp32", "bf16"],
+                        help="both sides; auto: the dtype with the higher measured matmul peak (fp32/bf16: "
+                             "float32/bfloat16)")  # fmt: skip
     parser.add_argument("--micro-batch", type=int, default=8, help="sftrl learner micro-batch rows")
     parser.add_argument("--style", default="compact", choices=["default", "compact"])
     parser.add_argument("--sides", nargs="+", default=["sftrl", "trl"], choices=["sftrl", "trl"])
     parser.add_argument("--quick", action="store_true", help="tiny model, 4 prompts x 2 samples, 16 tokens")
     parser.add_argument("--child", choices=["sftrl", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.precision = normalize_precision(args.precision)
     if args.quick:
         args.model, args.prompts, args.group, args.max_tokens = "tiny", 4, 2, 16
     if args.child:
         fn = run_sftrl if args.child == "sftrl" else run_trl
         print(json.dumps(fn(args)))
         return
+    check_model(args.model)  # before minutes of work: the model must be prepared
     peak = matmul_peak()
     print(f"matmul peak GFLOP/s: {peak}", file=sys.stderr)
     forced = args.precision != "auto"
     if not forced:
-        args.precision = "bf16" if peak["bfloat16"] > peak["float32"] else "fp32"
-        print(f"precision {args.precision} for both sides (the faster matmul here)", file=sys.stderr)
+        args.precision = "bfloat16" if peak["bfloat16"] > peak["float32"] else "float32"
+        reason = (f"auto: the faster matmul here, {peak['bfloat16']} GFLOP/s in bfloat16 against "
+                  f"{peak['float32']} in float32")  # fmt: skip
+    else:
+        args.precision, reason = resolve_precision(args.precision, "cpu")
+    print(f"{describe_precision(args.precision, reason)}, for both sides", file=sys.stderr)
     sides = {side: _child(side, args) for side in args.sides}
     ours, theirs = sides.get("sftrl"), sides.get("trl")
     ratio = round(ours["samples_per_s"] / theirs["samples_per_s"], 3) if ours and theirs else None
-    peak_key = "bfloat16" if args.precision == "bf16" else "float32"
+    peak_key = args.precision
     if ours:
         ours["learner_fraction_of_peak"] = round(ours["learner_gflop_per_s"] / peak[peak_key], 3)
     fraction = ours and ours["learner_fraction_of_peak"]
@@ -381,7 +398,8 @@ def main() -> None:
                      "clip": 0.2, "prompt_style": args.style, "verify_iter": 1, "task_seed_start": SEED,
                      "steps": STEPS, "timed_steps": list(TIMED), "learner_precision": args.precision,
                      "precision_chosen_by": "forced" if forced else "the higher measured matmul peak",
-                     "dtype": {"sftrl_learner": args.precision, "sftrl_rollout": _engine_dtype(args.precision),
+                     "precision_reason": reason,
+                     "dtype": {"sftrl_learner": args.precision, "sftrl_rollout": args.precision,
                                "trl": args.precision}},
         "matmul_peak_gflop_per_s": peak,
         "flops_formula": "deploy.train.rl_step.FlopsCounter.rl_update: (6 x params x trained tokens, + 2 x params x "
@@ -407,7 +425,7 @@ def main() -> None:
         f"samples/s ratio sftrl/TRL: {ratio} (target {TARGET_RATIO}: {'met' if payload['target']['met'] else 'not met'})"
     )
     if not args.quick:
-        name = f"train_step_{args.precision}" if forced else "train_step"
+        name = f"train_step_{SHORT_NAME[args.precision]}" if forced else "train_step"  # the files' names stay
         print(f"wrote {write_result(name, payload)}")
 
 

@@ -72,6 +72,19 @@ def bf16_support(device: str) -> tuple[bool, str]:
     return False, "the CPU has no AVX-512 BF16 or AMX, so bf16 would be emulated"
 
 
+PRECISIONS = ("float32", "bfloat16", "float16")
+# the learner's old spellings: configs written with them keep working
+PRECISION_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def normalize_precision(value: str) -> str:
+    """``value`` in the one vocabulary (``auto``, ``float32``, ``bfloat16``, ``float16``): the old
+    spellings ``fp32`` / ``bf16`` / ``fp16`` become their long names; anything else is returned as is
+    (the config's own field says which values it takes)."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    return PRECISION_ALIASES.get(text, text)
+
+
 @cache
 def _warn_emulated(what: str) -> None:
     import warnings
@@ -79,26 +92,27 @@ def _warn_emulated(what: str) -> None:
     warnings.warn(f"{what}: {EMULATED_BF16_COST}; `auto` would pick float32 here", stacklevel=3)
 
 
-def _resolve(requested: str, device: str, bf16: str, fp32: str, what: str) -> tuple[str, str]:
-    native, why = bf16_support(device)
-    if requested == "auto":
-        return (bf16 if native else fp32), f"auto: {why}"
-    if requested == bf16 and not native and device == "cpu":
-        _warn_emulated(f"{what} {bf16}")
-    return requested, "set in the config"
-
-
 def resolve_precision(requested: str, device: str) -> tuple[str, str]:
-    """The learner's precision (``fp32`` or ``bf16``) for ``requested`` (``auto``, ``fp32``, ``bf16``)
-    on ``device``, with the reason. ``auto`` takes bf16 only where the hardware computes it; asking
-    for bf16 elsewhere is obeyed with a warning (once per process)."""
-    return _resolve(requested, device, "bf16", "fp32", "learner precision")
+    """The precision to compute in for ``requested`` (``auto``, ``float32``, ``bfloat16``, ``float16``;
+    the old ``fp32`` / ``bf16`` are read as their long names) on ``device`` (``cpu``, ``cuda``), with
+    the reason, for logs and resolved configs. ``auto`` takes bfloat16 only where the hardware
+    computes it natively, else float32; an explicit choice stands, and bfloat16 asked for on a CPU that
+    emulates it is obeyed with a warning (once per process). The learner and the rollout engine both
+    resolve here, so they agree on one machine."""
+    value = normalize_precision(requested)
+    if value == "auto":
+        native, why = bf16_support(device)
+        return ("bfloat16" if native else "float32"), f"auto: {why}"
+    if value not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}: use auto, {', '.join(PRECISIONS)}")
+    if value == "bfloat16" and device == "cpu" and not native_bf16():
+        _warn_emulated("bfloat16")
+    return value, "set in the config"
 
 
-def resolve_dtype(requested: str, device: str) -> tuple[str, str]:
-    """The rollout engine's dtype for ``requested`` (``auto``, ``float32``, ``bfloat16``, ``float16``)
-    on ``device``, with the reason; the same rule as :func:`resolve_precision`."""
-    return _resolve(requested, device, "bfloat16", "float32", "rollout dtype")
+def describe_precision(value: str, reason: str) -> str:
+    """The one log line a command prints for its choice: ``precision: float32 (auto: ...)``."""
+    return f"precision: {value} ({reason})"
 
 
 def cpu_kind() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -77,3 +79,66 @@ def test_a_section_given_in_part_keeps_its_defaults_other_settings():
     assert untouched.eval.sampling == TrainConfig.model_fields["eval"].default.sampling
     # a section whose default sets nothing (EnvSpec()) takes the given keys and the class defaults
     assert SFTDataConfig.model_validate({"env": {"id": "sftrl/GeneralPoints-v0"}}).env.options == {}
+
+
+# -- an engine's context follows its model ------------------------------------------------------------
+
+
+def _model_folder(tmp_path, name: str = "m", **config) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
+    return str(folder)
+
+
+def test_the_engine_context_defaults_to_the_models_own(tmp_path):
+    from services.rollout.config import EngineConfig
+    from services.rollout.context import fit_engine
+
+    assert EngineConfig().max_model_len is None  # no fixed default: it would exceed small models
+    model = _model_folder(tmp_path, max_position_embeddings=1024)
+    assert fit_engine(EngineConfig(model=model)).max_model_len == 1024
+    assert fit_engine(EngineConfig(model=model, max_model_len=512)).max_model_len == 512  # less is fine
+    with pytest.raises(
+        ConfigError, match=r"max_model_len 4096 is longer than the context of model .*1024 tokens"
+    ):
+        fit_engine(EngineConfig(model=model, max_model_len=4096))
+    with pytest.raises(ConfigError, match="answers of up to 1024 tokens leave no room for a prompt"):
+        fit_engine(EngineConfig(model=model), max_tokens=1024)
+
+
+@pytest.mark.parametrize(
+    ("config", "tokens", "source"),
+    [
+        ({"max_position_embeddings": 8192}, 8192, "max_position_embeddings"),
+        ({"n_positions": 1024}, 1024, "n_positions"),  # GPT-2
+        ({"max_position_embeddings": 4096, "seq_length": 2048}, 2048, "seq_length"),  # the smallest wins
+        ({"text_config": {"max_position_embeddings": 4096}, "vision_config": {}}, 4096,
+         "text_config.max_position_embeddings"),  # a VLM: its language model's
+        ({"max_position_embeddings": 4096, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, 8192,
+         "max_position_embeddings"),  # as vLLM scales it
+        ({"max_position_embeddings": 8192, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, 8192,
+         "max_position_embeddings"),  # already scaled
+        ({}, 2048, "no length in its config.json: vLLM's default"),
+    ],
+)  # fmt: skip
+def test_a_models_context_is_read_as_vllm_reads_it(config, tokens, source):
+    from services.rollout.context import context_of
+
+    assert context_of(config) == (tokens, source)
+
+
+def test_unknown_models_are_named_with_what_to_do(tmp_path, monkeypatch):
+    from services.rollout.context import model_context
+
+    monkeypatch.setenv("SFTRL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SFTRL_MODELS_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network lookups in tests
+    with pytest.raises(ConfigError, match=r"unknown model 'no-such-model'.*\n.*sftrl models prepare"):
+        model_context("no-such-model")
+    with pytest.raises(ConfigError, match=r"'gp-base' is not prepared .*sftrl models prepare gp-base"):
+        model_context("gp-base")
+    with pytest.raises(ConfigError, match="does not exist"):
+        model_context(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="no config.json"):
+        model_context(str(tmp_path))

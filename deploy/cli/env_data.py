@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from deploy.cli.base import EXTRA_ARGS, console, fail, main, parse_env_options
-from sftrl.config import ConfigError, apply_overrides, build
+from deploy.cli.base import EXTRA_ARGS, console, main, parse_env_options
+from sftrl.config import apply_overrides, build
 
 # -- environments ------------------------------------------------------------------------------
 
@@ -50,11 +50,7 @@ def env_play(ctx: click.Context, env_id: str, seed: int | None, image_out: Path 
     """
     from deploy.commands.env_play import play_episode
 
-    try:
-        options = parse_env_options(ctx.args)
-        play_episode(env_id, options, seed, image_out, console)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    play_episode(env_id, parse_env_options(ctx.args), seed, image_out, console)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -107,16 +103,13 @@ def data_sft(
     from deploy.commands.data_sft import write_sft_data
     from sftrl.config import SFTDataConfig
 
-    try:
-        options = parse_env_options(ctx.args)
-        config = build(SFTDataConfig, {
-            "env": {"id": env_id, "options": options}, "episodes": episodes, "seed": seed,
-            "revision_fraction": revision_fraction, "formats": list(formats) or ["llava", "chat"],
-            "out": str(out),
-        })  # fmt: skip
-        write_sft_data(config, console)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    options = parse_env_options(ctx.args)
+    config = build(SFTDataConfig, {
+        "env": {"id": env_id, "options": options}, "episodes": episodes, "seed": seed,
+        "revision_fraction": revision_fraction, "formats": list(formats) or ["llava", "chat"],
+        "out": str(out),
+    })  # fmt: skip
+    write_sft_data(config, console)
 
 
 @data_group.command("mix", context_settings=EXTRA_ARGS)
@@ -137,19 +130,23 @@ def data_sft(
 def data_mix(ctx: click.Context, rl_model: str, sft_model: str, env_id: str, tasks: int, samples: int, seed: int,
              max_tokens: int, device: str, out: Path) -> None:  # fmt: skip
     """Data mixing (paper 2): RL model's successes, the SFT model's only where RL failed."""
+    from deploy.commands.engine import prepare_engine
     from deploy.studies.data_mixing import DataMixConfig, mix_datasets
+    from services.envs import resolve_options
 
-    try:
-        config = build(DataMixConfig, {
-            "rl_model": rl_model, "sft_model": sft_model, "tasks": tasks, "samples": samples, "seed": seed,
-            "env": {"id": env_id, "options": parse_env_options(ctx.args)}, "out": str(out),
-            "sampling": {"temperature": 1.0, "max_tokens": max_tokens}, "engine": {"device": device},
-        }, source="data mix")  # fmt: skip
-        counts = mix_datasets(config, on_progress=lambda text: console.print(text, highlight=False))
-        console.print(f"{counts['from_rl']} episodes from the RL model, {counts['from_sft']} from the SFT model, "
-                      f"{counts['skipped']} tasks failed by both; wrote {counts['path']}", highlight=False)  # fmt: skip
-    except (ConfigError, ValueError, RuntimeError) as exc:
-        fail(str(exc))
+    config = build(DataMixConfig, {
+        "rl_model": rl_model, "sft_model": sft_model, "tasks": tasks, "samples": samples, "seed": seed,
+        "env": {"id": env_id, "options": parse_env_options(ctx.args)}, "out": str(out),
+        "sampling": {"temperature": 1.0, "max_tokens": max_tokens}, "engine": {"device": device},
+    }, source="data mix")  # fmt: skip
+    resolve_options(config.env.id, config.env.options)  # a bad option fails before an engine starts
+    # both models exist and fit; the precision is resolved (and said) once, each engine takes its model's context
+    config.engine, _ = prepare_engine(
+        config.engine, console, config.sampling.max_tokens, models=(rl_model, sft_model)
+    )
+    counts = mix_datasets(config, on_progress=lambda text: console.print(text, highlight=False))
+    console.print(f"{counts['from_rl']} episodes from the RL model, {counts['from_sft']} from the SFT model, "
+                  f"{counts['skipped']} tasks failed by both; wrote {counts['path']}", highlight=False)  # fmt: skip
 
 
 # -- rollout -----------------------------------------------------------------------------------
@@ -211,18 +208,15 @@ def rollout_cmd(
     """
     from deploy.commands.rollout import RolloutRunConfig, run_rollout
 
-    try:
-        data = {
-            "env_id": env_id, "env_options": parse_env_options(ctx.args), "episodes": episodes,
-            "samples_per_task": samples_per_task, "seed": seed, "out": str(out), "in_process": in_process,
-            "ray_address": address,
-            "rollout": {
-                "num_actors": actors, "env_actors": env_actors,
-                "engine": {"model": model, "device": device, "seed": seed},
-                "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
-            },
-        }  # fmt: skip
-        config = build(RolloutRunConfig, apply_overrides(data, overrides))
-        run_rollout(config, console)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    data = {
+        "env_id": env_id, "env_options": parse_env_options(ctx.args), "episodes": episodes,
+        "samples_per_task": samples_per_task, "seed": seed, "out": str(out), "in_process": in_process,
+        "ray_address": address,
+        "rollout": {
+            "num_actors": actors, "env_actors": env_actors,
+            "engine": {"model": model, "device": device, "seed": seed},
+            "sampling": {"temperature": temperature, "max_tokens": max_tokens, "seed": seed},
+        },
+    }  # fmt: skip
+    config = build(RolloutRunConfig, apply_overrides(data, overrides))
+    run_rollout(config, console)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from deploy.cli.base import EXTRA_ARGS, console, fail, main, parse_env_options
-from sftrl.config import ConfigError
+from deploy.cli.base import EXTRA_ARGS, console, fail, main, parse_env_options, unavailable
+from sftrl.config import build
 
 # -- registry, evaluation, endpoint -----------------------------------------------------------------
 
@@ -22,7 +22,7 @@ def runs_cmd() -> None:
         with open_registry() as registry:
             print_runs(console, registry.list_runs())
     except (RuntimeError, *REGISTRY_ERRORS) as exc:
-        fail(f"registry unavailable: {exc}")
+        raise unavailable("registry", exc) from exc
 
 
 @main.command("checkpoints")
@@ -38,7 +38,7 @@ def checkpoints_cmd(run: str) -> None:
                 fail(f"unknown run {run!r} (see `sftrl runs`)")
             print_checkpoints(console, run, registry.list_checkpoints(run))
     except (RuntimeError, *REGISTRY_ERRORS) as exc:
-        fail(f"registry unavailable: {exc}")
+        raise unavailable("registry", exc) from exc
 
 
 @main.group("registry")
@@ -47,7 +47,7 @@ def registry_group() -> None:
 
 
 @registry_group.command("resync")
-@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("roots", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--prune", is_flag=True, help="Also drop registered runs whose folder is not visible here.")
 def registry_resync(roots: tuple[Path, ...], prune: bool) -> None:
     """Rebuild the records of the runs under ROOTS (default: ./runs) and of every registered run."""
@@ -58,7 +58,7 @@ def registry_resync(roots: tuple[Path, ...], prune: bool) -> None:
         with open_registry() as registry:
             resync_command(console, registry, list(roots) or [Path("runs")], prune)
     except (RuntimeError, *REGISTRY_ERRORS) as exc:
-        fail(f"registry unavailable: {exc}")
+        raise unavailable("registry", exc) from exc
 
 
 @main.command("evaluate", context_settings=EXTRA_ARGS)
@@ -83,14 +83,20 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
                  samples: int, seed: int, temperature: float | None, max_tokens: int | None, device: str,
                  threads: int | None, checkpoint_roots: tuple[str, ...]) -> None:  # fmt: skip
     """Evaluate CHECKPOINT (RUN@STEP, or RUN for its latest) in this process; stored in the registry."""
+    import redis
+
     from deploy.commands.evaluate import evaluate_command
-    from deploy.evaluate.checkpoint import EvalInputError, EvalRequest
-    from sftrl.registry import REGISTRY_ERRORS, SuiteSpec, open_registry
+    from deploy.evaluate.checkpoint import EvalRequest
+    from sftrl.registry import SuiteSpec, open_registry
 
     if (suite is None) == (env_id is None):
         raise click.UsageError("give either --suite NAME or --env ID (with its options)")
     if suite is not None and ctx.args:
         raise click.UsageError("environment options go with --env, not --suite")
+    if env_id is not None:
+        from services.envs import options_model
+
+        options_model(env_id)  # an unknown environment is named before the registry is asked
     target: str | SuiteSpec = (
         suite if suite is not None else SuiteSpec(env=env_id, options=parse_env_options(ctx.args))
     )
@@ -99,20 +105,14 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
         sampling = {
             k: v for k, v in (("temperature", temperature), ("max_tokens", max_tokens)) if v is not None
         }
+    request = build(EvalRequest, {"checkpoint": checkpoint, "suite": target, "episodes": episodes,
+                                  "samples": samples, "seed": seed, "sampling": sampling}, source="evaluation")  # fmt: skip
+    overrides = {"device": device, **({"threads": threads} if threads else {})}
     try:
-        request = EvalRequest(
-            checkpoint=checkpoint,
-            suite=target,
-            episodes=episodes,
-            samples=samples,
-            seed=seed,
-            sampling=sampling,
-        )
-        overrides = {"device": device, **({"threads": threads} if threads else {})}
         with open_registry() as registry:
             evaluate_command(console, registry, request, overrides, checkpoint_roots)
-    except (EvalInputError, RuntimeError, ConfigError, ValueError, *REGISTRY_ERRORS) as exc:
-        fail(str(exc))
+    except redis.RedisError as exc:
+        raise unavailable("registry", exc) from exc
 
 
 @main.command("serve")
@@ -141,7 +141,4 @@ def serve_cmd(host: str, port: int, token_file: str | None, max_episodes: int, w
         settings["data_dir"] = data_dir
     if checkpoint_roots:  # absolute: the replicas may run in another working folder
         settings["checkpoint_roots"] = [str(Path(p).resolve()) for p in checkpoint_roots]
-    try:
-        serve_command(console, host, port, settings, address)
-    except (ConfigError, RuntimeError) as exc:
-        fail(str(exc))
+    serve_command(console, host, port, settings, address)

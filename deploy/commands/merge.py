@@ -77,7 +77,9 @@ def sweep_parser() -> argparse.ArgumentParser:
         description="Merge two models at several ratios and evaluate each merge on ID/OOD suites.",
         epilog="Further settings as key=value (e.g. episodes=64 env.options.target=24 engine.device=cuda).",
     )
-    p.add_argument("--config", type=Path, help="a YAML sweep config (deploy.studies.merge_sweep.MergeSweepConfig)")
+    p.add_argument(
+        "--config", type=Path, help="a YAML sweep config (deploy.studies.merge_sweep.MergeSweepConfig)"
+    )
     p.add_argument("--method", choices=["linear", "slerp"])
     p.add_argument("--models", nargs=2, metavar=("A", "B"))
     p.add_argument("--ratios", nargs="+", type=float, help="B's share: 0 gives A, 1 gives B")
@@ -87,6 +89,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(console: Console, argv: list[str]) -> dict[str, Any]:
+    from deploy.commands.engine import prepare_engine
     from deploy.studies.merge_sweep import MergeSweepConfig, run_sweep
     from sftrl.config import read_yaml
 
@@ -95,6 +98,11 @@ def sweep_command(console: Console, argv: list[str]) -> dict[str, Any]:
     data.update({k: v for k, v in (("method", args.method), ("models", args.models),
                                    ("ratios", args.ratios)) if v is not None})  # fmt: skip
     config = build(MergeSweepConfig, apply_overrides(data, args.overrides), source="merge sweep")
+    # both models exist and fit the context asked for; the precision is said once and recorded in the
+    # sweep's resolved config (each merge's engine takes the merged model's own context when unset)
+    config.engine, _ = prepare_engine(
+        config.engine, console, config.sampling.max_tokens, models=config.models
+    )
     table = Table(title=f"{config.method} merges: success by B's share")
     table.add_column("ratio", justify="right")
     for suite in config.suites:

@@ -64,6 +64,7 @@ def quickstart_study(study: Study) -> Study:
 def run_quickstart(
     output_dir: str, fresh: bool, overrides: list[str], console: Console, seeds: int = 1
 ) -> Path:
+    from deploy.commands.engine import check_study_models
     from deploy.studies.recipe import load_study
     from deploy.studies.report import write_report
     from deploy.studies.runner import StudyRunner
@@ -71,6 +72,7 @@ def run_quickstart(
     study = quickstart_study(
         load_study(RECIPE, "tiny", [f"name={NAME}", *overrides], seeds, variables=ENDS_ONLY)
     )
+    check_study_models(study)  # the model (gp-base: copied on first use?) and its context, before any arm
     runner = StudyRunner(study, output_dir, console)
     if fresh and runner.dir.exists():
         shutil.rmtree(runner.dir)

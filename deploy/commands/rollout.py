@@ -43,9 +43,14 @@ def summarize(trajectories: list[Trajectory], seconds: float) -> dict[str, float
 
 
 def run_rollout(config: RolloutRunConfig, console: Console) -> dict[str, float]:
+    from deploy.commands.engine import prepare_engine
     from services.rollout.group import episode_specs
 
+    # every mistake in the input fails here, before an engine starts: options, model, context
     config.env_options = resolve_options(config.env_id, config.env_options)
+    engine, notes = prepare_engine(config.rollout.engine, console, config.rollout.sampling.max_tokens,
+                                   prefix="rollout.engine")  # fmt: skip
+    config.rollout = config.rollout.model_copy(update={"engine": engine})
     tasks = -(-config.episodes // config.samples_per_task)
     specs = episode_specs(config.env_id, config.env_options, tasks, config.seed, config.samples_per_task)
     specs = specs[: config.episodes]
@@ -85,7 +90,7 @@ def run_rollout(config: RolloutRunConfig, console: Console) -> dict[str, float]:
                     ray.shutdown()
         seconds = time.perf_counter() - start
     write_trajectories(trajectories, out)
-    write_resolved_config(config, out.parent, f"{out.stem}.resolved_config.yaml")
+    write_resolved_config(config, out.parent, f"{out.stem}.resolved_config.yaml", notes=notes)
     stats = summarize(trajectories, seconds)
     table = Table(title=f"{config.env_id} with {config.rollout.engine.model}", title_justify="left")
     table.add_column("metric")

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 
 from deploy.evaluate.serve.settings import ServeSettings, local_token_file
+from sftrl.config import build
+from sftrl.hardware import describe_precision, resolve_precision
 from sftrl.registry.local_server import LocalRedis
 
 
@@ -24,12 +26,22 @@ def serve_command(
     if not (args.get("token_file") or os.environ.get("SFTRL_API_TOKEN")):
         args["token_file"] = str(local_token_file())
         console.print(f"API token: {args['token_file']} (or set SFTRL_API_TOKEN)", soft_wrap=True)
+    # the settings and the token are checked before anything starts (a bad one leaves nothing running)
+    valid = build(ServeSettings, args, source="serve settings")
+    valid.resolved_token()
+    value, reason = resolve_precision("auto", valid.device)
+    console.print(f"[dim]{describe_precision(value, reason)}, for runs whose config says auto[/]", highlight=False,
+                  soft_wrap=True)  # fmt: skip
     server = None
     if not (args.get("redis_url") or os.environ.get("REDIS_URL")):
         server = LocalRedis()
         args["redis_url"] = server.start()
-    ServeSettings.model_validate(args).resolved_token()
-    init_ray(address)
+    try:
+        init_ray(address)
+    except BaseException:
+        if server is not None:
+            server.release()
+        raise
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name="sftrl", route_prefix="/")

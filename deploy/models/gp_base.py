@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from sftrl.config import StrictModel
-from sftrl.hardware import cpu_facts, native_bf16
+from sftrl.hardware import cpu_facts, resolve_precision
 
 GP = "sftrl/GeneralPoints-v0"
 # The rules the bar is measured on; none of them is ever drawn for training.
@@ -200,7 +200,7 @@ def train(
     learner = LearnerWorker(
         LearnerConfig(
             model=str(model_dir), micro_batch_size=config.micro_batch_size, optim=optim, seed=config.seed,
-            precision="bf16" if native_bf16() else "fp32",
+            precision=resolve_precision("auto", "cpu")[0],
         ),
         master_port=29_400 + config.seed % 500,
     )  # fmt: skip
@@ -300,7 +300,7 @@ def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) ->
     bar = measure_bar(out_dir, config)
     summary = {
         "config": config.model_dump(), "bar_rules": BAR_RULES, "machine": cpu_facts(),
-        "precision": "bf16" if native_bf16() else "fp32",
+        "precision": "{} ({})".format(*resolve_precision("auto", "cpu")),  # the value and why
         "episodes": len(demos), "rows": len(rows), "row_tokens_mean": sum(map(len, rows)) / len(rows),
         "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
         "final_loss": log[-1]["loss"], "loss_every_25": [r["loss"] for r in log[24::25]],

@@ -33,7 +33,7 @@ from services.envs import resolve_options
 from services.rollout.group import RolloutGroup, episode_specs
 from sftrl.checkpoint import step_of
 from sftrl.config import read_yaml, write_resolved_config
-from sftrl.hardware import resolve_dtype, resolve_precision
+from sftrl.hardware import describe_precision, resolve_precision
 from sftrl.models import resolve_model
 from sftrl.registry import RunRecord, open_registry
 from sftrl.registry.store import REGISTRY_ERRORS
@@ -51,18 +51,21 @@ def _stage_seed(config: TrainConfig, stage_index: int, step: int, tasks: int) ->
 
 
 def _resolve_hardware(config: TrainConfig, console: Console) -> dict[str, str]:
-    """``auto`` precision and dtype made explicit for this machine, in place; the choices and their
-    reasons are printed and returned (the resolved config carries them)."""
-    precision, why_precision = resolve_precision(config.learner.precision, config.learner.device)
-    dtype, why_dtype = resolve_dtype(config.rollout.engine.dtype, config.rollout.engine.device)
-    config.learner.precision, config.rollout.engine.dtype = precision, dtype  # type: ignore[assignment]
+    """``auto`` precision of the learner and of the rollout engines made explicit for this machine, in
+    place (one rule, :func:`sftrl.hardware.resolve_precision`); the choice and its reason are printed
+    once and returned (the resolved config carries them as comments)."""
+    learner = resolve_precision(config.learner.precision, config.learner.device)
+    engine = resolve_precision(config.rollout.engine.dtype, config.rollout.engine.device)
+    config.learner.precision, config.rollout.engine.dtype = learner[0], engine[0]  # type: ignore[assignment]
     notes = {
-        "learner.precision": f"{precision} ({why_precision})",
-        "rollout.engine.dtype": f"{dtype} ({why_dtype})",
+        "learner.precision": "{} ({})".format(*learner),
+        "rollout.engine.dtype": "{} ({})".format(*engine),
     }
-    console.print(
-        f"[dim]learner precision {notes['learner.precision']}; rollout dtype {notes['rollout.engine.dtype']}[/]"
-    )
+    if learner == engine:
+        console.print(f"[dim]{describe_precision(*learner)}[/]", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[dim]precision: learner {notes['learner.precision']}, rollout {notes['rollout.engine.dtype']}[/]",
+                      highlight=False, soft_wrap=True)  # fmt: skip
     return notes
 
 

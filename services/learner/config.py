@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sftrl.config import StrictModel
+from sftrl.hardware import normalize_precision
 
 
 class OptimConfig(StrictModel):
@@ -30,9 +31,10 @@ class LearnerConfig(StrictModel):
     device: Literal["cpu", "cuda"] = "cpu"
     world_size: int = Field(1, ge=1, description="data-parallel learner processes (gloo on CPU, NCCL on GPU)")
     zero_stage: Literal[0, 1, 2, 3] = 0
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
-        description="auto: bf16 where the hardware computes it natively (AVX-512 BF16, AMX, GPUs), else fp32",
+        description="auto: bfloat16 where the hardware computes it natively (AVX-512 BF16, AMX, GPUs), else "
+        "float32 (sftrl.hardware.resolve_precision); the old spellings fp32 / bf16 are read as these",
     )
     micro_batch_size: int = Field(
         8,
@@ -62,6 +64,12 @@ class LearnerConfig(StrictModel):
         ge=1,
         description="optimizer steps per RL epoch: each epoch's shuffled rows are split into this many",
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _one_vocabulary(cls, value: object) -> object:
+        """``fp32`` / ``bf16`` (older configs) become ``float32`` / ``bfloat16``."""
+        return normalize_precision(value) if isinstance(value, str) else value
 
 
 class RLConfig(StrictModel):

@@ -31,7 +31,7 @@ def deepspeed_config(config: LearnerConfig, world_size: int) -> dict[str, Any]:
         "train_batch_size": config.micro_batch_size * world_size,
         "gradient_clipping": optim.max_grad_norm,
         "zero_optimization": {"stage": config.zero_stage},
-        "bf16": {"enabled": config.precision == "bf16"},
+        "bf16": {"enabled": config.precision == "bfloat16"},
         "optimizer": {
             "type": "AdamW",
             "params": {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sftrl.config import StrictModel
+from sftrl.hardware import normalize_precision
 
 
 class EngineConfig(StrictModel):
@@ -15,9 +16,16 @@ class EngineConfig(StrictModel):
     model: str = "tiny"  # a prepared name (sftrl models list), an HF folder, or a hub id
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 where the hardware computes it natively, else float32"
+        "auto",
+        description="auto: bfloat16 where the hardware computes it natively, else float32 "
+        "(sftrl.hardware.resolve_precision); fp32 / bf16 / fp16 are read as these",
     )
-    max_model_len: int = Field(4096, ge=128)
+    max_model_len: int | None = Field(
+        None,
+        ge=128,
+        description="context of the engine in tokens; None: the model's own (max_position_embeddings of its "
+        "config.json); more than the model's is an error",
+    )
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU: VLLM_CPU_KVCACHE_SPACE")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     # Eager starts in seconds (tests, quick runs). False lets vLLM torch.compile the model: on CPU
@@ -38,6 +46,11 @@ class EngineConfig(StrictModel):
     max_images_per_prompt: int = Field(1, ge=0)
     seed: int = 0
     cache_dir: str | None = None  # TMPDIR / VLLM_CACHE_ROOT / TORCHINDUCTOR_CACHE_DIR; default .cache/vllm
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _one_vocabulary(cls, value: object) -> object:
+        return normalize_precision(value) if isinstance(value, str) else value
 
 
 class SamplingConfig(StrictModel):

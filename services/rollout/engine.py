@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from services.rollout.config import EngineConfig, SamplingConfig
-from sftrl.hardware import resolve_dtype
+from services.rollout.context import fit_engine
+from sftrl.hardware import resolve_precision
 from sftrl.models import resolve_model
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
@@ -69,6 +70,9 @@ class PromptInput:
 
 class VLLMEngine:
     def __init__(self, config: EngineConfig):
+        # the model exists and the context fits it (unset: the model's own), before vLLM starts
+        config = fit_engine(config)
+        assert config.max_model_len is not None
         configure_process(config)
         import vllm  # imported here: the environment above must be set first
 
@@ -76,7 +80,7 @@ class VLLMEngine:
         self.model_path = resolve_model(config.model)
         kwargs: dict[str, Any] = {
             "model": self.model_path,
-            "dtype": resolve_dtype(config.dtype, config.device)[0],  # auto: what this node computes
+            "dtype": resolve_precision(config.dtype, config.device)[0],  # auto: what this node computes
             "max_model_len": config.max_model_len,
             "enforce_eager": config.enforce_eager,
             "enable_prefix_caching": config.enable_prefix_caching,
