@@ -119,7 +119,7 @@ def phase_environment(args: argparse.Namespace, res: Result) -> None:
 
 def phase_peak(args: argparse.Namespace, res: Result) -> None:
     d = res.data
-    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    dtype = args.precision
     key, tflops = table_peak(d.get("gpu_name") or "") if args.device == "cuda" else (None, None)
     sizes = [1024] if args.dry else ([8192, 16384] if args.device == "cuda" else [2048])
     runs = [measure_matmul(args.device, n, dtype, seconds=0.2 if args.dry else 1.5) for n in sizes]
@@ -229,8 +229,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--model", default=str(SHIPPED_MODEL), help="check model folder (default: shipped gp-base)"
     )
-    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
-                   help="default: bf16 on cuda, fp32 on cpu (bf16 is emulated on many CPUs)")  # fmt: skip
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto: bfloat16 where the device computes it (a GPU from Ampere on), else float32")  # fmt: skip
     p.add_argument("--adam", choices=("torch", "fused"), default="torch",
                    help="torch's AdamW, or DeepSpeed's FusedAdam (compiled on first use: needs nvcc)")  # fmt: skip
     p.add_argument("--bench-model", default="auto",
@@ -249,8 +249,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"copy the packages the GPU image lacks into {CARRY_DIR.relative_to(REPO)} and exit")  # fmt: skip
     p.add_argument("--carry-python", default="3.12", help="the GPU image's Python, for --prepare-carry")
     args = p.parse_args(argv)
-    if args.precision is None:
-        args.precision = "bf16" if args.device == "cuda" else "fp32"
     return args
 
 
@@ -275,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     carried = use_carried_site()
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    from sftrl.hardware import resolve_precision  # the project's one choice of precision
+
+    args.precision, reason = resolve_precision(args.precision, args.device)
     res = new_result(args, argv, carried)
+    res.data["precision_reason"] = reason
     res.save()
     log(f"writing {res.path} (carried packages: {carried})")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gpu-check-"))

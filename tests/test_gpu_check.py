@@ -55,14 +55,15 @@ def test_result_path(gpu_check, monkeypatch, tmp_path):
 def test_cpu_dry_run_writes_the_result(tmp_path):
     out = tmp_path / "result" / "gpu_check.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--dry", "--out", str(out), "--work-dir", str(tmp_path / "work")],
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--dry", "--precision", "float32", "--out", str(out), "--work-dir", str(tmp_path / "work")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.is_file(), done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert done.returncode == 0 and result["ok"] is True, (result.get("errors"), done.stderr[-3000:])
     assert result["schema"] == 1 and result["device"] == "cpu" and result["dry"] is True
-    assert result["precision"] == "fp32" and "note" in result
+    assert result["precision"] == "float32" and result["precision_reason"] == "set in the config"
+    assert "note" in result
     assert result["gpu_name"] is None and result["torch_version"] and result["deepspeed_version"]
     assert result["errors"] == []
     assert result["checks"] == {

@@ -54,8 +54,8 @@ __all__ = ["LearnerWorker", "PolicyModule"]
 
 
 def compute_dtype_of(precision: str) -> torch.dtype:
-    """The dtype a resolved precision computes in (either spelling of bfloat16)."""
-    return torch.bfloat16 if precision in ("bf16", "bfloat16") else torch.float32
+    """The dtype a resolved precision (``float32`` or ``bfloat16``) computes in."""
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 def seed_everything(seed: int) -> None:
