@@ -1,5 +1,6 @@
 """Evaluation metrics on hand-made answers with known values: per-field accuracy, rule adherence, the
-fake-rule control, pass@k, and V-IRL's valid actions."""
+fake-rule control, pass@k, and V-IRL's per-point fields (action, action space, intersection claim,
+the training-space control) and valid actions."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import pytest
 import services.envs  # noqa: F401
 from deploy.evaluate.metrics import pass_at_k, pass_at_k_metrics, suite_metrics
 from deploy.evaluate.suites import _named
+from services.envs.virl.city import generated_route
+from services.envs.virl.env import CITY_SEED
+from services.envs.virl.routes import Route
 from services.verifier.general_points import GPTask, card_value
 from services.verifier.gp_fields import answer_fields
+from services.verifier.virl import VIRLStepTask, allowed_actions, verify_virl
+from services.verifier.virl import answer_fields as virl_fields
 from sftrl.trajectory import Trajectory, Turn
 
 GP = "sftrl/GeneralPoints-v0"
+VIRL = "sftrl/VIRL-v0"
 
 
 def play(env_id: str, options: dict[str, Any], seed: int, answer: Callable[[dict[str, Any]], str],
@@ -145,6 +152,118 @@ def test_virl_valid_action_is_the_analogue_of_adherence():
         [play(env_id, {"actions": "relative", "verify_iter": 1}, 0, answer("turn_direction(left)"))]
     )
     assert outside["valid_action"] == 0.0 and inside["valid_action"] == 1.0
+
+
+def virl_answer(action: str, at_intersection: bool) -> str:
+    claim = "You are at an intersection." if at_intersection else "You are not at an intersection."
+    return json.dumps({"current observation": claim, "current instruction": "go", "action": action})
+
+
+def virl_episode(points: list[tuple[VIRLStepTask, list[str]]]) -> Trajectory:
+    """A hand-made V-IRL episode: at each point, its task and the answers given there (the last one
+    right, as the environment moves on only after a right answer); infos as the environment writes."""
+    turns = []
+    for task, answers in points:
+        for k, text in enumerate(answers, 1):
+            verdict = verify_virl(task, text)
+            valid = verdict.details.get("action") in allowed_actions(task.action_space)
+            info = {"attempt": k, "errors": list(verdict.errors), "fields": virl_fields(task, text),
+                    "valid_action": valid}  # fmt: skip
+            turns.append(Turn(prompt_ids=[1], response_ids=[2], response_logprobs=[0.0], response_text=text,
+                              reward=verdict.reward, info=info))  # fmt: skip
+    return Trajectory(episode_id="e-0", group_id="e", env_id=VIRL, seed=0, turns=turns, success=True)
+
+
+def absolute_route() -> list[VIRLStepTask]:
+    """Walk on, turn to face east at an intersection, walk on, stop at the destination (ID prompt)."""
+    return [VIRLStepTask("forward()", "absolute", False), VIRLStepTask("turn_direction(east)", "absolute", True),
+            VIRLStepTask("forward()", "absolute", False), VIRLStepTask("stop()", "absolute", False)]  # fmt: skip
+
+
+def test_virl_first_answers_at_each_point_give_action_accuracy_and_intersection_claims():
+    walk, turn, walk2, stop = absolute_route()
+    episode = virl_episode([
+        (walk, [virl_answer("forward()", False)]),
+        # the first answer turns with a relative word (outside the stated absolute space); the second is right
+        (turn, [virl_answer("turn_direction(left)", True), virl_answer("turn_direction(east)", True)]),
+        (walk2, [virl_answer("forward()", True)]),  # right action, wrong intersection claim
+        (stop, [virl_answer("stop()", False)]),
+    ])  # fmt: skip
+    m = suite_metrics([episode])
+    assert m["field/action"] == 0.75 and m["field/intersection"] == 0.75 and m["field/action_valid"] == 0.75
+    assert m["valid_action"] == 0.8  # over every attempt: 4 of 5
+    assert m["adherence"] == 0.0 and m["answers"] == 1  # the one turn point: not in the stated space
+    assert "adherence_training" not in m and "field/action_training_space" not in m  # ID: no control
+    assert m["turns"] == 5.0 and m["success"] == 1.0
+
+
+def test_virl_training_space_control_on_relative_prompts():
+    # rule OOD: the same route with relative actions stated; the route turns right (east), then left (north)
+    tasks = [VIRLStepTask("turn_direction(right)", "relative", True, training_action="turn_direction(east)"),
+             VIRLStepTask("forward()", "relative", False),
+             VIRLStepTask("turn_direction(left)", "relative", True, training_action="turn_direction(north)"),
+             VIRLStepTask("stop()", "relative", False)]  # fmt: skip
+    trained_space = ["turn_direction(east)", "forward()", "turn_direction(north)", "stop()"]
+    stated_space = [t.expected_action for t in tasks]
+
+    def episode(first: list[str]) -> Trajectory:  # first answers as given, then the expert's where wrong
+        answers = [[a] if a == t.expected_action else [a, t.expected_action] for a, t in zip(first, tasks)]
+        return virl_episode(
+            [(t, [virl_answer(x, t.at_intersection) for x in a]) for t, a in zip(tasks, answers)]
+        )
+
+    ignores = suite_metrics([episode(trained_space)])
+    assert ignores["adherence"] == 0.0 and ignores["adherence_training"] == 1.0 and ignores["answers"] == 2
+    assert ignores["field/action"] == 0.5 and ignores["field/action_valid"] == 0.5
+    reads = suite_metrics([episode(stated_space)])
+    assert reads["adherence"] == 1.0 and reads["adherence_training"] == 0.0 and reads["field/action"] == 1.0
+    both = suite_metrics([episode(trained_space), episode(stated_space)])
+    assert both["adherence"] == 0.5 and both["adherence_training"] == 0.5 and both["answers"] == 4
+
+
+def test_virl_fields_from_real_episodes_with_relative_actions():
+    """Real environment steps under relative actions, with a policy that answers each point first in
+    the training (absolute) space and then as stated: it reaches the goal, never follows the stated
+    space at a turn on its first answer, and is right under the training space at every turn."""
+    routes: dict[int, Route] = {}
+
+    def policy(info: dict[str, Any]) -> str:
+        route = routes.setdefault(
+            info["route_index"], generated_route("new_york", CITY_SEED, info["route_index"])
+        )
+        point = route.waypoints[info["waypoint_index"]]
+        fresh = info["attempts_left"] == 2  # the first of the 2 attempts at this point
+        return virl_answer(point.absolute_action if fresh else point.relative_action, point.at_intersection)
+
+    trajs = [play(VIRL, {"actions": "relative"}, seed, policy) for seed in range(3)]
+    by_id = {route.route_id: route for route in routes.values()}
+    points = [w for t in trajs for w in by_id[t.turns[0].info["route_id"]].waypoints]
+    turns_due = sum(w.relative_action.startswith("turn_direction") for w in points)
+    m = suite_metrics(trajs)
+    assert m["success"] == 1.0 and turns_due > 0 and m["answers"] == turns_due
+    assert m["adherence"] == 0.0 and m["adherence_training"] == 1.0 and m["field/intersection"] == 1.0
+    assert m["field/action"] == pytest.approx(1 - turns_due / len(points))
+    assert m["valid_action"] == pytest.approx(len(points) / (len(points) + turns_due))  # every attempt
+
+
+def test_report_shows_each_environments_adherence_fields_where_they_exist():
+    from deploy.studies.report import _adherence_table
+    from deploy.studies.stats import Arm
+
+    def arm(final: dict[str, float]) -> Arm:
+        return Arm("k", "a", "A", "train", runs=[{"final": final}])
+
+    gp = {"adherence/ood": 0.5, "answers/ood": 4, "field/ood/numbers": 0.5, "field/ood/formula_correct": 0.25}
+    text = "\n".join(_adherence_table([arm(gp)], ["ood"]))
+    assert "First answers: numbers that follow the rule the prompt states / the training rule instead" in text
+    assert "| run | adherence (ood) | formula correct (ood) |" in text and "action right" not in text
+    virl = {"adherence/ood": 0.0, "answers/ood": 2, "adherence_training/ood": 1.0,
+            "field/ood/turn_stated_space": 0.0, "field/ood/action": 0.5, "field/ood/intersection": 1.0}  # fmt: skip
+    text = "\n".join(_adherence_table([arm(virl)], ["ood"]))
+    assert "| run | adherence (ood) | action right (ood) | intersection claim right (ood) |" in text
+    assert "formula" not in text and "V-IRL, the first attempt at each point" in text
+    assert "| A | 0.0% (0.0%–65.8%) / 100.0% (34.2%–100.0%) | 50.0% | 100.0% |" in text
+    assert _adherence_table([arm({"success/ood": 1.0})], ["ood"]) == []  # no adherence: no table
 
 
 class ScriptedRollout:

@@ -1,4 +1,5 @@
-"""The V-IRL verifier: action parsing, the intersection-claim rule, every reward kind, robustness."""
+"""The V-IRL verifier: action parsing, the intersection-claim rule, every reward kind, the per-field
+scores of an answer (and the training-space control), robustness."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from services.verifier.virl import (
     REWARD_WRONG_INTERSECTION,
     VIRLStepTask,
     allowed_actions,
+    answer_fields,
     parse_action,
     read_intersection_claim,
     verify_virl,
@@ -32,6 +34,8 @@ AT_CROSSING = VIRLStepTask(
     instruction="Turn right to face east.",
 )
 MID_BLOCK = VIRLStepTask("forward()", "relative", False, (), ("Union Savings",), "Then move forward.")
+# A turn under a relative prompt (rule OOD): the route turns right, to face east.
+REL_TURN = VIRLStepTask("turn_direction(right)", "relative", True, training_action="turn_direction(east)")
 
 
 def answer(action: str, observation: str = INTERSECTION_YES, instruction: str = "Turn right.") -> str:
@@ -168,8 +172,37 @@ def test_allowed_actions():
 
 
 def test_task_is_json_serialisable_and_round_trips():
-    data = json.loads(json.dumps(AT_CROSSING.to_dict()))
-    assert VIRLStepTask.from_dict(data) == AT_CROSSING
+    for task in (AT_CROSSING, REL_TURN):
+        assert VIRLStepTask.from_dict(json.loads(json.dumps(task.to_dict()))) == task
+
+
+FIELD_NAMES = ("action", "action_valid", "intersection", "turn_stated_space", "action_training_space")
+
+
+@pytest.mark.parametrize(
+    ("task", "text", "expected"),
+    [
+        # relative prompt, the expert's relative turn: follows the stated space, wrong under the training one
+        (REL_TURN, answer("turn_direction(right)"), (True, True, True, True, False)),
+        # relative prompt answered in the training (absolute) space: the control scores it right
+        (REL_TURN, answer("turn_direction(East)"), (False, False, True, False, True)),
+        # a relative turn the wrong way, and a wrong claim: stated space followed, nothing else right
+        (REL_TURN, answer("turn_direction(left)", INTERSECTION_NO), (False, True, False, True, False)),
+        # walking on where a turn is due: a valid action, but no turn in either space
+        (REL_TURN, answer("forward()"), (False, True, True, False, False)),
+        (REL_TURN, "not json", (False, False, False, False, False)),
+        # no turn due: the turn and training-space fields do not apply
+        (MID_BLOCK, answer("forward()", INTERSECTION_NO), (True, True, True, None, None)),
+        (MID_BLOCK, answer("turn_direction(north)", INTERSECTION_NO), (False, False, True, None, None)),
+        # absolute prompt (the training space itself): the control does not apply
+        (AT_CROSSING, answer("turn_direction(east)"), (True, True, True, True, None)),
+        (AT_CROSSING, answer("turn_direction(slightly left)"), (False, False, True, False, None)),
+        # an unreadable action: the answer is malformed, so its claim is not scored either
+        (AT_CROSSING, answer("turn_direction(up)"), (False, False, False, False, None)),
+    ],
+)
+def test_answer_fields_on_hand_made_answers(task, text, expected):
+    assert answer_fields(task, text) == dict(zip(FIELD_NAMES, expected))
 
 
 HOSTILE = [
@@ -188,10 +221,18 @@ def _well_formed(v: object) -> None:
     assert all(isinstance(e, str) for e in v.errors)
 
 
+def _consistent_fields(task: VIRLStepTask, text: object) -> None:
+    """The fields agree with the verifier: ``action`` is its success, ``action_valid`` its action's space."""
+    fields, verdict = answer_fields(task, text), verify_virl(task, text)
+    assert fields["action"] is verdict.success
+    assert fields["action_valid"] is (verdict.details.get("action") in allowed_actions(task.action_space))
+
+
 @pytest.mark.parametrize("text", HOSTILE)
 def test_hostile_answers_never_raise(text):
-    for task in (AT_CROSSING, MID_BLOCK):
+    for task in (AT_CROSSING, MID_BLOCK, REL_TURN):
         _well_formed(verify_virl(task, text))
+        _consistent_fields(task, text)
 
 
 def test_non_text_answers_never_raise():
@@ -206,4 +247,5 @@ def test_non_text_answers_never_raise():
 def test_any_text_never_raises(text):
     _well_formed(verify_virl(AT_CROSSING, text))
     _well_formed(verify_virl(AT_CROSSING, answer(text, observation=text)))
+    _consistent_fields(REL_TURN, answer(text, observation=text))
     assert isinstance(read_intersection_claim(text), bool)

@@ -1,17 +1,29 @@
 """The metrics of one evaluation suite, computed from its trajectories.
 
 Besides episode success and reward: per-field accuracy of first answers (environments that score
-fields, such as GeneralPoints' cards, numbers and formula), rule adherence (first answers that
-follow the rule the prompt states, and those that follow the training rule instead), the share
-of valid actions (V-IRL), and pass@k where a suite plays several samples of each task.
+fields, such as GeneralPoints' cards, numbers and formula, or V-IRL's action, action space and
+intersection claim), rule adherence (first answers that follow the rule or action space the prompt
+states, and those right under the training one instead), the share of valid actions (V-IRL), and
+pass@k where a suite plays several samples of each task.
+
+A *first answer* is the first attempt at a task: in GeneralPoints the episode's first answer, in
+V-IRL the first of the attempts at each waypoint (an episode has many waypoints, 2 attempts each).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from math import comb
 
-from sftrl.trajectory import Trajectory
+from sftrl.trajectory import Trajectory, Turn
+
+# Per environment: the field of a first answer that follows what the prompt states (``adherence``)
+# and its twin, right under the training rule or action space instead (``adherence_training``).
+ADHERENCE_FIELDS: dict[str, tuple[str, str]] = {
+    "GeneralPoints": ("numbers", "numbers_training_rule"),  # services/verifier/gp_fields.py
+    "V-IRL": ("turn_stated_space", "action_training_space"),  # services/verifier/virl.py
+}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,32 +55,46 @@ def pass_at_k_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     return out
 
 
+def first_answers(traj: Trajectory) -> Iterator[Turn]:
+    """The turns that are a first attempt: ``attempt`` 1 (per episode in GeneralPoints, per waypoint
+    in V-IRL); the episode's first turn where turns do not count attempts."""
+    for i, turn in enumerate(traj.turns):
+        attempt = turn.info.get("attempt")
+        if attempt == 1 or (attempt is None and i == 0):
+            yield turn
+
+
 def field_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
-    """Per-field accuracy and rule adherence of each episode's first answer."""
+    """Per-field accuracy (``field/<name>``) and rule adherence of first answers.
+
+    A field counts only where it applies (not None). ``adherence`` and ``adherence_training`` are
+    the rates of an environment's pair in :data:`ADHERENCE_FIELDS`; ``answers`` counts the first
+    answers behind them (its adherence field's denominator, which its twin shares where it applies).
+    """
     right: Counter[str] = Counter()
     seen: Counter[str] = Counter()
     for traj in trajectories:
-        if not traj.turns:
-            continue
-        fields = traj.turns[0].info.get("fields")
-        if not isinstance(fields, dict):
-            continue
-        for name, value in fields.items():
-            if value is not None:
-                seen[name] += 1
-                right[name] += bool(value)
+        for turn in first_answers(traj):
+            fields = turn.info.get("fields")
+            if not isinstance(fields, dict):
+                continue
+            for name, value in fields.items():
+                if value is not None:
+                    seen[name] += 1
+                    right[name] += bool(value)
     out = {f"field/{name}": right[name] / seen[name] for name in seen}
-    if "numbers" in seen:
-        out["adherence"] = right["numbers"] / seen["numbers"]
-        out["answers"] = seen["numbers"]  # first answers whose numbers were scored
-    if "numbers_training_rule" in seen:
-        out["adherence_training"] = right["numbers_training_rule"] / seen["numbers_training_rule"]
+    for stated, training in ADHERENCE_FIELDS.values():
+        if stated in seen:
+            out["adherence"] = right[stated] / seen[stated]
+            out["answers"] = seen[stated]
+        if training in seen:
+            out["adherence_training"] = right[training] / seen[training]
     return out
 
 
 def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     """Episode success, mean reward, per-attempt error rates, (image modes) recognition accuracy,
-    (V-IRL) valid actions, and the field, adherence and pass@k metrics above."""
+    (V-IRL) valid actions over every attempt, and the field, adherence and pass@k metrics above."""
     n = max(1, len(trajectories))
     turns = [t for traj in trajectories for t in traj.turns]
     steps = max(1, len(turns))

@@ -153,24 +153,46 @@ def _prepend_start(run: dict[str, Any], start: dict[str, Any]) -> None:
     run["final"] = run["evals"][-1]
 
 
+# Per environment (found by its adherence field): what its adherence pair means, and the fields of
+# first answers shown beside it. GeneralPoints is the default, for records that name no field.
+ADHERENCE_VIEWS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "numbers": ("numbers that follow the rule the prompt states / the training rule instead; "
+                "then the share with a correct formula", (("formula_correct", "formula correct"),)),
+    "turn_stated_space": ("V-IRL, the first attempt at each point: turns in the action space the prompt "
+                          "states / the expert's absolute (training-space) turn instead, at turns; then the "
+                          "share of points with the expert's action and with a right intersection claim",
+                          (("action", "action right"), ("intersection", "intersection claim right"))),
+}  # fmt: skip
+
+
+def _adherence_views(arms: list[Arm], suites: list[str]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The views of :data:`ADHERENCE_VIEWS` whose adherence field some final evaluation holds."""
+    found = [view for name, view in ADHERENCE_VIEWS.items()
+             if any(f"field/{s}/{name}" in f for a in arms for f in a.finals for s in suites)]  # fmt: skip
+    return found or [ADHERENCE_VIEWS["numbers"]]
+
+
 def _adherence_table(arms: list[Arm], suites: list[str]) -> list[str]:
-    """First answers whose numbers follow the stated rule (and, after the slash, the training rule
-    instead), and whose formula is correct: what a model read, apart from whether it won."""
+    """First answers that follow what the prompt states (and, after the slash, are right under the
+    training rule or action space instead), and the fields beside them: what a model read, apart
+    from whether it won."""
     shown = [s for s in suites if any(f"adherence/{s}" in f for a in arms for f in a.finals)]
     if not shown:
         return []
+    views = _adherence_views(arms, shown)
+    columns = [column for _, cols in views for column in cols]
     lines = ["## Rule adherence", "",
-             "First answers: numbers that follow the rule the prompt states / the training rule instead; "
-             "then the share with a correct formula (95% intervals over the pooled first answers).", "",
+             "First answers: " + "; ".join(text for text, _ in views)
+             + " (95% intervals over the pooled first answers).", "",
              "| run | " + " | ".join(f"adherence ({s})" for s in shown) + " | "
-             + " | ".join(f"formula correct ({s})" for s in shown) + " |",
-             "|---|" + "---|" * (2 * len(shown))]  # fmt: skip
+             + " | ".join(f"{label} ({s})" for _, label in columns for s in shown) + " |",
+             "|---|" + "---|" * ((1 + len(columns)) * len(shown))]  # fmt: skip
     for arm in arms:
         f = arm.finals
         cells = [cell(pooled(f, "adherence", s), mean_value(f, f"adherence/{s}"))
                  + (f" / {cell(pooled(f, 'adherence_training', s), mean_value(f, f'adherence_training/{s}'))}"
                     if mean_value(f, f"adherence_training/{s}") is not None else "") for s in shown]  # fmt: skip
-        cells += [cell(None, mean_value(f, f"field/{s}/formula_correct")) for s in shown]
+        cells += [cell(None, mean_value(f, f"field/{s}/{name}")) for name, _ in columns for s in shown]
         lines.append(f"| {arm.label} | " + " | ".join(cells) + " |")
     return lines + [""]
 

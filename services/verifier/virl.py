@@ -19,6 +19,9 @@ clause, or by "no"/"false"/"none" right after it ("intersection: no"). Mentions 
 intersection ("the next intersection", "an intersection ahead") claim nothing. No affirmative
 mention at all means "not at an intersection". The prompts ask for "You are at an
 intersection." or "You are not at an intersection.", which this rule reads exactly.
+
+:func:`answer_fields` scores the parts of one answer apart (action, action space, intersection
+claim, and the training-space control), as :mod:`services.verifier.gp_fields` does for GeneralPoints.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from services.verifier.answer_text import extract_json_object, get_str_field
 from services.verifier.types import Verdict
 
 ActionSpace = Literal["absolute", "relative"]
+TRAINING_SPACE: ActionSpace = "absolute"  # the space paper 1 trains on; relative actions are its rule OOD
 
 REWARD_CORRECT = 1.0
 REWARD_WRONG_ACTION = -1.0
@@ -60,6 +64,9 @@ class VIRLStepTask:
     landmarks_left: tuple[str, ...] = ()
     landmarks_right: tuple[str, ...] = ()
     instruction: str = ""
+    # The expert's action in the training space where it differs from ``expected_action`` (a turn
+    # under a relative prompt), else None: the fake-rule control of V-IRL scores answers against it.
+    training_action: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,6 +82,7 @@ class VIRLStepTask:
             landmarks_left=tuple(data.get("landmarks_left", ())),
             landmarks_right=tuple(data.get("landmarks_right", ())),
             instruction=str(data.get("instruction", "")),
+            training_action=data.get("training_action"),
         )
 
 
@@ -153,23 +161,30 @@ def _malformed(reason: str) -> Verdict:
     )
 
 
-def verify_virl(task: VIRLStepTask, answer: object) -> Verdict:
-    """Score one answer (normally model text) at one waypoint. Never raises, whatever ``answer`` holds."""
+def _read_answer(answer: object) -> tuple[str, bool] | str:
+    """(canonical action, intersection claim) of a readable answer, else why it is not readable."""
     obj, reason = extract_json_object(answer)
     if obj is None:
-        return _malformed(reason)
+        return reason
     observation = get_str_field(obj, KEY_OBSERVATION, "current_observation", "observation")
     instruction = get_str_field(obj, KEY_INSTRUCTION, "current_instruction", "instruction")
     raw_action = get_str_field(obj, KEY_ACTION)
     if observation is None or instruction is None or raw_action is None:
         missing = [k for k, v in zip(ANSWER_KEYS, (observation, instruction, raw_action)) if v is None]
-        key = missing[0]
-        return _malformed(f'the key "{key}" is missing or is not text')
+        return f'the key "{missing[0]}" is missing or is not text'
     action = parse_action(raw_action)
     if action is None:
         shown = raw_action[:MAX_ACTION_CHARS] + ("..." if len(raw_action) > MAX_ACTION_CHARS else "")
-        return _malformed(f"the action {shown!r} is not forward(), turn_direction(x) or stop()")
-    claimed = read_intersection_claim(observation)
+        return f"the action {shown!r} is not forward(), turn_direction(x) or stop()"
+    return action, read_intersection_claim(observation)
+
+
+def verify_virl(task: VIRLStepTask, answer: object) -> Verdict:
+    """Score one answer (normally model text) at one waypoint. Never raises, whatever ``answer`` holds."""
+    read = _read_answer(answer)
+    if isinstance(read, str):
+        return _malformed(read)
+    action, claimed = read
     details: dict[str, Any] = {
         "action": action,
         "claimed_intersection": claimed,
@@ -192,3 +207,36 @@ def verify_virl(task: VIRLStepTask, answer: object) -> Verdict:
             details,
         )
     return Verdict(REWARD_WRONG_ACTION, False, f"Your action was wrong: {why}.", ("wrong_action",), details)
+
+
+def _is_turn(action: str | None) -> bool:
+    return action is not None and action.startswith("turn_direction(")
+
+
+def answer_fields(task: VIRLStepTask, answer: object) -> dict[str, bool | None]:
+    """Which parts of one answer at one point are right; ``None`` where a field does not apply.
+
+    - ``action``: the action is the expert's in the stated space (the verifier's success)
+    - ``action_valid``: the action lies in the action space the prompt states
+    - ``intersection``: the claim about being at an intersection is right
+    - ``turn_stated_space`` (only where the expert turns): the answer turns with a direction of the
+      stated space (compass names or left/right/slightly left/slightly right), right or not
+    - ``action_training_space`` (only where ``task.training_action`` is set, i.e. turns under a
+      relative prompt): the answer is the expert's action in the training (absolute) space, i.e.
+      ``turn_direction(<compass direction the route turns to>)``. At forward/stop points the two
+      spaces share the expert's action, so nothing tells them apart there. A model that ignores the
+      stated space and answers as it was trained scores here.
+
+    An answer the verifier cannot read scores False on every field that applies. Evaluation reads
+    these from *first answers*: the first of the attempts (2 by default) at each point of a route.
+    """
+    read = _read_answer(answer)
+    action, claimed = (None, None) if isinstance(read, str) else read
+    in_space = action is not None and action in allowed_actions(task.action_space)
+    return {
+        "action": action is not None and action == task.expected_action,
+        "action_valid": in_space,
+        "intersection": claimed is not None and claimed == task.at_intersection,
+        "turn_stated_space": in_space and _is_turn(action) if _is_turn(task.expected_action) else None,
+        "action_training_space": None if task.training_action is None else action == task.training_action,
+    }

@@ -5,7 +5,9 @@ waypoints). Each ``step`` scores one answer at the current waypoint with the pur
 :func:`services.verifier.virl.verify_virl`. A correct action moves the agent to the next
 waypoint (``stop()`` at the destination ends the episode: ``terminated``, success). A wrong one
 keeps it in place; after ``verify_iter`` failed attempts at one waypoint the episode ends as a
-failure (``terminated``, with "attempts_exhausted" among the errors).
+failure (``terminated``, with "attempts_exhausted" among the errors). Every step's info holds
+``fields``, the parts of the answer scored apart (:func:`services.verifier.virl.answer_fields`;
+evaluation reads them from the first attempt at each waypoint), and ``valid_action``.
 
 Routes come from a synthetic city (``city``; route ``i`` of a city is fixed, and a plain
 ``reset(seed=...)`` draws ``i`` below :data:`ROUTE_POOL` from the env's generator, so indices
@@ -35,7 +37,7 @@ from services.envs.virl.headings import ActionSpace, allowed_actions
 from services.envs.virl.published import load_published_routes
 from services.envs.virl.render import render_views
 from services.envs.virl.routes import Route, Waypoint
-from services.verifier.virl import VIRLStepTask, verify_virl
+from services.verifier.virl import TRAINING_SPACE, VIRLStepTask, answer_fields, verify_virl
 
 CITY_SEED = 0  # cities are fixed by name; the seed only chooses routes
 
@@ -184,7 +186,8 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
     def step(self, action: str) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if self._done or self._route is None:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        verdict = verify_virl(self.current_task(), action)
+        task = self.current_task()
+        verdict = verify_virl(task, action)
         attempt = self._score_attempt(verdict.success, verdict.reward, verdict.errors)
         terminated = attempt.exhausted
         if verdict.success:
@@ -209,7 +212,8 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
             "success": self._success,
             "errors": attempt.errors,
             "details": verdict.details,
-            # The rule adherence of V-IRL: the action lies in the action space the prompt states.
+            "fields": answer_fields(task, action),
+            # The action lies in the action space the prompt states (every attempt; the fields' first).
             "valid_action": verdict.details.get("action") in allowed_actions(self.options.actions),
         }
         return self._obs(), attempt.reward, terminated, False, info
@@ -227,13 +231,15 @@ class VIRLEnv(SftrlEnv[VIRLOptions]):
 
     def current_task(self) -> VIRLStepTask:
         wp = self.waypoint
+        expected, training = wp.action(self.options.actions), wp.action(TRAINING_SPACE)
         return VIRLStepTask(
-            expected_action=wp.action(self.options.actions),
+            expected_action=expected,
             action_space=self.options.actions,
             at_intersection=wp.at_intersection,
             landmarks_left=wp.left,
             landmarks_right=wp.right,
             instruction=self.route.instructions[wp.instruction_index],
+            training_action=training if training != expected else None,
         )
 
     def _answer(self, action: str) -> str:
