@@ -76,7 +76,8 @@ def test_sft_teaches_the_format_and_the_training_rule(sft_run):
     assert first["adherence/id"] == 0.0 and last["adherence/id"] > 0.8
     assert last["field/id/formula_wellformed"] > first["field/id/formula_wellformed"]
     assert last["adherence_training/ood_rule"] > 0.1 and last["adherence/ood_rule"] < 0.05
-    assert evals[-1]["error_rate/id/malformed_answer"] < evals[0]["error_rate/id/malformed_answer"]
+    malformed = "error_rate/id/malformed_answer"  # present only where some answer was malformed
+    assert evals[-1].get(malformed, 0.0) < evals[0][malformed]
     assert evals[-1]["flops"] > evals[1]["flops"] > 0
     assert (sft_run.run_dir / "resolved_config.yaml").exists() and (sft_run.run_dir / "curves.png").exists()
     assert sft_run.final_policy_version == [300]  # the rollout engine holds the learner's last weights
