@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from deploy.models import gp_base
+from deploy.models import gp_base, scratch
 from deploy.models.gp_base import BAR_FILE, BAR_RULES, GPBaseConfig, demonstrations, gp_base_tokenizer
 from services.verifier.face_rules import parse_face_rule, rule_text
 from sftrl.models.prepare import PrepareOptions, prepare_model
@@ -91,12 +91,12 @@ def test_shipped_copy_is_verified(tmp_path, monkeypatch):
 
 def test_a_copy_of_an_earlier_shipped_base_is_outdated(tmp_path):
     copied = prepare_model("gp-base", directory=tmp_path / "models").model.record
-    assert not gp_base.outdated_copy("gp-base", copied)
+    assert not scratch.outdated_copy("gp-base", copied)
     earlier = copied.model_copy(update={"weights_sha256": "0" * 64})  # what an older release shipped
-    assert gp_base.outdated_copy("gp-base", earlier)
+    assert scratch.outdated_copy("gp-base", earlier)
     retrained = earlier.model_copy(update={"source": "made here: SFT from scratch"})
-    assert not gp_base.outdated_copy("gp-base", retrained)  # made here on purpose: kept
-    assert not gp_base.outdated_copy("tiny-llama", earlier)
+    assert not scratch.outdated_copy("gp-base", retrained)  # made here on purpose: kept
+    assert not scratch.outdated_copy("tiny-llama", earlier)
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def test_wrong_action_then_exhaustion_truncates_as_failure():
     obs, reward, terminated, truncated, info = env.step(env.wrong_answer(rng))
     assert (reward, terminated, truncated) == (-1.0, False, False)
     assert info["errors"] == ("wrong_action",) and "1 attempt left" in obs["text"]
-    assert "Your action was wrong" in obs["text"] and '"action"' in obs["text"]
+    assert "Your action was wrong" in obs["text"] and "same JSON keys" in obs["text"]
     assert info["waypoint_index"] == 0 and not info["success"]
     obs, reward, terminated, truncated, info = env.step(env.wrong_answer(rng))
     assert (reward, terminated, truncated) == (-1.0, True, False)

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from deploy.models.gp_base import outdated_copy
+from deploy.models.scratch import outdated_copy
 from sftrl.config import build
 from sftrl.hardware import describe_precision, resolve_precision
 from sftrl.models.prepare import PrepareOptions, PrepareOutcome, prepare_model
@@ -32,7 +32,7 @@ def human_bytes(n: int) -> str:
 def prepare(name: str, given: dict[str, Any], force: bool, console: Console) -> PrepareOutcome:
     """Prepare ``name`` with the options the user gave (``None`` values are left out)."""
     options = build(PrepareOptions, {k: v for k, v in given.items() if v is not None}, source="options")
-    if name == "gp-base" and options.retrain:  # trains here: the learner's precision, said once
+    if options.retrain:  # trains here: the learner's precision, said once
         console.print(describe_precision(*resolve_precision("auto", "cpu")), highlight=False, soft_wrap=True)
     with console.status(f"preparing {name}", spinner="dots") as status:
 

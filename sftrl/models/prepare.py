@@ -45,8 +45,12 @@ class PrepareOptions(StrictModel):
     arch: Literal["llama", "qwen2"] = "llama"
     from_wheel: str | None = None
     from_gguf: str | None = None
-    steps: int | None = Field(None, ge=1, description="gp-base: SFT steps (default: the full recipe's)")
-    retrain: bool = Field(False, description="gp-base: train here even where the shipped base would do")
+    steps: int | None = Field(
+        None, ge=1, description="gp-base, virl-base: SFT steps (default: the full recipe's)"
+    )
+    retrain: bool = Field(
+        False, description="gp-base, virl-base: train here even where the shipped base would do"
+    )
 
 
 @dataclass

@@ -61,6 +61,13 @@ CATALOG: dict[str, CatalogEntry] = {
         "deploy.models.gp_base:build_gp_base",
         ("seed", "steps", "retrain"),
     ),
+    "virl-base": CatalogEntry(
+        "text",
+        "Llama, 3.2M parameters, trained here from scratch to follow V-IRL route instructions with the action "
+        "space stated in the prompt (compass directions or turns, drawn per episode); evaluation cities held out",
+        "deploy.models.virl_base:build_virl_base",
+        ("seed", "steps", "retrain"),
+    ),
     "tiny-vl": CatalogEntry(
         "vision",
         "Idefics3 (SmolVLM architecture) vision-language model, 1.0M parameters, 64-pixel images",

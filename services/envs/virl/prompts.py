@@ -25,10 +25,8 @@ ANSWER_FORMAT = (
     '"current instruction": "<the sentence of the route instructions you are carrying out now>", '
     '"action": "<one action from the action space>"}'
 )
-FORMAT_REMINDER = (
-    'Answer with one JSON object with the keys "current observation" (say whether you are at an '
-    'intersection), "current instruction" and "action".'
-)
+# Short: it comes back every turn of a ~16-turn episode, and the first prompt gave the format.
+FORMAT_REMINDER = "Answer with the same JSON keys."
 
 
 def action_space_text(space: ActionSpace) -> str:

@@ -1,0 +1,197 @@
+"""The pieces every base made here from scratch shares: its tokenizer, its random Llama, the SFT that
+trains it through the project's own learner, and the copy of the shipped result.
+
+``gp-base`` and ``virl-base`` differ only in their data, sizes and bars; what is below is the same
+recipe for both, so that a fix to one is a fix to the other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftrl.hardware import resolve_precision
+
+SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+SHIPPED_ROOT = Path(__file__).parents[1] / "shipped"  # package data: found in a wheel too
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    max_positions: int
+
+
+@dataclass(frozen=True)
+class SFTSchedule:
+    seed: int
+    steps: int
+    batch_size: int
+    micro_batch_size: int
+    lr: float
+    warmup_steps: int
+    micro_batch_tokens: int | None = None
+
+
+def word_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int, max_length: int) -> Any:
+    """Byte-level BPE in which words, numbers and runs of punctuation are pieces of their own.
+
+    Splitting numbers off whole (not digit by digit, as the tasks' tokenizer does) gives every
+    number of the game one token, and runs like ``", "`` or ``"], "`` of the JSON answer merge into
+    single tokens: a short sequence per answer, so each training step carries more episodes.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sftrl.models.chat_template import IM_END, IM_START, TEXT_CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r" ?[0-9]+| ?[A-Za-z]+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=IM_START, eos_token=IM_END, pad_token=SPECIAL[3],
+        unk_token=SPECIAL[0], chat_template=TEXT_CHAT_TEMPLATE, model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+    )  # fmt: skip
+
+
+def initial_llama(shape: LlamaShape, tokenizer: Any, seed: int) -> Any:
+    """Random Llama weights from the seed (keep head_dim 32: vLLM-CPU's attention takes it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from deploy.models.tiny import set_generation_config, special_ids
+
+    ids = special_ids(tokenizer)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        head_dim=shape.hidden // shape.heads, max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=False, initializer_range=0.02, rms_norm_eps=1e-6, bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"], pad_token_id=ids["pad"], dtype="float32",
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    set_generation_config(model, ids)
+    return model
+
+
+def sft_from_scratch(
+    model_dir: Path, rows: list[Any], schedule: SFTSchedule, report: Callable[[str], None]
+) -> list[dict[str, float]]:
+    """SFT through the learner, in this process; the trained weights replace ``model_dir``'s."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from services.learner.config import LearnerConfig, OptimConfig
+    from services.learner.worker import LearnerWorker
+
+    s = schedule
+    optim = OptimConfig(
+        lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.steps, min_lr_ratio=0.1, weight_decay=0.01,
+        betas=(0.9, 0.98),
+    )  # fmt: skip
+    learner = LearnerWorker(
+        LearnerConfig(
+            model=str(model_dir), micro_batch_size=s.micro_batch_size, micro_batch_tokens=s.micro_batch_tokens,
+            optim=optim, seed=s.seed, precision=resolve_precision("auto", "cpu")[0],
+        ),
+        master_port=29_400 + s.seed % 500,
+    )  # fmt: skip
+    rng = np.random.default_rng(s.seed)
+    order = rng.permutation(len(rows))
+    log: list[dict[str, float]] = []
+    start, position = time.perf_counter(), 0
+    try:
+        for step in range(s.steps):
+            if position + s.batch_size > len(order):
+                order, position = rng.permutation(len(rows)), 0
+            batch = [rows[int(i)] for i in order[position : position + s.batch_size]]
+            position += s.batch_size
+            out = learner.sft_step(batch)
+            log.append({"step": step + 1, "loss": out["loss"], "lr": out["lr"], "seconds": out["seconds"]})
+            if (step + 1) % 25 == 0 or step + 1 == s.steps:
+                elapsed = time.perf_counter() - start
+                report(f"step {step + 1}/{s.steps}: loss {out['loss']:.3f}, {elapsed / 60:.1f} min")
+        state = learner.policy_state_dict("float32")
+    finally:
+        learner.shutdown()
+    assert state is not None
+    for old in model_dir.glob("*.safetensors"):
+        old.unlink()
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(model_dir / "model.safetensors"), {"format": "pt"}
+    )
+    return log
+
+
+def bar_intervals(metrics: dict[str, float], suites: Iterable[str]) -> dict[str, list[float]]:
+    """95% Wilson intervals of a bar's rates, from the counts the evaluation recorded beside them."""
+    from deploy.studies.stats import pooled
+
+    out = {}
+    for suite in suites:
+        for metric in ("success", "adherence", "adherence_training"):
+            found = pooled([metrics], metric, suite)
+            if found is not None:
+                out[f"{metric}/{suite}"] = [round(found.low, 4), round(found.high, 4)]
+    return out
+
+
+def copy_shipped(shipped: Path, out_dir: Path, report: Callable[[str], None]) -> Any:
+    """A base shipped with sftrl (made by its builder with the default options): copied, and its
+    weights checked against the record it was shipped with."""
+    from sftrl.models.prepare import BuildResult
+    from sftrl.models.store import RECORD_NAME, read_record, weights_sha256
+
+    record = read_record(shipped)
+    if record is None:
+        raise RuntimeError(f"the shipped base in {shipped} has no readable record")
+    report("copying the shipped base (made by this command; --retrain makes it again here)")
+    for path in shipped.iterdir():
+        if path.is_file() and path.name != RECORD_NAME:
+            shutil.copyfile(path, out_dir / path.name)
+    if weights_sha256(out_dir) != record.weights_sha256:
+        raise RuntimeError(f"the shipped base's weights in {shipped} do not match their record")
+    return BuildResult(
+        source=record.source + " (shipped copy)", parameters=record.parameters, architecture=record.architecture,
+        dtype=record.dtype, vocab_size=record.vocab_size, max_position_embeddings=record.max_position_embeddings,
+    )  # fmt: skip
+
+
+def ships(options: Any, shipped: Path) -> bool:
+    """Whether ``prepare`` copies the shipped base: default options, and the base is there."""
+    return (
+        not options.retrain
+        and options.steps is None
+        and options.seed == 0
+        and (shipped / "config.json").exists()
+    )
+
+
+def outdated_copy(name: str, record: Any) -> bool:
+    """Whether a prepared ``name`` is a copy of a base shipped by an earlier sftrl (a new release
+    ships a retrained base: a study started from the old copy would not measure the recipe shipped)."""
+    if not record.source.endswith("(shipped copy)") or not (SHIPPED_ROOT / name / "config.json").exists():
+        return False
+    from sftrl.models.store import read_record
+
+    shipped = read_record(SHIPPED_ROOT / name)
+    return shipped is not None and shipped.weights_sha256 != record.weights_sha256

@@ -1,0 +1,244 @@
+"""``virl-base``: a small causal LM that follows route instructions, trained here from scratch.
+
+Paper 1's model already navigates with either kind of action before post-training; the question
+is what post-training on absolute (compass) actions does to relative ones. A random model has no
+such prior, so this builder makes one: a Llama of a few million parameters, the word-piece
+tokenizer of :mod:`deploy.models.scratch`, SFT through the project's learner on V-IRL text
+episodes in synthetic towns, each episode's action space (compass directions or turns) drawn
+per episode and stated in its prompt, with wrong first attempts and their feedback at some points.
+
+The towns are named here (:data:`TRAINING_TOWNS`); every city an evaluation suite or recipe plays
+(:data:`HELD_OUT_CITIES`) is left out, and the data is checked for that before training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from deploy.models.scratch import (
+    SHIPPED_ROOT,
+    LlamaShape,
+    SFTSchedule,
+    bar_intervals,
+    copy_shipped,
+    initial_llama,
+    sft_from_scratch,
+    ships,
+    word_tokenizer,
+)
+from sftrl.config import StrictModel
+from sftrl.hardware import cpu_facts, resolve_precision
+
+VIRL = "sftrl/VIRL-v0"
+# Cities the product's suites and recipes play (and the tokenizer corpus's): never in the base's data.
+HELD_OUT_CITIES = ("new_york", "london", "san_francisco")
+TRAINING_TOWNS = (
+    "Alderford", "Brackenridge", "Calderwood", "Dunmere", "Elmstead", "Fairhollow", "Glenbrook",
+    "Harrowgate", "Ivybridge", "Juniper Falls", "Kestrel Bay", "Larkspur", "Millbrook", "Northwick",
+    "Oakhurst", "Pembury", "Queensmead", "Ravenscar", "Stonehaven", "Thornbury", "Upperton",
+    "Valemont", "Westerly", "Yarrow Point",
+)  # fmt: skip
+BAR_SUITES: dict[str, dict[str, Any]] = {
+    "id": {"actions": "absolute", "city": "new_york"},
+    "ood_rule": {"actions": "relative", "city": "new_york"},
+}
+BAR_SEED = 10_000
+BAR_FILE = "virl_base.json"
+SHIPPED = SHIPPED_ROOT / "virl-base"
+MODEL_LEN = 4096
+
+
+class VIRLBaseConfig(StrictModel):
+    """How the base is made; the defaults are what ``sftrl models prepare virl-base`` runs."""
+
+    seed: int = 0
+    prompt_style: str = "compact"
+    towns: int = Field(len(TRAINING_TOWNS), ge=1, le=len(TRAINING_TOWNS))
+    wrong_rate: float = Field(0.1, ge=0, le=1, description="share of points whose first attempt is wrong")
+    episodes: int | None = Field(None, ge=1, description="routes played; None: each seen once")
+    short_share: float = Field(0.0, ge=0, le=1, description="share of rows cut after their first few answers")
+    short_answers: int = Field(3, ge=1, description="a cut row keeps 1 to this many answers")
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(
+        1, ge=1
+    )  # one row: no padding mask, so attention takes its causal fast path
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 4
+    intermediate: int = 704
+    max_len: int = Field(3584, ge=256)
+    vocab_size: int = 1024
+    eval_episodes: int | None = Field(None, ge=1, description="per suite; None: 256, or 64 below 200 steps")
+
+
+def play_route(env: Any, seed: int, wrong_rate: float, rng: Any, episode_id: str) -> Any:
+    """One expert episode in which the first attempt at a point is wrong with ``wrong_rate``
+    (at most one wrong attempt per point: the paper allows two), its feedback kept."""
+    from services.envs.demonstrations import Demonstration
+
+    expert = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    messages = [{"role": "user", "content": obs["text"]}]
+    wrong_here = bool(rng.random() < wrong_rate)
+    while True:
+        answer = expert.wrong_answer(rng) if wrong_here else expert.expert_answer()
+        obs, _reward, terminated, _truncated, step = env.step(answer)
+        messages.append({"role": "assistant", "content": answer})
+        if terminated:
+            break
+        messages.append({"role": "user", "content": obs["text"]})
+        wrong_here = False if wrong_here else bool(rng.random() < wrong_rate)  # a new point after a right one
+        if len(messages) > 400:
+            raise RuntimeError(f"episode {episode_id} did not end")
+    if not step.get("success"):
+        raise RuntimeError(f"the expert failed episode {episode_id}: the environment is inconsistent")
+    meta = {"city": info["city"], "route": [info["start"], info["destination"], *info["instructions"]]}
+    return Demonstration(episode_id, messages, [None] * len(messages), meta)
+
+
+def demonstrations(config: VIRLBaseConfig) -> list[Any]:
+    """The base's episodes: towns in turn, the action space drawn per episode."""
+    import gymnasium as gym
+    import numpy as np
+
+    import services.envs  # noqa: F401  (registers the environments)
+
+    towns = TRAINING_TOWNS[: config.towns]
+    episodes = config.episodes or max(64, config.steps * config.batch_size)
+    rng = np.random.default_rng(config.seed)
+    envs = {
+        (town, space): gym.make(VIRL, city=town, actions=space, prompt_style=config.prompt_style)
+        for town in towns
+        for space in ("absolute", "relative")
+    }
+    try:
+        out = []
+        for i in range(episodes):
+            space = ("absolute", "relative")[int(rng.integers(2))]
+            env = envs[(towns[i % len(towns)], space)]
+            out.append(play_route(env, config.seed * 1_000_003 + i, config.wrong_rate, rng, f"virl-base-{i}"))
+            out[-1].meta["actions"] = space
+            if rng.random() < config.short_share:  # short rows: more first answers per token of compute
+                keep = 2 * int(rng.integers(1, config.short_answers + 1))
+                out[-1].messages = out[-1].messages[:keep]
+                out[-1].images = out[-1].images[:keep]
+        return out
+    finally:
+        for env in envs.values():
+            env.close()
+
+
+def bar_routes(episodes: int) -> set[tuple[str, ...]]:
+    """The routes the bar plays (start, destination, instructions), from the same seeds as the bar."""
+    import gymnasium as gym
+
+    from deploy.evaluate.suites import suite_specs
+
+    routes = set()
+    for name, options in BAR_SUITES.items():
+        env = gym.make(VIRL, **options)
+        try:
+            for spec in suite_specs(name, VIRL, options, episodes, BAR_SEED):
+                _obs, info = env.reset(seed=spec.seed)
+                routes.add((info["start"], info["destination"], *info["instructions"]))
+        finally:
+            env.close()
+    return routes
+
+
+def check_held_out(demos: list[Any], episodes: int) -> None:
+    """The evaluation cities and the bar's routes never occur in the base's data."""
+    from services.envs.virl.city import normalise_city_name
+
+    cities = {normalise_city_name(d.meta["city"]) for d in demos}
+    seen = cities & set(HELD_OUT_CITIES)
+    if seen:
+        raise RuntimeError(f"held-out cities {sorted(seen)} occur in the base's data")
+    shared = bar_routes(episodes) & {tuple(d.meta["route"]) for d in demos}
+    if shared:
+        raise RuntimeError(f"{len(shared)} of the bar's routes occur in the base's data")
+
+
+def measure_bar(model_dir: Path, config: VIRLBaseConfig) -> dict[str, Any]:
+    """Greedy episodes (the paper's 2 attempts per point) on held-out routes in both action spaces."""
+    from deploy.evaluate.suites import evaluate
+    from services.rollout.config import EngineConfig, SamplingConfig
+    from services.rollout.worker import RolloutWorker
+
+    episodes = bar_episodes(config)
+    worker = RolloutWorker.on_model(str(model_dir), EngineConfig(dtype="float32", max_model_len=MODEL_LEN))
+    try:
+        t0 = time.perf_counter()
+        metrics, _ = evaluate(
+            worker, VIRL, {"prompt_style": config.prompt_style}, BAR_SUITES, episodes, seed=BAR_SEED,
+            sampling=SamplingConfig(temperature=0.0, max_tokens=96),
+        )  # fmt: skip
+    finally:
+        worker.shutdown()
+    return {"episodes_per_suite": episodes, "seconds": time.perf_counter() - t0, "metrics": metrics}
+
+
+def bar_episodes(config: VIRLBaseConfig) -> int:
+    return config.eval_episodes or (256 if config.steps >= 200 else 64)
+
+
+def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) -> Any:
+    """The catalogue builder: the shipped base for the default options (unless ``retrain``); else
+    towns' episodes, tokenizer, random init, SFT, and the bar measured and saved beside the weights."""
+    from services.learner.sft_data import SFTConversation, tokenize_sft
+    from sftrl.models.prepare import BuildResult
+
+    if ships(options, SHIPPED):
+        return copy_shipped(SHIPPED, out_dir, report)
+    config = VIRLBaseConfig(seed=options.seed, **({"steps": options.steps} if options.steps else {}))
+    start = time.perf_counter()
+    report("writing route-following episodes in the training towns")
+    demos = demonstrations(config)
+    check_held_out(demos, bar_episodes(config))
+    report("training the tokenizer")
+    tokenizer = word_tokenizer(
+        (m["content"] for d in demos[:2000] for m in d.messages), config.vocab_size, MODEL_LEN
+    )
+    shape = LlamaShape(
+        config.hidden, config.layers, config.heads, config.kv_heads, config.intermediate, MODEL_LEN
+    )
+    model = initial_llama(shape, tokenizer, config.seed)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    report(f"tokenising {len(demos)} episodes")
+    rows = tokenize_sft((SFTConversation(d.episode_id, d.messages) for d in demos), tokenizer, config.max_len)
+    data_s = time.perf_counter() - start
+    schedule = SFTSchedule(
+        config.seed, config.steps, config.batch_size, config.micro_batch_size, config.lr, config.warmup_steps
+    )
+    log = sft_from_scratch(out_dir, rows, schedule, report)
+    train_s = time.perf_counter() - start - data_s
+    report("measuring the bar (greedy episodes on held-out routes, both action spaces)")
+    bar = measure_bar(out_dir, config)
+    summary = {
+        "config": config.model_dump(), "bar_suites": BAR_SUITES, "held_out_cities": HELD_OUT_CITIES,
+        "machine": cpu_facts(), "precision": "{} ({})".format(*resolve_precision("auto", "cpu")),
+        "episodes": len(demos), "rows": len(rows), "row_tokens_mean": sum(map(len, rows)) / max(1, len(rows)),
+        "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
+        "first_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
+        "loss_every_25": [r["loss"] for r in log[24::25]],
+        "episodes_per_suite": bar["episodes_per_suite"], "bar": bar["metrics"],
+        "intervals_95": bar_intervals(bar["metrics"], BAR_SUITES),
+    }  # fmt: skip
+    (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return BuildResult(
+        source=f"made here: SFT from scratch on {len(demos)} route-following episodes in "
+        f"{config.towns} towns ({config.steps} steps, seed {config.seed}); bar in {BAR_FILE}",
+        parameters=sum(p.numel() for p in model.parameters()), architecture=type(model).__name__,
+        dtype="float32", vocab_size=len(tokenizer), max_position_embeddings=MODEL_LEN,
+    )  # fmt: skip
