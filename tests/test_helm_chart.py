@@ -584,7 +584,7 @@ def test_rayjob_runs_sftrl_train_on_its_own_cluster(chart: Chart) -> None:
     spec = job["spec"]
     assert spec["entrypoint"] == (
         "sftrl models prepare 'tiny' && "
-        "sftrl train --config '/opt/sftrl/configs/quickstart.yaml' --resume auto 'output_dir=/data/runs'"
+        "sftrl train --config '/opt/sftrl/configs/quickstart.yaml' --resume auto --restart 'output_dir=/data/runs'"
     )
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] == 300
@@ -599,7 +599,7 @@ def test_rayjob_with_inline_config_mounts_its_configmap(chart: Chart) -> None:
     config_map = _one(docs, "ConfigMap")
     assert yaml.safe_load(config_map["data"]["train.yaml"]) == INLINE_CONFIG
     assert job["spec"]["entrypoint"] == (
-        "sftrl models prepare 'tiny' && sftrl train --config '/etc/sftrl/job/train.yaml' --resume auto "
+        "sftrl models prepare 'tiny' && sftrl train --config '/etc/sftrl/job/train.yaml' --resume auto --restart "
         "'stages.0.steps=3' 'run_name=it'\\''s-quoted'"
     )
     assert job["spec"]["activeDeadlineSeconds"] == 3600

@@ -36,9 +36,10 @@ def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
         read_metrics(path)
 
 
-def test_a_run_resumed_without_a_complete_checkpoint_starts_its_record_over(tmp_path):
-    """A run stopped before its first complete checkpoint starts again from step 0: the records of the
-    stopped attempt (its stage start and first evaluation) would otherwise appear twice."""
+def test_a_run_restarted_without_a_complete_checkpoint_starts_its_record_over(tmp_path):
+    """A run stopped before its first complete checkpoint, restarted (``--restart``), starts again from
+    step 0 with a record of its own; the stopped attempt's records (its stage start and first
+    evaluation) stay in the folder moved aside (a resume alone is refused: tests/test_resume_safety.py)."""
     from deploy.train.loop import Trainer, load_train_config
 
     config = load_train_config(None, ["model=tiny", f"output_dir={tmp_path}", "run_name=r", "tensorboard=false",
@@ -49,5 +50,8 @@ def test_a_run_resumed_without_a_complete_checkpoint_starts_its_record_over(tmp_
                {"kind": "eval", "stage": "sft", "stage_step": 0, "global_step": 0, "success/id": 0.5}]  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stopped))
     (run / "checkpoints" / "step-000003").mkdir(parents=True)  # a checkpoint cut short: no COMPLETE
-    trainer = Trainer(config, resume=True)
+    trainer = Trainer(config, resume=True, restart=True)
     assert trainer.resume_state is None and read_metrics(run / "metrics.jsonl") == []
+    (aside,) = tmp_path.glob("r.old-*")
+    assert read_metrics(aside / "metrics.jsonl") == stopped
+    assert (aside / "checkpoints" / "step-000003").is_dir()

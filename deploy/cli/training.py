@@ -37,9 +37,14 @@ def models_group() -> None:
     default=None,
     help="smollm2-135m: the SmolLM2-135M-Instruct GGUF file already on disk.",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="gp-base: SFT steps (default 1200).")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="gp-base, virl-base: SFT steps (default: the recipe's, 1200 and 400).",
+)
 @click.option("--retrain", is_flag=True, default=None,
-              help="gp-base: train it here (about 75 minutes on 2 cores) instead of copying the shipped one.")  # fmt: skip
+              help="gp-base, virl-base: train it here (about an hour on 2 cores) instead of copying the shipped one.")  # fmt: skip
 def models_prepare(
     name: str,
     force: bool,
@@ -50,7 +55,7 @@ def models_prepare(
     steps: int | None,
     retrain: bool | None,
 ) -> None:
-    """Make model NAME (tiny, smollm2-135m, gp-base, tiny-vl) once in the models folder."""
+    """Make model NAME (tiny, smollm2-135m, gp-base, virl-base, tiny-vl) once in the models folder."""
     from deploy.commands.models import prepare
 
     given = {
@@ -87,10 +92,17 @@ def models_list() -> None:
     is_flag=False,
     flag_value="yes",
     help="yes (or the bare flag): continue from the run's last complete checkpoint; auto: the same when the "
-    "run folder exists, else start (what a retried cluster job runs).",
+    "run folder exists, else start (what a retried cluster job runs). Refused when no checkpoint verifies, "
+    "or when the config differs in what the checkpoints depend on (model, seed, stages, learner shape).",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Start from step 0 over a run folder that holds a run not continued (no --resume, or no checkpoint "
+    "verifies): the folder is first renamed to RUN_NAME.old-<UTC time>; nothing is deleted.",
 )
 @click.argument("overrides", nargs=-1)
-def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) -> None:
+def train_cmd(config_path: str | None, resume: str, restart: bool, overrides: tuple[str, ...]) -> None:
     """Train: stages of SFT and RL, evaluated on ID and OOD suites, checkpointed.
 
     Overrides follow as key=value, e.g. `sftrl train --config configs/quickstart.yaml stages.0.steps=5`
@@ -103,7 +115,8 @@ def train_cmd(config_path: str | None, resume: str, overrides: tuple[str, ...]) 
     check_train_models(config)  # the model exists and its context fits, before Ray starts
     exists = (Path(config.output_dir) / config.run_name).exists()
     try:
-        trainer = Trainer(config, resume=resume == "yes" or (resume == "auto" and exists), console=console)
+        resuming = resume == "yes" or (resume == "auto" and exists)
+        trainer = Trainer(config, resume=resuming, console=console, restart=restart)
         result = trainer.run()
     except RunInterrupted as exc:
         console.print(f"[yellow]{exc}[/]", soft_wrap=True)

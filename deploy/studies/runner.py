@@ -72,7 +72,7 @@ class StudyRunner:
     def _prepare_models(self) -> None:
         """Catalogue models the study starts from are made here first when missing (gp-base: a copy
         of the shipped one, seconds)."""
-        from deploy.models.gp_base import outdated_copy
+        from deploy.models.scratch import outdated_copy
         from sftrl.models import find_prepared, prepare_model
         from sftrl.models.store import CATALOG
 
@@ -133,8 +133,9 @@ class StudyRunner:
             config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
         if played_by:
             self.done_extra["start_evaluation"] = "seed-0" if played_by == arm.name else f"seed-0/{played_by}"
-        # an arm stopped mid-way continues from its last checkpoint
-        trainer = Trainer(config, resume=arm_dir.exists(), console=self.console)
+        # an arm stopped mid-way continues from its last checkpoint; one stopped before any checkpoint
+        # verified starts over, its old folder moved aside (a study run again must go on, losing nothing)
+        trainer = Trainer(config, resume=arm_dir.exists(), console=self.console, restart=True)
         # levels are played by the arm's own engines, its final weights in them
         levels = None if self.study.levels is None else partial(self._levels_report, arm, arm_dir)
         trainer.run(on_trained=levels)

@@ -28,6 +28,7 @@ from deploy.train.config import RLStage, SFTStage, TrainConfig
 from deploy.train.data import TrainingData, epoch_order, rows_for_step
 from deploy.train.metrics import MetricsLog, plot_run
 from deploy.train.registry_sync import RunRegistrar
+from deploy.train.resume import claim_run_folder
 from deploy.train.rl_step import FlopsCounter, RLStep, push_dtype, push_weights
 from services.envs import resolve_options
 from services.rollout.group import RolloutGroup, episode_specs
@@ -74,25 +75,23 @@ class RunInterrupted(Exception):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, console: Console | None = None):
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, console: Console | None = None, restart: bool = False
+    ):
+        """``resume``: continue the newest checkpoint that verifies (refused when none does, or when the
+        config differs in what the checkpoints depend on); ``restart``: where the folder holds a run
+        that is not continued, move it aside and start from step 0 (:mod:`deploy.train.resume`)."""
         self.config = config
         self.console = console or Console()
         self.run_dir = Path(config.output_dir) / config.run_name
         self.ckpt_root = self.run_dir / "checkpoints"
         self.resume_state = self._load_state() if resume else None
-        if resume and self.resume_state is None:
-            self.console.print(
-                "[yellow]nothing to resume: no complete checkpoint; starting from the beginning[/]"
-            )
-        if not resume and (self.run_dir / "metrics.jsonl").exists():
-            raise ValueError(
-                f"{self.run_dir} already holds a run; use --resume, or another run_name / output_dir"
-            )
         config.env.options = resolve_options(config.env.id, config.env.options)
-        write_resolved_config(config, self.run_dir, notes=_resolve_hardware(config, self.console))
-        # On resume, metrics written after the checkpoint are replayed, so they are dropped first (all of
-        # them when no checkpoint was complete: the run starts over).
-        keep_until = self.resume_state["global_step"] if self.resume_state else (-1 if resume else None)
+        notes = _resolve_hardware(config, self.console)  # before the comparison: the old config holds these
+        # the folder is checked before anything in it is written: a refusal leaves it as it was
+        keep_until = claim_run_folder(self.run_dir, config, self.resume_state, resume, restart, self.console)
+        write_resolved_config(config, self.run_dir, notes=notes)
+        # metrics written after the checkpoint are replayed, so they are dropped first
         self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)
         self.final_policy_version: list[int] | None = None  # per rollout actor, at the end of the run
         self.last_checkpoint: Path | None = None

@@ -102,8 +102,9 @@ The training config of the RayJob, rendered to YAML text ("" when job.config is 
 {{- end }}
 
 {{/*
-The RayJob entrypoint: sftrl train --config FILE --resume auto 'key=value' ... (overrides quoted for
-the shell; --resume auto so that a retried job continues its run), after `sftrl models prepare NAME`
+The RayJob entrypoint: sftrl train --config FILE --resume auto --restart 'key=value' ... (overrides
+quoted for the shell; --resume auto so that a retried job continues its run, --restart so that one
+killed before its first checkpoint starts over with its old folder kept aside), after `sftrl models prepare NAME`
 for each of job.prepareModels (a no-op once prepared).
 */}}
 {{- define "sftrl.jobEntrypoint" -}}
@@ -121,7 +122,7 @@ for each of job.prepareModels (a no-op once prepared).
 {{- range .Values.job.prepareModels }}
 {{- $steps = append $steps (printf "sftrl models prepare %s" (squote .)) }}
 {{- end }}
-{{- $args := list "sftrl" "train" "--config" (squote $config) "--resume" "auto" }}
+{{- $args := list "sftrl" "train" "--config" (squote $config) "--resume" "auto" "--restart" }}
 {{- range .Values.job.overrides }}
 {{- $args = append $args (printf "'%s'" (replace "'" "'\\''" .)) }}
 {{- end }}
