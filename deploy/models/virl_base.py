@@ -128,7 +128,8 @@ def demonstrations(config: VIRLBaseConfig) -> list[Any]:
             env = envs[(towns[i % len(towns)], space)]
             out.append(play_route(env, config.seed * 1_000_003 + i, config.wrong_rate, rng, f"virl-base-{i}"))
             out[-1].meta["actions"] = space
-            if rng.random() < config.short_share:  # short rows: more first answers per token of compute
+            # short rows: more first answers per token of compute (no draw at 0: whole-episode data stays as made)
+            if config.short_share and rng.random() < config.short_share:
                 keep = 2 * int(rng.integers(1, config.short_answers + 1))
                 out[-1].messages = out[-1].messages[:keep]
                 out[-1].images = out[-1].images[:keep]
