@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from sftrl.config import StrictModel
 from sftrl.hardware import resolve_precision
 
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
@@ -39,6 +42,33 @@ class SFTSchedule:
     lr: float
     warmup_steps: int
     micro_batch_tokens: int | None = None
+
+
+class ScratchRecipe(StrictModel):
+    """What every base made here sets: its seed, SFT schedule and Llama shape (defaults: gp-base's)."""
+
+    seed: int = 0
+    steps: int = Field(1200, ge=1)
+    batch_size: int = Field(128, ge=1)
+    micro_batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 4
+    intermediate: int = 704
+    vocab_size: int = 1024
+
+    def shape(self, max_positions: int) -> LlamaShape:
+        return LlamaShape(
+            self.hidden, self.layers, self.heads, self.kv_heads, self.intermediate, max_positions
+        )
+
+    def schedule(self) -> SFTSchedule:
+        return SFTSchedule(
+            self.seed, self.steps, self.batch_size, self.micro_batch_size, self.lr, self.warmup_steps
+        )
 
 
 def word_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int, max_length: int) -> Any:

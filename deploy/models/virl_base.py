@@ -23,8 +23,7 @@ from pydantic import Field
 
 from deploy.models.scratch import (
     SHIPPED_ROOT,
-    LlamaShape,
-    SFTSchedule,
+    ScratchRecipe,
     bar_intervals,
     copy_shipped,
     initial_llama,
@@ -32,7 +31,6 @@ from deploy.models.scratch import (
     ships,
     word_tokenizer,
 )
-from sftrl.config import StrictModel
 from sftrl.hardware import cpu_facts, resolve_precision
 
 VIRL = "sftrl/VIRL-v0"
@@ -54,10 +52,10 @@ SHIPPED = SHIPPED_ROOT / "virl-base"
 MODEL_LEN = 4096
 
 
-class VIRLBaseConfig(StrictModel):
-    """How the base is made; the defaults are what ``sftrl models prepare virl-base`` runs."""
+class VIRLBaseConfig(ScratchRecipe):
+    """How the base is made; the defaults are what ``sftrl models prepare virl-base`` runs. One row per
+    micro-batch: with no padding mask, attention takes PyTorch's causal fast path."""
 
-    seed: int = 0
     prompt_style: str = "compact"
     towns: int = Field(len(TRAINING_TOWNS), ge=1, le=len(TRAINING_TOWNS))
     wrong_rate: float = Field(0.1, ge=0, le=1, description="share of points whose first attempt is wrong")
@@ -66,18 +64,8 @@ class VIRLBaseConfig(StrictModel):
     short_answers: int = Field(3, ge=1, description="a cut row keeps 1 to this many answers")
     steps: int = Field(400, ge=1)
     batch_size: int = Field(16, ge=1)
-    micro_batch_size: int = Field(
-        1, ge=1
-    )  # one row: no padding mask, so attention takes its causal fast path
-    lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(30, ge=0)
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 8
-    kv_heads: int = 4
-    intermediate: int = 704
+    micro_batch_size: int = Field(1, ge=1)
     max_len: int = Field(3584, ge=256)
-    vocab_size: int = 1024
     eval_episodes: int | None = Field(None, ge=1, description="per suite; None: 256, or 64 below 200 steps")
 
 
@@ -210,19 +198,13 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
     tokenizer = word_tokenizer(
         (m["content"] for d in demos[:2000] for m in d.messages), config.vocab_size, MODEL_LEN
     )
-    shape = LlamaShape(
-        config.hidden, config.layers, config.heads, config.kv_heads, config.intermediate, MODEL_LEN
-    )
-    model = initial_llama(shape, tokenizer, config.seed)
+    model = initial_llama(config.shape(MODEL_LEN), tokenizer, config.seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     report(f"tokenising {len(demos)} episodes")
     rows = tokenize_sft((SFTConversation(d.episode_id, d.messages) for d in demos), tokenizer, config.max_len)
     data_s = time.perf_counter() - start
-    schedule = SFTSchedule(
-        config.seed, config.steps, config.batch_size, config.micro_batch_size, config.lr, config.warmup_steps
-    )
-    log = sft_from_scratch(out_dir, rows, schedule, report)
+    log = sft_from_scratch(out_dir, rows, config.schedule(), report)
     train_s = time.perf_counter() - start - data_s
     report("measuring the bar (greedy episodes on held-out routes, both action spaces)")
     bar = measure_bar(out_dir, config)
