@@ -25,6 +25,7 @@ from deploy.models.scratch import (
     ScratchRecipe,
     bar_intervals,
     copy_shipped,
+    greedy_bar,
     initial_llama,
     sft_from_scratch,
     ships,
@@ -108,21 +109,9 @@ def bar_suites(config: GPBaseConfig) -> dict[str, dict[str, Any]]:
 
 def measure_bar(model_dir: Path, config: GPBaseConfig) -> dict[str, Any]:
     """Greedy episodes (the paper's attempts) on every bar rule: success, adherence, fields."""
-    from deploy.evaluate.suites import evaluate
-    from services.rollout.config import EngineConfig, SamplingConfig
-    from services.rollout.worker import RolloutWorker
-
     episodes = config.eval_episodes or (256 if config.steps >= 300 else 64)
-    worker = RolloutWorker.on_model(str(model_dir), EngineConfig(dtype="float32", max_model_len=1024))
-    try:
-        t0 = time.perf_counter()
-        metrics, _ = evaluate(
-            worker, GP, {}, bar_suites(config), episodes, seed=10_000,
-            sampling=SamplingConfig(temperature=0.0, max_tokens=96),
-        )  # fmt: skip
-    finally:
-        worker.shutdown()
-    return {"episodes_per_rule": episodes, "seconds": time.perf_counter() - t0, "metrics": metrics}
+    metrics, seconds = greedy_bar(model_dir, GP, {}, bar_suites(config), episodes, 10_000, model_len=1024)
+    return {"episodes_per_rule": episodes, "seconds": seconds, "metrics": metrics}
 
 
 def train(

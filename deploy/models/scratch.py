@@ -172,6 +172,27 @@ def sft_from_scratch(
     return log
 
 
+def greedy_bar(
+    model_dir: Path, env_id: str, base_options: dict[str, Any], suites: dict[str, dict[str, Any]],
+    episodes: int, seed: int, model_len: int,
+) -> tuple[dict[str, float], float]:  # fmt: skip
+    """A bar's greedy episodes (vLLM, the env's own attempts) on every suite: metrics and seconds."""
+    from deploy.evaluate.suites import evaluate
+    from services.rollout.config import EngineConfig, SamplingConfig
+    from services.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker.on_model(str(model_dir), EngineConfig(dtype="float32", max_model_len=model_len))
+    try:
+        t0 = time.perf_counter()
+        metrics, _ = evaluate(
+            worker, env_id, base_options, suites, episodes, seed=seed,
+            sampling=SamplingConfig(temperature=0.0, max_tokens=96),
+        )  # fmt: skip
+    finally:
+        worker.shutdown()
+    return metrics, time.perf_counter() - t0
+
+
 def bar_intervals(metrics: dict[str, float], suites: Iterable[str]) -> dict[str, list[float]]:
     """95% Wilson intervals of a bar's rates, from the counts the evaluation recorded beside them."""
     from deploy.studies.stats import pooled

@@ -26,6 +26,7 @@ from deploy.models.scratch import (
     ScratchRecipe,
     bar_intervals,
     copy_shipped,
+    greedy_bar,
     initial_llama,
     sft_from_scratch,
     ships,
@@ -160,21 +161,10 @@ def check_held_out(demos: list[Any], episodes: int) -> None:
 
 def measure_bar(model_dir: Path, config: VIRLBaseConfig) -> dict[str, Any]:
     """Greedy episodes (the paper's 2 attempts per point) on held-out routes in both action spaces."""
-    from deploy.evaluate.suites import evaluate
-    from services.rollout.config import EngineConfig, SamplingConfig
-    from services.rollout.worker import RolloutWorker
-
     episodes = bar_episodes(config)
-    worker = RolloutWorker.on_model(str(model_dir), EngineConfig(dtype="float32", max_model_len=MODEL_LEN))
-    try:
-        t0 = time.perf_counter()
-        metrics, _ = evaluate(
-            worker, VIRL, {"prompt_style": config.prompt_style}, BAR_SUITES, episodes, seed=BAR_SEED,
-            sampling=SamplingConfig(temperature=0.0, max_tokens=96),
-        )  # fmt: skip
-    finally:
-        worker.shutdown()
-    return {"episodes_per_suite": episodes, "seconds": time.perf_counter() - t0, "metrics": metrics}
+    options = {"prompt_style": config.prompt_style}
+    metrics, seconds = greedy_bar(model_dir, VIRL, options, BAR_SUITES, episodes, BAR_SEED, MODEL_LEN)
+    return {"episodes_per_suite": episodes, "seconds": seconds, "metrics": metrics}
 
 
 def bar_episodes(config: VIRLBaseConfig) -> int:
