@@ -79,6 +79,13 @@ EVERYTHING: dict[str, Any] = {
         "deployments": {"eval": {"numGpus": 1, "maxReplicas": 4}},
         "workerGroups": {"gpu": {"enabled": True, "replicas": 1, "minReplicas": 1, "maxReplicas": 4}},
     },
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "host": "eval.example.com",
+        "tlsSecretName": "eval-tls",
+        "annotations": {"cert-manager.io/cluster-issuer": "internal-ca"},
+    },
 }
 
 CASES: dict[str, dict[str, Any]] = {
@@ -346,6 +353,7 @@ def test_strict_crd_check_catches_typos(chart: Chart) -> None:
         (["--set", "rayAuthMode=none"], "rayAuthMode"),
         (["--set", "persistence.accessModes={ReadWriteSometimes}"], "accessModes"),
         (["--set", "cluster.head.rayStartParams.num-cpus=0"], "num-cpus"),
+        (["--set", "kuberay.version=latest"], "version"),
     ],
     ids=[
         "string-for-int",
@@ -356,6 +364,7 @@ def test_strict_crd_check_catches_typos(chart: Chart) -> None:
         "auth-mode",
         "enum-in-list",
         "int-for-string",
+        "kuberay-version",
     ],
 )
 def test_bad_values_fail_the_schema(chart: Chart, args: list[str], expected: str) -> None:
@@ -506,7 +515,9 @@ def test_redis_statefulset_keeps_its_data(chart: Chart) -> None:
     password = base64.b64decode(secret["data"]["password"]).decode()
     assert len(password) == 32 and password.isalnum()
     from_secret = {"secretKeyRef": {"name": f"{RELEASE}-redis", "key": "password"}}
-    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    # a shell hands the password to redis-server on its standard input ("-"), not on its command line
+    assert args[:2] == ["/bin/sh", "-c"] and args[3] == "redis-server"
+    assert args[2].startswith('exec redis-server - "$@" <<EOF\n') and "$REDIS_PASSWORD" in args[2]
     assert (
         _env(container)["REDIS_PASSWORD"] == from_secret and _env(container)["REDISCLI_AUTH"] == from_secret
     )
@@ -713,3 +724,247 @@ def test_network_policies_fence_redis_and_keep_metrics_inside(chart: Chart) -> N
         "template", RELEASE, str(CHART), "--set", f"api.token={TOKEN}", "--set", "networkPolicy.enabled=false"
     )
     assert off.returncode == 0 and "kind: NetworkPolicy" not in off.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# hardening: the KubeRay floor, the dashboard port, TLS in front of the endpoint, the Redis password
+
+# Values that render each kind of Ray resource alone.
+ONLY_KIND = {
+    "RayCluster": ("--set", "serve.enabled=false"),
+    "RayJob": (
+        "--set",
+        "serve.enabled=false",
+        "--set",
+        "cluster.enabled=false",
+        "--set",
+        "job.enabled=true",
+        "--set",
+        "job.configPath=/opt/sftrl/configs/quickstart.yaml",
+    ),
+    "RayService": ("--set", "cluster.enabled=false"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ONLY_KIND))
+def test_a_kuberay_that_would_drop_auth_options_is_refused(chart: Chart, kind: str) -> None:
+    """KubeRay's CRDs know authOptions from 1.5.1 on: an older operator's API server prunes it without
+    a word and Ray runs without KubeRay's token authentication, so the render must fail instead."""
+    for version in ("1.5.0", "1.5.0-rc.1", "1.4.2", "v1.3.0"):
+        proc = chart.template("defaults", *ONLY_KIND[kind], "--set", f"kuberay.version={version}")
+        assert proc.returncode != 0, f"{kind} rendered for KubeRay {version}"
+        assert f"kuberay.version is {version}" in proc.stderr and "authOptions" in proc.stderr, proc.stderr
+        assert "1.5.1" in proc.stderr, proc.stderr
+    for version in ("1.5.1", "1.6.0-rc.0", "v1.7.0", "2.0.0"):
+        docs = chart.render("defaults", *ONLY_KIND[kind], "--set", f"kuberay.version={version}")
+        assert [d["kind"] for d in docs if d["kind"] in RAY_KINDS] == [kind]
+        assert _cluster_spec(_one(docs, kind))["authOptions"] == {"mode": "token"}
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["kuberay"]["version"] == "1.7.0"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels and matchExpressions) selects these labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and key in labels and labels[key] in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
+            return False
+    return True
+
+
+def _admits(
+    policies: list[dict[str, Any]], pod: dict[str, str], peer: dict[str, str], peer_ns: str, port: int
+) -> bool:
+    """Whether the release's NetworkPolicies (in NAMESPACE) let a pod with labels ``peer`` in namespace
+    ``peer_ns`` reach TCP ``port`` of a pod with labels ``pod``, as Kubernetes evaluates them."""
+    selecting = [p["spec"] for p in policies if _selects(p["spec"]["podSelector"], pod)]
+    if not selecting:
+        return True
+    for spec in selecting:
+        assert spec["policyTypes"] == ["Ingress"]
+        for rule in spec.get("ingress", []):
+            ports = rule.get("ports", [])
+            assert all(p["protocol"] == "TCP" and isinstance(p["port"], int) for p in ports), ports
+            if ports and not any(p["port"] <= port <= p.get("endPort", p["port"]) for p in ports):
+                continue
+            if "from" not in rule:
+                return True
+            for source in rule["from"]:
+                assert "ipBlock" not in source, source
+                if "namespaceSelector" in source:
+                    in_ns = _selects(source["namespaceSelector"], {"kubernetes.io/metadata.name": peer_ns})
+                else:
+                    in_ns = peer_ns == NAMESPACE
+                if in_ns and _selects(source.get("podSelector", {}), peer):
+                    return True
+    return False
+
+
+def _pod_labels(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Labels of every pod the chart makes, by where it comes from."""
+    labels = {}
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "StatefulSet":
+            labels[name] = doc["spec"]["template"]["metadata"]["labels"]
+        if doc["kind"] in RAY_KINDS:
+            for group, spec in _groups(doc):
+                labels[f"{name}/{group}"] = spec["template"]["metadata"]["labels"]
+        if doc["kind"] == "RayJob":
+            labels[f"{name}/submitter"] = doc["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    return labels
+
+
+def test_only_job_submitters_and_the_operator_reach_the_dashboard_port(chart: Chart) -> None:
+    """Port 8265 of a Ray head takes jobs, that is code to run: only the RayJob's submitter, the
+    KubeRay operator and networkPolicy.dashboardFrom reach it, not the release's other pods (a
+    compromised worker or endpoint replica), not the namespace and not the world. Ray's other ports
+    stay open between the release's Ray pods."""
+    job = ("--set", "job.enabled=true", "--set", "job.configPath=/opt/sftrl/configs/quickstart.yaml")
+    docs = chart.render("defaults", *job)
+    policies = _by_kind(docs, "NetworkPolicy")
+    pods = _pod_labels(docs)
+    heads = {name: labels for name, labels in pods.items() if name.endswith("/head")}
+    ray_pods = {name: labels for name, labels in pods.items() if name.split("/")[0] in RAY_KINDS}
+    ray_pods = {name: labels for name, labels in ray_pods.items() if not name.endswith("/submitter")}
+    (submitter,) = [labels for name, labels in pods.items() if name.endswith("/submitter")]
+    (redis,) = [labels for name, labels in pods.items() if name.startswith("StatefulSet/")]
+    assert len(heads) == 3 and len(ray_pods) == 6
+    operator_ns = "kuberay-operator"
+    for head_name, head in heads.items():
+        assert _admits(policies, head, submitter, NAMESPACE, 8265), head_name
+        assert _admits(policies, head, {}, operator_ns, 8265), head_name
+        for name, peer in ray_pods.items():
+            assert not _admits(policies, head, peer, NAMESPACE, 8265), (head_name, name)
+            for port in (6379, 10001, 8000, 8080, 8264, 8266, 52365, 20000, 65535):
+                assert _admits(policies, head, peer, NAMESPACE, port), (head_name, name, port)
+        assert not _admits(policies, head, submitter, NAMESPACE, 6379), head_name  # the dashboard only
+        for peer, ns in ((redis, NAMESPACE), ({"app": "other"}, NAMESPACE), ({}, "elsewhere")):
+            assert not _admits(policies, head, peer, ns, 8265), (head_name, peer, ns)
+        assert _admits(policies, head, {"app": "prometheus"}, NAMESPACE, 8080), head_name  # metrics
+        assert not _admits(policies, head, {"app": "other"}, NAMESPACE, 6379), head_name
+    # more clients of the dashboard are named explicitly, and get nothing else
+    ci = ("--set", "networkPolicy.dashboardFrom[0].podSelector.matchLabels.app=ci")
+    policies = _by_kind(chart.render("defaults", *job, *ci), "NetworkPolicy")
+    for head_name, head in heads.items():
+        assert _admits(policies, head, {"app": "ci"}, NAMESPACE, 8265), head_name
+        assert not _admits(policies, head, {"app": "ci"}, NAMESPACE, 6379), head_name
+        assert not _admits(policies, head, {"app": "other"}, NAMESPACE, 8265), head_name
+
+
+INGRESS = ("--set", "ingress.enabled=true", "--set", "ingress.host=eval.example.com")
+
+
+def test_the_ingress_is_off_by_default_and_terminates_tls(chart: Chart) -> None:
+    assert not _by_kind(chart.render("defaults"), "Ingress")
+    tls = ("--set", "ingress.tlsSecretName=eval-tls", "--set", "ingress.className=nginx")
+    docs = chart.render("defaults", *INGRESS, *tls)
+    spec = _one(docs, "Ingress")["spec"]
+    assert spec["tls"] == [{"hosts": ["eval.example.com"], "secretName": "eval-tls"}]
+    assert spec["ingressClassName"] == "nginx"
+    (rule,) = spec["rules"]
+    assert rule["host"] == "eval.example.com"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/" and path["pathType"] == "Prefix"
+    served = _one(docs, "RayService")["spec"]["serveService"]  # the Service KubeRay makes
+    assert path["backend"]["service"] == {
+        "name": served["metadata"]["name"],
+        "port": {"number": served["spec"]["ports"][0]["port"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "ingress.tlsSecretName"),
+        (["--set", "ingress.tlsSecretName=eval-tls", "--set", "ingress.host="], "ingress.host"),
+        (["--set", "ingress.tlsSecretName=eval-tls", "--set", "serve.enabled=false"], "serve.enabled=true"),
+    ],
+    ids=["no-tls", "no-host", "no-endpoint"],
+)
+def test_an_ingress_without_tls_or_a_host_is_refused(chart: Chart, args: list[str], expected: str) -> None:
+    proc = chart.template("defaults", *INGRESS, *args)
+    assert proc.returncode != 0, f"an Ingress rendered with {args}"
+    assert expected in proc.stderr, proc.stderr
+
+
+def test_a_plain_http_ingress_must_be_asked_for(chart: Chart) -> None:
+    refused = chart.template("defaults", *INGRESS)
+    assert refused.returncode != 0
+    assert "clear text" in refused.stderr and "ingress.allowPlainHttp=true" in refused.stderr, refused.stderr
+    ingress = _one(chart.render("defaults", *INGRESS, "--set", "ingress.allowPlainHttp=true"), "Ingress")
+    assert "tls" not in ingress["spec"]
+    assert ingress["spec"]["rules"][0]["host"] == "eval.example.com"
+
+
+def _command_lines(docs: list[dict[str, Any]]) -> list[tuple[str, list[str], set[str]]]:
+    """(where, command and args, names of the env vars it takes from Secrets) of every container."""
+    found = []
+    for where, pod, _ in _pod_specs(docs):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            secret_env = {
+                e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            words = list(container.get("command", [])) + list(container.get("args", []))
+            found.append((f"{where}/{container['name']}", words, secret_env))
+    return found
+
+
+def test_the_redis_password_is_on_no_command_line(chart: Chart) -> None:
+    """Kubernetes expands $(VAR) in command and args, so `--requirepass $(REDIS_PASSWORD)` puts the
+    password on redis-server's command line, where ps and /proc/PID/cmdline show it to anyone on the
+    node. No container may take a Secret's value, or the password itself, on its command line."""
+    job = ("--set", "job.enabled=true", "--set", "job.configPath=/opt/sftrl/configs/quickstart.yaml")
+    docs = chart.render("defaults", *job)
+    secret = {d["metadata"]["name"]: d for d in _by_kind(docs, "Secret")}[f"{RELEASE}-redis"]
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    lines = _command_lines(docs)
+    assert any(where.startswith("StatefulSet/") for where, _, _ in lines)
+    assert sum("REDIS_PASSWORD" in secret_env for _, _, secret_env in lines) >= 7  # Redis and 6 Ray pods
+    for where, words, secret_env in lines:
+        for word in words:
+            assert password not in word, where
+            assert "--requirepass" not in word, (where, word)
+            for name in secret_env:
+                assert f"$({name})" not in word, (where, word)
+    (redis,) = [words for where, words, _ in lines if where.startswith("StatefulSet/")]
+    script = redis[2]
+    assert "redis-server - " in script and 'requirepass "$REDIS_PASSWORD"' in script  # config on stdin
+
+
+def test_renders_are_stable_and_pods_only_name_the_redis_secret(chart: Chart) -> None:
+    """helm template cannot look up the Secret already in the cluster, so a generated password
+    changes at every render; nothing else may change with it (the pods only name the Secret), the
+    Secret outlives an uninstall, and a Secret given by name makes the whole output stable."""
+    renders = []
+    for _ in range(2):
+        proc = chart.template("defaults")
+        assert proc.returncode == 0, proc.stderr
+        renders.append([d for d in yaml.safe_load_all(proc.stdout) if d])
+    first, second = renders
+    assert _pod_specs(first) == _pod_specs(second)
+    secret_name = f"{RELEASE}-redis"
+    for docs in renders:
+        (secret,) = [d for d in _by_kind(docs, "Secret") if d["metadata"]["name"] == secret_name]
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert set(secret.pop("data")) == {"password"}
+    assert first == second  # everything but the generated password
+    given = ("--set", "redis.auth.existingSecret=my-redis")
+    outputs = {chart.template("defaults", *given).stdout for _ in range(2)}
+    assert len(outputs) == 1
+    docs = [d for d in yaml.safe_load_all(outputs.pop()) if d]
+    assert secret_name not in {d["metadata"]["name"] for d in _by_kind(docs, "Secret")}
+    refs = {
+        json.dumps(e["valueFrom"]["secretKeyRef"], sort_keys=True)
+        for _, pod, _ in _pod_specs(docs)
+        for container in pod["containers"]
+        for e in container.get("env", [])
+        if e["name"] == "REDIS_PASSWORD"
+    }
+    assert refs == {json.dumps({"key": "password", "name": "my-redis"}, sort_keys=True)}

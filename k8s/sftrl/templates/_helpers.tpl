@@ -279,6 +279,17 @@ spec:
 {{- end }}
 
 {{/*
+Refuses a KubeRay operator whose CRDs lack authOptions (before 1.5.1): the API server would prune
+the field without a word and the Ray clusters would start without KubeRay's token authentication.
+*/}}
+{{- define "sftrl.checkKubeRay" -}}
+{{- $version := .Values.kuberay.version }}
+{{- if not (semverCompare ">=1.5.1-0" $version) }}
+{{- fail (printf "kuberay.version is %s: KubeRay before 1.5.1 does not know authOptions, so the API server would drop it from every RayCluster, RayJob and RayService and Ray would run without KubeRay's token authentication (rayAuthMode). Upgrade the KubeRay operator (the chart is tested with 1.7.0) and set kuberay.version to its version." $version) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Body of a RayCluster spec (also a RayJob's rayClusterSpec and a RayService's rayClusterConfig).
 Call with (dict "ctx" $ "spec" <cluster or serve values> "path" "cluster"|"serve" (for messages)
 "component" "..." "token" bool "jobConfig" bool).
@@ -286,7 +297,8 @@ Call with (dict "ctx" $ "spec" <cluster or serve values> "path" "cluster"|"serve
 {{- define "sftrl.rayClusterSpec" -}}
 {{- $ctx := .ctx }}
 {{- $s := .spec }}
-{{- $flavor := $ctx.Values.image.flavor -}}
+{{- $flavor := $ctx.Values.image.flavor }}
+{{- include "sftrl.checkKubeRay" $ctx -}}
 rayVersion: {{ $ctx.Values.rayVersion | quote }}
 authOptions:
   mode: {{ $ctx.Values.rayAuthMode }}
