@@ -7,15 +7,18 @@ Keys (all under ``sftrl:``)::
     run:<run>                json  RunRecord
     run:<run>:ckpts          zset  checkpoint_id -> step
     ckpt:<run@step>          json  CheckpointRecord
-    evals                    zset  eval_id -> created
+    evals                    zset  eval_id -> when its record may expire (+inf while active)
     eval:<id>                json  EvaluationRecord
-    ckpt:<run@step>:evals    zset  eval_id -> created
+    ckpt:<run@step>:evals    zset  eval_id -> when its record may expire (+inf while active)
     owner:<hash>:live        set   eval_id of the caller's queued and running evaluations
 
-Multi-key writes go through one MULTI/EXEC transaction, so readers never see half a record; changes
-to a record (a status, progress) are optimistic transactions (WATCH the key, re-read, write in
-MULTI/EXEC, retry on a concurrent change), so two writers never lose each other's change. A finished
-evaluation's record expires after ``eval_ttl_s`` (its index entries are dropped when found missing).
+Multi-key writes go through one MULTI/EXEC transaction, so readers never see half a record; a write
+that depends on what it read (a record's status or progress, a run's id, a run's deletion) is an
+optimistic transaction (WATCH the keys, read, write in MULTI/EXEC, retry on a concurrent change), so
+two writers never lose each other's change. A finished evaluation's record expires after
+``eval_ttl_s``; every write of an evaluation also trims the entries of expired records from both
+indexes and sets each index key to expire with its last entry, so index entries never outlive their
+records (a token holder's flood of evaluations leaves nothing behind).
 An active evaluation holds a lease (``lease_until``) that whoever runs it renews; one whose lease ran
 out is marked failed ("lost") by the next reader of its owner's live set (:meth:`live_evaluations`).
 A Redis that reached its ``maxmemory`` refuses writes: that surfaces as ``RegistryFull`` (a registry
@@ -41,10 +44,12 @@ from sftrl.registry.records import (
 )
 
 PREFIX = "sftrl:"
+RUNDIRS = f"{PREFIX}rundirs"
 EVAL_TTL_S = 30 * 24 * 3600  # finished evaluations are kept a month
 FINISHED = ("done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 R = TypeVar("R", RunRecord, EvaluationRecord)
+T = TypeVar("T")
 # Registry failures surface as one of these (connection refused, reset, timeout, server errors).
 REGISTRY_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
@@ -61,7 +66,7 @@ class RegistryFull(redis.RedisError):
 class Registry:
     def __init__(self, url: str, timeout_s: float = 5.0, eval_ttl_s: int = EVAL_TTL_S):
         self.url = url
-        self.eval_ttl_s = eval_ttl_s
+        self.eval_ttl_s = max(1, int(eval_ttl_s))  # EXPIRE 0 would delete a record at once
         # Short timeouts: a training run must never hang on its index (the files are the truth).
         self.redis = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
@@ -83,26 +88,31 @@ class Registry:
 
     def register_run(self, run: RunRecord) -> RunRecord:
         """Create or update a run; returns it as stored. A folder keeps the id it was first given; a
-        run name already taken by another folder gets a suffix derived from its folder's path."""
-        known = self.redis.hget(f"{PREFIX}rundirs", run.run_dir)
-        run_id = known or run.run_id
-        existing = self.get_run(run_id)
-        if existing is not None and existing.run_dir != run.run_dir:
-            run_id = f"{run.run_id}-{hashlib.sha1(run.run_dir.encode()).hexdigest()[:6]}"
-            existing = self.get_run(run_id)
-        update: dict[str, Any] = {"run_id": run_id, "updated": utc_now()}
-        if existing is not None:
-            update["created"] = existing.created
-        run = run.model_copy(update=update)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(f"{PREFIX}run:{run_id}", run.model_dump_json())
-        pipe.hset(f"{PREFIX}rundirs", run.run_dir, run_id)
-        pipe.zadd(f"{PREFIX}runs", {run_id: time.time()}, nx=True)
-        _execute(pipe)
-        return run
+        run name already taken by another folder gets a suffix derived from its folder's path. The id
+        is chosen from what was read, so a concurrent registration retries it (two folders never
+        share an id, one never overwrites the other's record)."""
+
+        def attempt(pipe: Any) -> RunRecord:
+            pipe.watch(RUNDIRS)
+            run_id = pipe.hget(RUNDIRS, run.run_dir) or run.run_id
+            existing = _watched_run(pipe, run_id)
+            if existing is not None and existing.run_dir != run.run_dir:
+                run_id = f"{run.run_id}-{hashlib.sha1(run.run_dir.encode()).hexdigest()[:6]}"
+                existing = _watched_run(pipe, run_id)
+            update: dict[str, Any] = {"run_id": run_id, "updated": utc_now()}
+            if existing is not None:
+                update["created"] = existing.created
+            stored = run.model_copy(update=update)
+            pipe.multi()
+            pipe.set(f"{PREFIX}run:{run_id}", stored.model_dump_json())
+            pipe.hset(RUNDIRS, run.run_dir, run_id)
+            pipe.zadd(f"{PREFIX}runs", {run_id: time.time()}, nx=True)
+            return stored
+
+        return self._transact(attempt)
 
     def run_for_dir(self, run_dir: str) -> RunRecord | None:
-        run_id = self.redis.hget(f"{PREFIX}rundirs", run_dir)
+        run_id = self.redis.hget(RUNDIRS, run_dir)
         return self.get_run(run_id) if run_id else None
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -111,22 +121,32 @@ class Registry:
 
     def _modify(self, key: str, model: type[R], change: Callable[[R], R], missing: str,
                 after: Callable[[Any, R], None] | None = None) -> R:  # fmt: skip
-        """Read the record at ``key``, apply ``change`` and write it back atomically: WATCH, re-read,
-        MULTI/EXEC, again if another writer changed the key in between (``after`` adds writes)."""
+        """Read the record at ``key``, apply ``change`` and write it back atomically (``after`` adds
+        writes), again if another writer changed the key in between."""
+
+        def attempt(pipe: Any) -> R:
+            pipe.watch(key)
+            raw = pipe.get(key)
+            if not raw:
+                raise RegistryError(missing)
+            record = change(model.model_validate_json(raw))
+            pipe.multi()
+            pipe.set(key, record.model_dump_json())
+            if after is not None:
+                after(pipe, record)
+            return record
+
+        return self._transact(attempt)
+
+    def _transact(self, attempt: Callable[[Any], T]) -> T:
+        """Run ``attempt(pipe)`` (WATCH and reads, then ``pipe.multi()`` and writes) and EXEC it; from
+        the start again when a watched key changed in between, so no concurrent write is lost."""
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if not raw:
-                        raise RegistryError(missing)
-                    record = change(model.model_validate_json(raw))
-                    pipe.multi()
-                    pipe.set(key, record.model_dump_json())
-                    if after is not None:
-                        after(pipe, record)
+                    result = attempt(pipe)
                     _execute(pipe)
-                    return record
+                    return result
                 except redis.WatchError:
                     continue
 
@@ -140,16 +160,26 @@ class Registry:
         return [RunRecord.model_validate_json(r) for r in raws if r]
 
     def delete_run(self, run_id: str) -> None:
-        ckpts = self.redis.zrange(f"{PREFIX}run:{run_id}:ckpts", 0, -1)
-        pipe = self.redis.pipeline(transaction=True)
-        for cid in ckpts:
-            pipe.delete(f"{PREFIX}ckpt:{cid}")
-        run = self.get_run(run_id)
-        if run is not None:
-            pipe.hdel(f"{PREFIX}rundirs", run.run_dir)
-        pipe.delete(f"{PREFIX}run:{run_id}", f"{PREFIX}run:{run_id}:ckpts")
-        pipe.zrem(f"{PREFIX}runs", run_id)
-        _execute(pipe)
+        """Drop a run, its checkpoints and its folder's entry. A checkpoint recorded (or the run
+        registered) while this reads makes it start over, so no checkpoint record outlives its run."""
+        run_key, ckpts_key = f"{PREFIX}run:{run_id}", f"{PREFIX}run:{run_id}:ckpts"
+
+        def attempt(pipe: Any) -> None:
+            pipe.watch(run_key, ckpts_key, RUNDIRS)
+            ckpts = pipe.zrange(ckpts_key, 0, -1)
+            run = _watched_run(pipe, run_id)
+            # the folder's entry only if it still names this run (a folder re-registered under
+            # another id keeps it)
+            owned = run is not None and pipe.hget(RUNDIRS, run.run_dir) == run_id
+            pipe.multi()
+            if ckpts:
+                pipe.delete(*(f"{PREFIX}ckpt:{cid}" for cid in ckpts))
+            if owned:
+                pipe.hdel(RUNDIRS, run.run_dir)
+            pipe.delete(run_key, ckpts_key)
+            pipe.zrem(f"{PREFIX}runs", run_id)
+
+        self._transact(attempt)
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -196,22 +226,27 @@ class Registry:
 
     def save_evaluation(self, ev: EvaluationRecord) -> None:
         ev = ev.model_copy(update={"updated": utc_now()})
-        now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{PREFIX}eval:{ev.eval_id}", ev.model_dump_json())
-        pipe.zadd(f"{PREFIX}evals", {ev.eval_id: now}, nx=True)
-        pipe.zadd(f"{PREFIX}ckpt:{ev.checkpoint_id}:evals", {ev.eval_id: now}, nx=True)
-        self._expire_finished(pipe, ev)
+        self._after_write(pipe, ev)
         _execute(pipe)
 
-    def _expire_finished(self, pipe: Any, ev: EvaluationRecord) -> None:
-        """Keep the owner's live set and the record's expiry in step with its status."""
-        if ev.status in FINISHED:
+    def _after_write(self, pipe: Any, ev: EvaluationRecord) -> None:
+        """Keep the record's expiry, the owner's live set and both indexes in step with its status
+        (queued after every write of the record)."""
+        finished = ev.status in FINISHED
+        if finished:
             pipe.expire(f"{PREFIX}eval:{ev.eval_id}", self.eval_ttl_s)
-            if ev.owner:
-                pipe.srem(f"{PREFIX}owner:{ev.owner}:live", ev.eval_id)
-        elif ev.owner:
-            pipe.sadd(f"{PREFIX}owner:{ev.owner}:live", ev.eval_id)
+        if ev.owner:
+            live = f"{PREFIX}owner:{ev.owner}:live"
+            if finished:
+                pipe.srem(live, ev.eval_id)
+            else:
+                pipe.sadd(live, ev.eval_id)
+        # after the record's EXPIRE: the entry's time (the server's clock) is never before the record's
+        indexes = (f"{PREFIX}evals", f"{PREFIX}ckpt:{ev.checkpoint_id}:evals")
+        ttl = str(self.eval_ttl_s) if finished else "inf"
+        pipe.eval(_INDEX_SCRIPT, len(indexes), *indexes, ev.eval_id, ttl)
 
     def finish_evaluation(self, eval_id: str, **changes: Any) -> EvaluationRecord:
         """Apply ``changes`` (a final status, metrics, an error) unless the evaluation already ended
@@ -223,7 +258,7 @@ class Registry:
             return EvaluationRecord.model_validate({**ev.model_dump(), **changes, "updated": utc_now()})
 
         return self._modify(f"{PREFIX}eval:{eval_id}", EvaluationRecord, change,
-                            f"unknown evaluation {eval_id!r}", after=self._expire_finished)  # fmt: skip
+                            f"unknown evaluation {eval_id!r}", after=self._after_write)  # fmt: skip
 
     def renew_lease(self, eval_id: str, seconds: float) -> EvaluationRecord:
         """Hold an active evaluation's lease ``seconds`` longer; an ended one is returned unchanged
@@ -258,14 +293,14 @@ class Registry:
             return ev.model_copy(update={"status": "failed", "error": error, "updated": utc_now()})
 
         return self._modify(f"{PREFIX}eval:{eval_id}", EvaluationRecord, change,
-                            f"unknown evaluation {eval_id!r}", after=self._expire_finished)  # fmt: skip
+                            f"unknown evaluation {eval_id!r}", after=self._after_write)  # fmt: skip
 
     def update_evaluation(self, eval_id: str, **changes: Any) -> EvaluationRecord:
         def change(ev: EvaluationRecord) -> EvaluationRecord:
             return EvaluationRecord.model_validate({**ev.model_dump(), **changes, "updated": utc_now()})
 
         return self._modify(f"{PREFIX}eval:{eval_id}", EvaluationRecord, change,
-                            f"unknown evaluation {eval_id!r}", after=self._expire_finished)  # fmt: skip
+                            f"unknown evaluation {eval_id!r}", after=self._after_write)  # fmt: skip
 
     def get_evaluation(self, eval_id: str) -> EvaluationRecord | None:
         raw = self.redis.get(f"{PREFIX}eval:{eval_id}")
@@ -278,7 +313,38 @@ class Registry:
         expired = [i for i, r in zip(ids, raws, strict=True) if not r]
         if expired:  # records that expired: their index entries go too
             self.redis.zrem(key, *expired)
-        return [EvaluationRecord.model_validate_json(r) for r in raws if r]
+        # oldest first (the index is ordered by expiry, not by creation)
+        return sorted((EvaluationRecord.model_validate_json(r) for r in raws if r), key=lambda e: e.created)
+
+
+# Index an evaluation (ARGV[1]) in each sorted set of KEYS, scored by when its record may expire: the
+# server's now + ARGV[2] seconds, or never ("inf") while it is active. Entries whose time passed go;
+# each key expires with its latest entry, or is kept while it holds an active one.
+_INDEX_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end -- writes after TIME (Redis < 5)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local score = ARGV[2]
+if score ~= 'inf' then score = string.format('%.6f', now + tonumber(score)) end
+for _, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.6f', now))
+  redis.call('ZADD', key, score, ARGV[1])
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if last == 'inf' then
+    redis.call('PERSIST', key)
+  else
+    redis.call('PEXPIREAT', key, math.ceil(tonumber(last) * 1000))
+  end
+end
+"""
+
+
+def _watched_run(pipe: Any, run_id: str) -> RunRecord | None:
+    """WATCH a run's record and read it (inside an optimistic transaction, before ``multi()``)."""
+    key = f"{PREFIX}run:{run_id}"
+    pipe.watch(key)
+    raw = pipe.get(key)
+    return RunRecord.model_validate_json(raw) if raw else None
 
 
 def _execute(pipe: Any) -> Any:

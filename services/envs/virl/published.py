@@ -32,11 +32,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from services.envs.files import read_bounded
 from services.envs.virl.headings import bearing, side_of
 from services.envs.virl.routes import LegPlan, PointPlan, Route, build_route
 from sftrl.config import ConfigError, format_validation_error
 
-MAX_FILE_BYTES = 64 * 1024 * 1024
 INTERPOLATED_POINTS = 2
 _M_PER_DEG_LAT = 110_540.0
 _M_PER_DEG_LNG = 111_320.0
@@ -212,10 +212,7 @@ def load_published_routes(path: str | Path, city: str) -> tuple[Route, ...]:
     """Read and convert a route file; every problem becomes a :class:`ConfigError` naming it."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"V-IRL route file {path} is too large ({size} bytes)")
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, "V-IRL route file").decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read V-IRL route file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -30,6 +30,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from services.envs.files import read_bounded
 from services.verifier.visual_qa import DEFAULT_TOLERANCE, LETTERS, AnswerType, QATask, parse_number
 from sftrl.config import ConfigError
 
@@ -77,19 +78,22 @@ def _first(row: Mapping[str, Any], keys: Iterable[str]) -> tuple[str | None, Any
 
 
 def _open(source: ImageSource, where: str) -> Image.Image:
-    if isinstance(source, Path):
-        try:
-            if source.stat().st_size > MAX_IMAGE_BYTES:
-                raise ConfigError(f"{where}: image file {source} is larger than {MAX_IMAGE_BYTES} bytes")
-            return Image.open(source)
-        except FileNotFoundError:
-            raise ConfigError(f"{where}: image file {source} does not exist") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise ConfigError(f"{where}: image file {source} is not a readable PNG/JPEG ({exc})") from None
+    name = f"image file {source}" if isinstance(source, Path) else "the image"
+    data = _read_image_file(source, where) if isinstance(source, Path) else source
     try:
-        return Image.open(io.BytesIO(source))
+        return Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: the image is not a readable PNG/JPEG ({exc})") from None
+        raise ConfigError(f"{where}: {name} is not a readable PNG/JPEG ({exc})") from None
+
+
+def _read_image_file(path: Path, where: str) -> bytes:
+    """A row's image file, bounded like a benchmark (a FIFO or device named by a row never blocks)."""
+    try:
+        return read_bounded(path, f"{where}: image file", MAX_IMAGE_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: image file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: image file {path} is not readable ({exc.strerror or exc})") from None
 
 
 def decode_image(source: ImageSource, where: str, full: bool) -> Image.Image:
@@ -264,56 +268,63 @@ def parse_row(row: Any, index: int, path: Path, where: str) -> BenchmarkItem:
     return item
 
 
-def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+def _read_parquet(path: Path, data: bytes) -> list[tuple[str, Any]]:
     import pyarrow as pa  # only needed for parquet files
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data))
     except pa.ArrowException as exc:  # corrupt or truncated file
         raise ConfigError(f"{path}: not a valid parquet file ({exc})") from None
     return [(f"{path} row {i}", row) for i, row in enumerate(table.to_pylist())]
 
 
+def _read_jsonl(path: Path, data: bytes) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    # the lines text mode would give (universal newlines), from the bytes already read
+    for number, line in enumerate(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), start=1):
+        if line.strip():
+            try:
+                rows.append((f"{path} row {len(rows)} (line {number})", json.loads(line)))
+            except ValueError as exc:
+                raise ConfigError(f"{path} row {len(rows)} (line {number}): not valid JSON ({exc})") from None
+    return rows
+
+
+def _read_json(path: Path, data: bytes) -> list[tuple[str, Any]]:
+    rows = json.loads(data.decode("utf-8"))
+    if isinstance(rows, Mapping):  # MathVista's testmini.json: {pid: row}
+        rows = [{"pid": key, **row} if isinstance(row, Mapping) else row for key, row in rows.items()]
+    if not isinstance(rows, list):
+        raise ConfigError(f"{path}: a JSON benchmark must be a list of rows or an id -> row mapping")
+    return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+
+
+_READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
+
+
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
-    """(location, row) pairs; the location names the row for error messages."""
+    """(location, row) pairs; the location names the row for error messages. The file is read once,
+    bounded (:func:`read_bounded`: a regular file of at most 64 MiB), and parsed from memory."""
     suffix = path.suffix.lower()
+    reader = _READERS.get(suffix)
+    if reader is None:
+        raise ConfigError(f"{path}: unsupported benchmark format {suffix!r} (use .jsonl, .json or .parquet)")
     try:
-        if suffix in (".jsonl", ".ndjson"):
-            rows: list[tuple[str, Any]] = []
-            with path.open(encoding="utf-8") as fh:
-                for number, line in enumerate(fh, start=1):
-                    if line.strip():
-                        try:
-                            rows.append((f"{path} row {len(rows)} (line {number})", json.loads(line)))
-                        except ValueError as exc:
-                            raise ConfigError(
-                                f"{path} row {len(rows)} (line {number}): not valid JSON ({exc})"
-                            ) from None
-            return rows
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, Mapping):  # MathVista's testmini.json: {pid: row}
-                data = [{"pid": key, **row} if isinstance(row, Mapping) else row for key, row in data.items()]
-            if not isinstance(data, list):
-                raise ConfigError(f"{path}: a JSON benchmark must be a list of rows or an id -> row mapping")
-            return [(f"{path} row {i}", row) for i, row in enumerate(data)]
-        if suffix == ".parquet":
-            return _read_parquet(path)
+        return reader(path, read_bounded(path, "benchmark file"))
     except ConfigError:
         raise
+    except FileNotFoundError:
+        raise ConfigError(f"benchmark file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read benchmark {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid {suffix[1:]} file ({exc})") from None
-    raise ConfigError(f"{path}: unsupported benchmark format {suffix!r} (use .jsonl, .json or .parquet)")
 
 
 def load_benchmark(path: str | Path) -> tuple[BenchmarkItem, ...]:
     """All rows of a benchmark file, validated; raises :class:`ConfigError` naming file and row."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"benchmark file {path} does not exist")
     rows = _read_rows(path)
     if not rows:
         raise ConfigError(f"{path}: the benchmark has no rows")
