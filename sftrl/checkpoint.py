@@ -13,13 +13,19 @@
 - ``COMPLETE``, written last: the sha256 and size of every other file of the checkpoint (weights,
   optimizer shards, which DeepSpeed loads with pickle, trainer state, tokenizer).
 
-A checkpoint is written into ``.step-000042.tmp-<pid>``, every file and folder fsynced, and renamed
+A checkpoint is written into ``.step-000042.tmp-<token>``, every file and folder fsynced, and renamed
 into place with ``os.replace`` once complete, so a crash mid-write leaves only a hidden temporary
 folder and the last good checkpoint stays the newest; an older checkpoint is pruned only after the
 new one is durable. :meth:`CheckpointManager.latest` re-hashes every file and skips (with a warning
 naming it) any checkpoint that is incomplete or whose files changed; pruning checks names and sizes
-only. A crash between the two renames of a replaced checkpoint leaves ``.step-N.old-<pid>``: it is
+only. A crash between the two renames of a replaced checkpoint leaves ``.step-N.old-<token>``: it is
 put back when ``step-N`` is missing, removed otherwise.
+
+The ``<token>`` is the writing process's host, pid and a random part (:func:`writer_token`): unique
+across nodes and restarts, it never says whether its writer still runs (the pid may be another
+machine's, or reused). Leftovers are therefore cleaned by the run folder's one writer (the run's
+driver, whose learner writes only inside :meth:`CheckpointManager.save`) when it starts and around
+its own saves, never by a reader: :meth:`CheckpointManager.steps` and :func:`verify` change nothing.
 """
 
 from __future__ import annotations
@@ -29,13 +35,13 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from sftrl.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +52,9 @@ VALUE_HEAD_DIR = "value_head"
 FORMAT = 1  # trainer_state.json
 MARKER_FORMAT = 2  # COMPLETE: every file with its size (format 1 listed the weights only)
 _STEP_RE = re.compile(r"step-(\d+)")
-_TMP_RE = re.compile(r"\.step-\d+\.tmp-(\d+)")
-_OLD_RE = re.compile(r"\.(step-\d+)\.old-(\d+)")
+# temporaries: ``<token>`` of :func:`writer_token`, or a bare pid (what earlier versions wrote)
+_TMP_RE = re.compile(r"\.step-\d+\.tmp-[A-Za-z0-9._-]+")
+_OLD_RE = re.compile(r"\.(step-\d+)\.old-[A-Za-z0-9._-]+")
 
 
 def step_name(step: int) -> str:
@@ -60,9 +67,17 @@ def step_of(folder: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def writer_token() -> str:
+    """A name part no other write shares: host, pid and 32 random bits (a pid alone repeats across
+    nodes, containers and restarts)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def temp_path(final: Path, pid: int | None = None) -> Path:
-    """Where ``final`` is written before it is renamed into place."""
-    return final.parent / f".{final.name}.tmp-{pid if pid is not None else os.getpid()}"
+    """Where ``final`` is written before it is renamed into place (``pid``: a name of the form earlier
+    versions wrote, ``.tmp-<pid>``)."""
+    return final.parent / f".{final.name}.tmp-{pid if pid is not None else writer_token()}"
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -86,11 +101,12 @@ def _fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [folder]:
-        _fsync_dir(sub)
+        fsync_path(sub)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush one file's data, or one folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -135,10 +151,10 @@ def commit(tmp: Path, final: Path) -> Path:
     _fsync_tree(tmp)
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        old = final.parent / f".{final.name}.old-{writer_token()}"
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)  # the rename itself is durable before anything older is pruned
+    fsync_path(final.parent)  # the rename itself is durable before anything older is pruned
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -236,9 +252,46 @@ def trusted(folder: str | Path, roots: Sequence[Path], deep: bool = True) -> Pat
     return verify(real, deep=deep)
 
 
-def read_trainer_state(folder: str | Path) -> dict[str, Any]:
-    """``trainer_state.json`` of a verified checkpoint."""
-    folder = verify(folder)
+class VerifiedCache:
+    """What :func:`verify` said of each checkpoint this process has hashed, by folder and the identity
+    of its ``COMPLETE`` marker (inode, size, mtime). The registry's catch-up after an outage reads every
+    retained checkpoint again: with this it hashes only those it has not seen (a checkpoint replaced
+    under the same name has a new marker, so it is hashed again). A hit still checks names and sizes."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[int, int, int], str | None]] = {}  # identity, error
+
+    def verify(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        identity = _marker_identity(folder)
+        seen = self._seen.get(folder)
+        if identity is not None and seen is not None and seen[0] == identity:
+            if seen[1] is not None:
+                raise ValueError(seen[1])
+            return verify(folder, deep=False)
+        try:
+            verify(folder)
+        except ValueError as exc:
+            if identity is not None:
+                self._seen[folder] = (identity, str(exc))
+            raise
+        if identity is not None:
+            self._seen[folder] = (identity, None)
+        return folder
+
+
+def _marker_identity(folder: Path) -> tuple[int, int, int] | None:
+    """What tells one ``COMPLETE`` marker from a rewritten one; None when there is none."""
+    try:
+        st = (folder / COMPLETE_NAME).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_trainer_state(folder: str | Path, cache: VerifiedCache | None = None) -> dict[str, Any]:
+    """``trainer_state.json`` of a verified checkpoint (``cache``: verified once per process)."""
+    folder = cache.verify(folder) if cache is not None else verify(folder)
     try:
         state = json.loads((folder / STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -253,11 +306,15 @@ def read_trainer_state(folder: str | Path) -> dict[str, Any]:
 def write_trainer_state(folder: Path, state: dict[str, Any]) -> None:
     _write_json(folder / STATE_NAME, {"format": FORMAT, **state})
 
-    return True
-
 
 class CheckpointManager:
-    """The checkpoints of one run under ``root``: save, find the newest good one, keep ``keep``."""
+    """The checkpoints of one run under ``root``: save, find the newest good one, keep ``keep``.
+
+    A run folder has one writer, the run's driver: :meth:`save`, :meth:`prune`, :meth:`latest` and
+    :meth:`repair` are its calls, and they move or remove what a crashed writer left (no temporary
+    folder of its own exists outside :meth:`save`). Readers (resync, the resume checks) call
+    :meth:`steps` and :func:`verify`, which change nothing: a writer on another node may be between
+    its two renames."""
 
     def __init__(self, root: str | Path, keep: int = 3):
         if keep < 1:
@@ -269,10 +326,9 @@ class CheckpointManager:
         return self.root / step_name(step)
 
     def steps(self) -> list[tuple[int, Path]]:
-        """Every ``step-N`` folder (complete or not), oldest first."""
+        """Every ``step-N`` folder (complete or not), oldest first. Reads only."""
         if not self.root.is_dir():
             return []
-        self._recover_replaced()
         found = []
         for child in self.root.iterdir():
             m = _STEP_RE.fullmatch(child.name)
@@ -280,23 +336,39 @@ class CheckpointManager:
                 found.append((int(m.group(1)), child))
         return sorted(found)
 
-    def _recover_replaced(self) -> None:
-        """``.step-N.old-<pid>`` of a dead process: put back when ``step-N`` is missing, else removed."""
-        for child in list(self.root.iterdir()):
+    def repair(self) -> list[Path]:
+        """The writer's clean-up of a crashed writer's leftovers: every ``.step-N.old-*`` is put back
+        where ``step-N`` is missing and removed otherwise; every ``.step-N.tmp-*`` is removed (whatever
+        pid or host it names: the only writer is the caller, between its saves). Returns the removed."""
+        return self._put_back_replaced() + self._remove_temporaries()
+
+    def _put_back_replaced(self) -> list[Path]:
+        """``.step-N.old-*``: put back when ``step-N`` is missing, else removed (returned)."""
+        removed = []
+        for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             m = _OLD_RE.fullmatch(child.name)
-            if not m or int(m.group(2)) == os.getpid() or pid_alive(int(m.group(2))):
+            if not m:
                 continue
             final = self.root / m.group(1)
             if final.exists():
                 shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
             else:
                 os.replace(child, final)
                 log.warning("put back %s (its replacement was interrupted)", final)
+        return removed
+
+    def _remove_temporaries(self) -> list[Path]:
+        found = [c for c in self.root.iterdir() if _TMP_RE.fullmatch(c.name)] if self.root.is_dir() else []
+        for child in found:
+            shutil.rmtree(child, ignore_errors=True)
+        return found
 
     def save(self, step: int, writer: Callable[[Path], Any]) -> Path:
         """``writer(final_path)`` writes the checkpoint atomically (``LearnerGroup.save_checkpoint``,
         or anything using :func:`atomic_checkpoint`); the result is verified, then old ones pruned."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.repair()  # a step-N moved aside by a crashed replacement is back before it is replaced
         final = self.path(step)
         writer(final)
         verify(final, deep=False)  # just hashed by the writer; names and sizes say it landed whole
@@ -304,7 +376,9 @@ class CheckpointManager:
         return final
 
     def latest(self) -> Path | None:
-        """The newest complete, verified checkpoint; broken ones are skipped with a warning."""
+        """The newest complete, verified checkpoint; broken ones are skipped with a warning. A
+        checkpoint whose replacement was cut short is put back first (the writer's call: a resume)."""
+        self._put_back_replaced()
         for _, folder in reversed(self.steps()):
             try:
                 return verify(folder)
@@ -314,7 +388,8 @@ class CheckpointManager:
 
     def prune(self) -> list[Path]:
         """Keep the newest ``keep`` good checkpoints; remove older ones, broken ones older than the
-        newest good one, and temporary folders of processes that no longer run. Returns the removed."""
+        newest good one, and a crashed writer's leftovers (:meth:`repair`). Returns the removed."""
+        cleaned = self.repair()
         removed: list[Path] = []
         good: list[Path] = []
         newest_good_step: int | None = None
@@ -329,11 +404,6 @@ class CheckpointManager:
                 newest_good_step = step
             good.append(folder)
         removed.extend(good[self.keep :])
-        if self.root.is_dir():
-            for child in self.root.iterdir():
-                m = _TMP_RE.fullmatch(child.name)
-                if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-                    removed.append(child)
         for folder in removed:
             shutil.rmtree(folder, ignore_errors=True)
-        return removed
+        return cleaned + removed

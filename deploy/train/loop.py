@@ -90,6 +90,7 @@ class Trainer:
         notes = _resolve_hardware(config, self.console)  # before the comparison: the old config holds these
         # the folder is checked before anything in it is written: a refusal leaves it as it was
         keep_until = claim_run_folder(self.run_dir, config, self.resume_state, resume, restart, self.console)
+        self._clean_checkpoint_leftovers()
         write_resolved_config(config, self.run_dir, notes=notes)
         # metrics written after the checkpoint are replayed, so they are dropped first
         self.metrics = MetricsLog(self.run_dir, config.tensorboard, truncate_after_step=keep_until)
@@ -117,6 +118,18 @@ class Trainer:
         state["path"] = str(latest)
         return state
 
+    def _clean_checkpoint_leftovers(self) -> None:
+        """This run now holds the folder, as its one writer: temporary folders a crashed writer left
+        go, whatever host or pid they name (a pid check is wrong across nodes and with pid reuse)."""
+        from sftrl.checkpoint import CheckpointManager
+
+        removed = CheckpointManager(self.ckpt_root, keep=self.config.checkpoint.keep).repair()
+        if removed:
+            names = ", ".join(p.name for p in removed)
+            self.console.print(
+                f"[dim]removed what an earlier writer left unfinished: {names}[/]", highlight=False
+            )
+
     def _save(self, stage_index: int, step: int, final: bool) -> Path:
         from sftrl.checkpoint import CheckpointManager
 
@@ -127,6 +140,9 @@ class Trainer:
         before = {folder for _, folder in manager.steps()}
         learner = self.learner
         assert learner is not None
+        # the records that led to this checkpoint are on disk before it is: a resume keeps the records
+        # up to its step, so a durable checkpoint ahead of them would lose them for good
+        self.metrics.sync()
         path = Path(
             manager.save(self.global_step, lambda target: learner.save_checkpoint(str(target), extra))
         )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+from sftrl.checkpoint import fsync_path
 
 
 class MetricsLog:
@@ -19,8 +22,12 @@ class MetricsLog:
             # Resuming: records written after the checkpoint belong to a future that is replayed.
             kept = [r for r in read_metrics(self.path) if r.get("global_step", 0) <= truncate_after_step]
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            with tmp.open("w", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in kept))
+                fh.flush()
+                os.fsync(fh.fileno())  # durable before the rename: a crash leaves one whole file
             tmp.replace(self.path)  # a crash here leaves the old file, never half of it
+            fsync_path(run_dir)
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -36,6 +43,13 @@ class MetricsLog:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
             self._writer.flush()
+
+    def sync(self) -> None:
+        """Put every record logged so far on disk (each :meth:`log` closes the file, so nothing is left
+        in a buffer): the file's data, and the folder's entry for it. Called before each checkpoint."""
+        if self.path.exists():
+            fsync_path(self.path)
+        fsync_path(self.path.parent)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -4,25 +4,32 @@ A run folder (``<output_dir>/<run_name>/``) holds ``resolved_config.yaml``, ``me
 ``checkpoints/step-*/``. ``resync`` rebuilds the registry's records of runs from their folders: every
 verified checkpoint is (re-)registered with the evaluation metrics logged at its step, and records
 of checkpoints that are gone (pruned, or corrupt) are dropped. The training loop writes through
-:class:`RunRegistrar`, which survives a lost Redis connection and resyncs once it is back.
+:class:`RunRegistrar`, which survives a lost Redis connection and resyncs once it is back, and renews
+its run's lease from a heartbeat thread, so a driver killed without a word shows as "lost".
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sftrl.checkpoint import CheckpointManager, read_trainer_state
+from sftrl.checkpoint import CheckpointManager, VerifiedCache, read_trainer_state
 from sftrl.config import RESOLVED_CONFIG_NAME
 from sftrl.registry.records import CheckpointRecord, RunRecord, checkpoint_id
-from sftrl.registry.store import REGISTRY_ERRORS, Registry
+from sftrl.registry.store import REGISTRY_ERRORS, Registry, RegistryError
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 30.0  # how often a training driver renews its run's lease
+LEASE_BEATS = 3  # the lease lasts this many heartbeats: a run is lost only after several missed ones
 
 
 def eval_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -45,9 +52,12 @@ def eval_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
     return out
 
 
-def checkpoint_record(run_id: str, folder: Path, metrics: dict[str, float] | None = None) -> CheckpointRecord:
-    """The record of one verified checkpoint folder (ValueError when it is incomplete or corrupt)."""
-    extra = read_trainer_state(folder).get("extra", {})
+def checkpoint_record(
+    run_id: str, folder: Path, metrics: dict[str, float] | None = None, cache: VerifiedCache | None = None
+) -> CheckpointRecord:
+    """The record of one verified checkpoint folder (ValueError when it is incomplete or corrupt);
+    ``cache``: hashed once per process."""
+    extra = read_trainer_state(folder, cache).get("extra", {})
     step = int(extra.get("global_step", 0))
     return CheckpointRecord(
         checkpoint_id=checkpoint_id(run_id, step),
@@ -63,7 +73,9 @@ def checkpoint_record(run_id: str, folder: Path, metrics: dict[str, float] | Non
     )
 
 
-def read_run(run_dir: Path) -> tuple[RunRecord, list[tuple[Path, CheckpointRecord]], list[str]]:
+def read_run(
+    run_dir: Path, cache: VerifiedCache | None = None
+) -> tuple[RunRecord, list[tuple[Path, CheckpointRecord]], list[str]]:
     """A run folder's record, its verified checkpoints (folder, record), and why any was skipped."""
     config = yaml.safe_load((run_dir / RESOLVED_CONFIG_NAME).read_text(encoding="utf-8")) or {}
     run_id = str(config.get("run_name") or run_dir.name)
@@ -71,7 +83,7 @@ def read_run(run_dir: Path) -> tuple[RunRecord, list[tuple[Path, CheckpointRecor
     checkpoints, skipped = [], []
     for _, folder in CheckpointManager(run_dir / "checkpoints").steps():
         try:
-            record = checkpoint_record(run_id, folder)
+            record = checkpoint_record(run_id, folder, cache=cache)
         except ValueError as exc:
             skipped.append(str(exc))
             continue
@@ -107,16 +119,19 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / RESOLVED_CONFIG_NAME).is_file())
 
 
-def resync_run(registry: Registry, run_dir: Path, report: SyncReport | None = None) -> SyncReport:
+def resync_run(
+    registry: Registry, run_dir: Path, report: SyncReport | None = None, cache: VerifiedCache | None = None
+) -> SyncReport:
     report = report or SyncReport()
     try:
-        run, checkpoints, skipped = read_run(run_dir)
+        run, checkpoints, skipped = read_run(run_dir, cache)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         report.skipped.append(f"{run_dir}: not a readable run folder ({exc})")
         return report
-    existing = registry.run_for_dir(run.run_dir)
-    if existing is not None and existing.status in ("running", "failed") and run.status != "finished":
-        run = run.model_copy(update={"status": existing.status})
+    existing = registry.run_for_dir(run.run_dir)  # a running one whose lease ran out reads as lost
+    if existing is not None and existing.status in ("running", "failed", "lost") and run.status != "finished":
+        # what the folder cannot tell, kept: a live run keeps its lease, so it is not lost by this
+        run = run.model_copy(update={"status": existing.status, "lease_until": existing.lease_until})
     run = registry.register_run(run)
     keep = set()
     for _, record in checkpoints:
@@ -160,17 +175,32 @@ def resync(registry: Registry, roots: list[Path], prune: bool = False) -> SyncRe
 class RunRegistrar:
     """The training loop's writer: never fails the run over the registry, catches up when it can.
 
-    The run id is the registry's (``register_run`` may suffix a run name another folder holds)."""
+    The run id is the registry's (``register_run`` may suffix a run name another folder holds). A
+    thread renews the run's lease every ``heartbeat_s`` (the lease lasts :data:`LEASE_BEATS` of them):
+    a driver killed with SIGKILL stops renewing, and readers then show the run "lost". Every call
+    holds one lock, so the heartbeat and the loop never interleave a catch-up."""
 
-    def __init__(self, registry: Registry, run: RunRecord, console: Any = None):
+    def __init__(
+        self, registry: Registry, run: RunRecord, console: Any = None, heartbeat_s: float = HEARTBEAT_S
+    ):
         self.registry = registry
         self.run = run
         self.console = console
         self.dirty = False
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = heartbeat_s * LEASE_BEATS
+        # the catch-up re-reads every retained checkpoint: each is hashed once per run, not per call
+        self.verified = VerifiedCache()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._call(self._register)
+        self._beat = threading.Thread(target=self._heartbeat, name="run-heartbeat", daemon=True)
+        self._beat.start()
 
     def _register(self, registry: Registry) -> None:
-        self.run = registry.register_run(self.run)
+        """(Re-)register this run as running, leased: the folder's id is kept, or one is given."""
+        leased = self.run.model_copy(update={"status": "running", "lease_until": time.time() + self.lease_s})
+        self.run = registry.register_run(leased)
 
     @property
     def run_id(self) -> str:
@@ -182,31 +212,61 @@ class RunRegistrar:
         else:
             log.warning("registry: %s", message)
 
-    def _call(self, fn: Any) -> None:
+    def _call(self, fn: Callable[[Registry], Any]) -> None:
         """Run ``fn(registry)``; connection trouble is reported once and repaired on the next call."""
-        try:
-            if self.dirty:  # missed writes: rebuild this run's records from its folder first
-                resync_run(self.registry, Path(self.run.run_dir))
-                # the id the registry gave this folder (suffixed if another folder holds the name), so that
-                # every later write lands on this run's records, never on another run's
-                self.run = self.registry.run_for_dir(self.run.run_dir) or self.run
-                self.dirty = False
-                self._warn("connection back; records re-synced from the run folder")
-            fn(self.registry)
-        except REGISTRY_ERRORS as exc:
-            if not self.dirty:
-                self._warn(
-                    f"unreachable ({type(exc).__name__}: {exc}); training goes on, checkpoints are on disk"
-                )
-            self.dirty = True
+        with self._lock:
+            try:
+                if self.dirty:
+                    self._catch_up()
+                fn(self.registry)
+            except REGISTRY_ERRORS as exc:
+                if not self.dirty:
+                    self._warn(
+                        f"unreachable ({type(exc).__name__}: {exc}); training goes on, checkpoints are on disk"
+                    )
+                self.dirty = True
+
+    def _catch_up(self) -> None:
+        """Missed writes: rebuild this run's records from its folder, once Redis answers."""
+        self.registry.ping()  # still down: fail here, before reading the run folder again
+        resync_run(self.registry, Path(self.run.run_dir), cache=self.verified)
+        # the id the registry gave this folder (suffixed if another folder holds the name), so that
+        # every later write lands on this run's records, never on another run's; running and leased
+        self._register(self.registry)
+        self.dirty = False
+        self._warn("connection back; records re-synced from the run folder")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._call(lambda r: r.renew_run_lease(self.run_id, self.lease_s))
+            except RegistryError as exc:  # the record was deleted under the run: said, never fatal
+                log.warning("registry: heartbeat of %s: %s", self.run_id, exc)
+
+    def close(self) -> None:
+        """Stop the heartbeat (the run's lease then runs out unless its status is set)."""
+        self._stop.set()
+        if self._beat is not threading.current_thread():
+            self._beat.join(timeout=self.heartbeat_s + 10)
 
     def checkpoint(self, folder: Path, metrics: dict[str, float] | None) -> None:
-        self._call(lambda r: r.record_checkpoint(checkpoint_record(self.run_id, folder, metrics)))
+        # hashed before the lock is taken: the heartbeat goes on while a large checkpoint is read, and a
+        # catch-up later finds it in the cache
+        record = checkpoint_record(self.run_id, folder, metrics, self.verified)
+
+        def write(registry: Registry) -> None:  # under the id the run has by then (a catch-up may suffix it)
+            cid = checkpoint_id(self.run_id, record.step)
+            registry.record_checkpoint(
+                record.model_copy(update={"run_id": self.run_id, "checkpoint_id": cid})
+            )
+
+        self._call(write)
 
     def forget(self, step: int) -> None:
         self._call(lambda r: r.forget_checkpoint(checkpoint_id(self.run_id, step)))
 
     def finish(self, status: str) -> None:
+        self.close()  # first: no heartbeat lands after the final status
         self._call(lambda r: r.set_run_status(self.run_id, status))
         if self.dirty:
             self._warn("still out of date: run `sftrl registry resync` once Redis is reachable")

@@ -42,7 +42,9 @@ class Record(BaseModel):
 class RunRecord(Record):
     run_id: str
     run_dir: str
-    status: Literal["running", "finished", "failed", "interrupted"] = "running"
+    # "lost": it was running and its driver stopped renewing its lease (killed without a word)
+    status: Literal["running", "finished", "failed", "interrupted", "lost"] = "running"
+    lease_until: float = 0.0  # unix time; a running run whose lease ran out is lost (0: none)
     model: str = ""
     created: str = Field(default_factory=utc_now)
     updated: str = Field(default_factory=utc_now)

@@ -21,6 +21,9 @@ indexes and sets each index key to expire with its last entry, so index entries 
 records (a token holder's flood of evaluations leaves nothing behind).
 An active evaluation holds a lease (``lease_until``) that whoever runs it renews; one whose lease ran
 out is marked failed ("lost") by the next reader of its owner's live set (:meth:`live_evaluations`).
+A running run holds one too, renewed by its driver's heartbeat; one whose lease ran out is marked
+"lost" by the next reader of its record (:meth:`get_run`, :meth:`list_runs`), and comes back to
+"running" if its driver renews it after all (it was only out of reach).
 A Redis that reached its ``maxmemory`` refuses writes: that surfaces as ``RegistryFull`` (a registry
 trouble like a lost connection) saying what to do.
 """
@@ -47,6 +50,7 @@ PREFIX = "sftrl:"
 RUNDIRS = f"{PREFIX}rundirs"
 EVAL_TTL_S = 30 * 24 * 3600  # finished evaluations are kept a month
 FINISHED = ("done", "failed", "cancelled")
+RUN_ENDED = ("finished", "failed", "interrupted")  # a run's statuses that no heartbeat changes
 ACTIVE = ("queued", "running")
 R = TypeVar("R", RunRecord, EvaluationRecord)
 T = TypeVar("T")
@@ -151,13 +155,45 @@ class Registry:
                     continue
 
     def get_run(self, run_id: str) -> RunRecord | None:
+        """A run's record; a running one whose lease ran out is marked lost on the way."""
         raw = self.redis.get(f"{PREFIX}run:{run_id}")
-        return RunRecord.model_validate_json(raw) if raw else None
+        return self._unless_lost(RunRecord.model_validate_json(raw)) if raw else None
 
     def list_runs(self) -> list[RunRecord]:
+        """Every run's record, oldest first; running ones whose lease ran out are marked lost."""
         ids = self.redis.zrange(f"{PREFIX}runs", 0, -1)
         raws = self.redis.mget([f"{PREFIX}run:{i}" for i in ids]) if ids else []
-        return [RunRecord.model_validate_json(r) for r in raws if r]
+        runs = (self._unless_lost(RunRecord.model_validate_json(r)) for r in raws if r)
+        return [run for run in runs if run is not None]
+
+    def renew_run_lease(self, run_id: str, seconds: float) -> RunRecord:
+        """A running run's heartbeat: hold its lease ``seconds`` longer. A run marked lost is running
+        again (its driver was only out of reach; this renewal shows it lives); an ended run is
+        returned unchanged (a late heartbeat never undoes its end)."""
+
+        def change(run: RunRecord) -> RunRecord:
+            if run.status in RUN_ENDED:
+                return run
+            return run.model_copy(update={"status": "running", "lease_until": time.time() + seconds,
+                                          "updated": utc_now()})  # fmt: skip
+
+        return self._modify(f"{PREFIX}run:{run_id}", RunRecord, change, f"unknown run {run_id!r}")
+
+    def _unless_lost(self, run: RunRecord) -> RunRecord | None:
+        """``run``, marked lost first if it is running and its lease ran out (None: deleted meanwhile)."""
+        if not (run.status == "running" and _lease_ran_out(run.lease_until)):
+            return run
+
+        def change(current: RunRecord) -> RunRecord:
+            # checked again inside the transaction: a renewal that just landed wins
+            if current.status != "running" or not _lease_ran_out(current.lease_until):
+                return current
+            return current.model_copy(update={"status": "lost", "updated": utc_now()})
+
+        try:
+            return self._modify(f"{PREFIX}run:{run.run_id}", RunRecord, change, f"unknown run {run.run_id!r}")
+        except RegistryError:
+            return None
 
     def delete_run(self, run_id: str) -> None:
         """Drop a run, its checkpoints and its folder's entry. A checkpoint recorded (or the run
@@ -337,6 +373,11 @@ for _, key in ipairs(KEYS) do
   end
 end
 """
+
+
+def _lease_ran_out(lease_until: float) -> bool:
+    """Whether a lease was held (0: never; records written before leases) and its time has passed."""
+    return 0 < lease_until < time.time()
 
 
 def _watched_run(pipe: Any, run_id: str) -> RunRecord | None:
