@@ -38,7 +38,7 @@ def evaluate_command(
 
     def load(ckpt: Any, run_config: dict[str, Any]) -> Any:
         worker = load_rollout(ckpt, run_config, roots, **engine_overrides)
-        engine = worker.engine.config  # the run's settings, made explicit by the engine
+        engine = worker.engine.config  # default settings and this command's options (never the run's record)
         value, reason = resolve_precision(engine.dtype, engine.device)
         console.print(f"[dim]{describe_precision(value, reason)}; context {engine.max_model_len} tokens[/]",
                       highlight=False, soft_wrap=True)  # fmt: skip

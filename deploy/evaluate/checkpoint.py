@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from deploy.evaluate.metrics import suite_metrics
 from deploy.evaluate.suites import play_suite
@@ -64,19 +64,24 @@ class EvalRequest(StrictModel):
     sampling: EvalSampling | None = Field(None, description="default: the run's evaluation sampling")
 
 
+def named_suite(run_config: dict[str, Any], name: str) -> SuiteSpec:
+    """The suite ``name`` of a run (its ``eval.suites`` on top of its environment), not yet validated."""
+    suites = (run_config.get("eval") or {}).get("suites") or {}
+    if not isinstance(suites, dict) or name not in suites or not isinstance(suites[name], dict):
+        known = ", ".join(sorted(suites)) if isinstance(suites, dict) and suites else "none"
+        raise EvalInputError(f"unknown suite {name!r}; the run defines: {known}")
+    env = run_config.get("env") or {}
+    try:
+        return SuiteSpec(
+            name=name, env=str(env.get("id", "")), options={**env.get("options", {}), **suites[name]}
+        )
+    except (TypeError, ValueError):  # a record whose env is not what a run writes
+        raise EvalInputError(f"bad suite {name!r}: the run's record does not describe it") from None
+
+
 def resolve_suite(run_config: dict[str, Any], suite: str | SuiteSpec) -> SuiteSpec:
     """The environment id and the full, validated options that ``suite`` plays."""
-    if isinstance(suite, str):
-        suites = (run_config.get("eval") or {}).get("suites") or {}
-        if suite not in suites:
-            known = ", ".join(sorted(suites)) or "none"
-            raise EvalInputError(f"unknown suite {suite!r}; the run defines: {known}")
-        env = run_config.get("env") or {}
-        spec = SuiteSpec(
-            name=suite, env=str(env.get("id", "")), options={**env.get("options", {}), **suites[suite]}
-        )
-    else:
-        spec = suite
+    spec = named_suite(run_config, suite) if isinstance(suite, str) else suite
     try:
         from services.envs import resolve_options
 
@@ -139,15 +144,31 @@ def client_suite(spec: SuiteSpec, data_dir: Path | None) -> SuiteSpec:
 
 def eval_sampling(run_config: dict[str, Any], requested: EvalSampling | None) -> SamplingConfig:
     base = (run_config.get("eval") or {}).get("sampling") or {}
-    sampling = SamplingConfig.model_validate(base)
+    try:
+        sampling = SamplingConfig.model_validate(base)
+    except ValidationError:  # the run's record, not the caller, is at fault: a 400 that says so, not a 500
+        raise EvalInputError("bad sampling in the run's record") from None
     if requested is not None:
         sampling = sampling.model_copy(update=requested.model_dump())
     return sampling.model_copy(update={"n": 1})
 
 
-def engine_config(checkpoint_path: str, run_config: dict[str, Any], **overrides: Any) -> RolloutConfig:
-    """The run's rollout engine settings, pointed at the checkpoint (``overrides``: device, threads...)."""
-    engine = dict((run_config.get("rollout") or {}).get("engine") or {})
+def client_sampling(sampling: SamplingConfig) -> SamplingConfig:
+    """Sampling taken from a record (the run's, or an evaluation's) within a client's bounds
+    (:class:`EvalSampling`), one sample per task: a record must not ask for more than a client may."""
+    try:
+        EvalSampling.model_validate(sampling.model_dump(include={"temperature", "top_p", "max_tokens"}))
+    except ValidationError as exc:
+        fields = ", ".join(str(e["loc"][0]) for e in exc.errors())
+        raise EvalInputError(f"bad sampling in the run's record: {fields} out of bounds") from None
+    return sampling.model_copy(update={"n": 1})
+
+
+def engine_config(checkpoint_path: str, base: EngineConfig | None = None, **overrides: Any) -> RolloutConfig:
+    """``base`` (the caller's engine settings, default ones without) pointed at the checkpoint, with
+    ``overrides`` (device, threads...). Never the run's record: its resolved config lives in Redis,
+    and whoever can write Redis must not pick cache folders, compilation, precision or context."""
+    engine = (base or EngineConfig()).model_dump()
     engine.update(model=checkpoint_path, **overrides)
     return RolloutConfig(engine=EngineConfig.model_validate(engine))
 
@@ -192,11 +213,16 @@ def create_evaluation(
     ckpt, note = usable_checkpoint(registry, request.checkpoint, roots)
     run = registry.get_run(ckpt.run_id)
     run_config = run.config if run is not None else {}
-    if client and not isinstance(request.suite, str):
-        suite = client_suite(request.suite, data_dir)
+    if client:  # a suite taken from the run's record is checked exactly as one the client sent
+        named = (
+            request.suite if not isinstance(request.suite, str) else named_suite(run_config, request.suite)
+        )
+        suite = client_suite(named, data_dir)
     else:
         suite = resolve_suite(run_config, request.suite)
     sampling = eval_sampling(run_config, request.sampling)
+    if client:
+        sampling = client_sampling(sampling)
     if request.samples > 1 and sampling.temperature == 0:
         raise EvalInputError("several samples of a task (pass@k) need a temperature above 0")
     record = EvaluationRecord(
@@ -262,16 +288,20 @@ def load_rollout(
     ckpt: CheckpointRecord,
     run_config: dict[str, Any],
     roots: Sequence[Path] | None = None,
+    engine: EngineConfig | None = None,
     **engine_overrides: Any,
 ) -> RolloutWorker:
     """A rollout worker (one in-process vLLM engine) on the record's checkpoint, once it is known to
     lie under ``roots`` (default: :func:`sftrl.checkpoint.checkpoint_roots`) and to verify: the
-    registry's records are not trusted to name the folder vLLM opens."""
+    registry's records are not trusted to name the folder vLLM opens. The engine runs with ``engine``
+    and ``engine_overrides`` (:func:`engine_config`); ``run_config``, the run's record, is not read
+    for them (callers pass it along with the checkpoint)."""
     from services.rollout.worker import RolloutWorker
     from sftrl.checkpoint import checkpoint_roots, trusted
 
+    del run_config  # deliberately unused: see engine_config
     folder = trusted(ckpt.path, roots or checkpoint_roots())  # before vLLM sees any file
-    return RolloutWorker(engine_config(str(folder), run_config, **engine_overrides))
+    return RolloutWorker(engine_config(str(folder), engine, **engine_overrides))
 
 
 class EvaluationCancelled(Exception):
@@ -309,11 +339,14 @@ def execute_evaluation(
     data_dir: Path | None = None,
     detailed_errors: bool = True,
     lease_s: float = LEASE_S,
+    client: bool = False,
 ) -> EvaluationRecord:
     """Run a queued evaluation, holding its lease; its status, progress and metrics (or error) land
     in the registry. One cancelled or marked lost meanwhile stops at the next chunk of episodes and
     keeps that status. Without ``detailed_errors`` (a server) the record says what failed and an
-    error id; the message, which may hold server paths, goes to this process's log under that id."""
+    error id; the message, which may hold server paths, goes to this process's log under that id.
+    For a ``client`` (a server), the record's suite is checked again as a client's (:func:`client_suite`):
+    the record lay in Redis between its creation and now."""
     ev = registry.get_evaluation(eval_id)
     if ev is None:
         raise RegistryError(f"unknown evaluation {eval_id!r}")
@@ -321,7 +354,7 @@ def execute_evaluation(
         return ev
     registry.finish_evaluation(eval_id, status="running")
     with held_lease(registry, eval_id, lease_s):
-        return _run_recorded(registry, ev, get_rollout, on_progress, data_dir, detailed_errors)
+        return _run_recorded(registry, ev, get_rollout, on_progress, data_dir, detailed_errors, client)
 
 
 def _run_recorded(
@@ -331,6 +364,7 @@ def _run_recorded(
     on_progress: Callable[[int], None] | None,
     data_dir: Path | None,
     detailed_errors: bool,
+    client: bool = False,
 ) -> EvaluationRecord:
     eval_id = ev.eval_id
 
@@ -341,11 +375,13 @@ def _run_recorded(
             on_progress(done)
 
     try:
+        # the record's suite and sampling are checked before an engine starts on it
+        sampling = SamplingConfig.model_validate(ev.sampling)
+        sampling = client_sampling(sampling) if client else sampling
+        suite = with_dataset_files(client_suite(ev.suite, data_dir) if client else ev.suite, data_dir)
         ckpt = registry.resolve_checkpoint(ev.checkpoint_id)
         run = registry.get_run(ckpt.run_id)
         rollout = get_rollout(ckpt, run.config if run is not None else {})
-        sampling = SamplingConfig.model_validate(ev.sampling)
-        suite = with_dataset_files(ev.suite, data_dir)
         metrics = run_evaluation(
             rollout, suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
         )

@@ -6,8 +6,12 @@ config). ``build_app`` is the import path a Serve config names (``deploy.evaluat
 
 Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time).
 Bad requests get a 4xx with a message: 401 no/wrong token, 404 unknown checkpoint or evaluation,
-400/422 bad suite or body, 413 oversized body, 429 too many running evaluations, 503 registry down,
-504 a chat completion that took too long.
+400/422 bad suite or body, 400 a chat prompt longer than the model's context, 413 oversized body,
+429 too many running evaluations or chats in flight for the token, 503 registry down, 504 a chat
+completion that took too long.
+
+Nothing a registry record says chooses how an engine runs: the replicas' engine settings are the
+server's (``ServeSettings.engine``), and a suite taken from a run's record is checked as a client's.
 
 An evaluation holds a lease in its record: the API replica renews it while it waits on the
 evaluation replica, which renews it while it plays; if both stop (killed), the lease runs out and
@@ -42,6 +46,7 @@ from deploy.evaluate.checkpoint import (
     load_rollout,
 )
 from deploy.evaluate.serve.guard import RequestGuard
+from deploy.evaluate.serve.limits import ChatSlots
 from deploy.evaluate.serve.schemas import (
     ChatRequest,
     ChatResponse,
@@ -115,12 +120,9 @@ class EvalReplica:
         while len(self.engines) >= self.settings.warm_models:
             _, old = self.engines.popitem(last=False)
             old.shutdown()
-        overrides: dict[str, Any] = {"device": self.settings.device}
-        if self.settings.threads:
-            overrides["threads"] = self.settings.threads
-        if self.settings.kv_cache_gib:
-            overrides["kv_cache_gib"] = self.settings.kv_cache_gib
-        rollout = load_rollout(ckpt, run_config, self.settings.resolved_checkpoint_roots(), **overrides)
+        # the server's engine settings only: run_config is the run's record, which names nothing here
+        roots, engine = self.settings.resolved_checkpoint_roots(), self.settings.replica_engine()
+        rollout = load_rollout(ckpt, run_config, roots, engine=engine)
         self.engines[ckpt.path] = rollout
         return rollout
 
@@ -129,7 +131,7 @@ class EvalReplica:
 
     def _evaluate(self, eval_id: str) -> str:
         return execute_evaluation(self.registry, eval_id, self._rollout, data_dir=self.settings.resolved_data_dir(),
-                                  detailed_errors=False, lease_s=self.settings.lease_s).status  # fmt: skip
+                                  detailed_errors=False, lease_s=self.settings.lease_s, client=True).status  # fmt: skip
 
     async def evaluate(self, eval_id: str) -> str:
         return await self._on_engine_thread(self._evaluate, eval_id)  # type: ignore[no-any-return]
@@ -137,10 +139,21 @@ class EvalReplica:
     def _chat(
         self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
     ) -> dict[str, Any]:
+        """A reply, or ``{"refused": message}`` for a request the model cannot take (the ingress's 400)."""
         ckpt = self.registry.resolve_checkpoint(checkpoint)
         run = self.registry.get_run(ckpt.run_id)
         rollout = self._rollout(ckpt, run.config if run is not None else {})
-        gen = rollout.chat(messages, SamplingConfig.model_validate(sampling))
+        # imported once an engine exists: vLLM must be imported after the engine has set its environment
+        from vllm.exceptions import VLLMValidationError
+
+        refusal = context_refusal(len(rollout.formatter.chat_prompt(messages).token_ids),
+                                  int(rollout.engine.config.max_model_len))  # fmt: skip
+        if refusal:
+            return {"refused": refusal}
+        try:
+            gen = rollout.chat(messages, SamplingConfig.model_validate(sampling))
+        except VLLMValidationError as exc:  # vLLM's own checks of a request: about the request, no paths
+            return {"refused": str(exc)[:500]}
         return {"checkpoint": ckpt.checkpoint_id, "text": gen.text, "finish_reason": gen.finish_reason,
                 "prompt_tokens": len(gen.prompt_ids), "completion_tokens": len(gen.response_ids)}  # fmt: skip
 
@@ -148,6 +161,19 @@ class EvalReplica:
         self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
     ) -> dict[str, Any]:
         return await self._on_engine_thread(self._chat, checkpoint, messages, sampling)  # type: ignore[no-any-return]
+
+    def engine_settings(self) -> list[dict[str, Any]]:
+        """The settings each warm engine runs with (for operators and tests, through a Serve handle;
+        no HTTP route shows them: they hold server paths)."""
+        return [rollout.engine.config.model_dump(mode="json") for rollout in self.engines.values()]
+
+
+def context_refusal(prompt_tokens: int, context: int) -> str | None:
+    """Why a chat prompt cannot be answered in ``context`` tokens (vLLM needs room for one more), or None."""
+    if prompt_tokens < context:
+        return None
+    return (f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens for the "
+            "prompt and the reply together: shorten the messages")  # fmt: skip
 
 
 # -- the HTTP ingress ----------------------------------------------------------------------------------
@@ -172,6 +198,9 @@ class SftrlAPI:
         self.evaluator = evaluator
         set_guard(settings.max_body_bytes, self._token)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # a slot outlives the longest chat, so one a killed replica never released lapses by itself
+        self.chat_slots = ChatSlots(self.registry.redis, settings.max_concurrent_chats_per_token,
+                                    settings.chat_timeout_s + 30)  # fmt: skip
 
     # Dependencies and handlers are methods so that they see this replica's settings.
 
@@ -279,24 +308,36 @@ class SftrlAPI:
 
     @api.post("/v1/chat/completions", response_model=ChatResponse)
     async def chat(self, body: ChatRequest, request: Request) -> ChatResponse:
-        self.authorize(request)
+        owner = self.authorize(request)
         if body.max_tokens > self.settings.max_chat_tokens:
             raise HTTPException(400, f"max_tokens must be at most {self.settings.max_chat_tokens}")
         try:
             ckpt = self.registry.resolve_checkpoint(body.model)
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
+        slot = self.chat_slots.take(owner)
+        if slot is None:
+            limit = self.settings.max_concurrent_chats_per_token
+            raise HTTPException(429, f"{limit} chat completions of this token are in flight (limit {limit}); "
+                                "retry when one has answered")  # fmt: skip
+        try:
+            out = await self._chat_on_replica(ckpt.checkpoint_id, body)
+        finally:
+            self.chat_slots.release(owner, slot)
+        if "refused" in out:
+            raise HTTPException(400, str(out["refused"]))
+        return ChatResponse.build(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), out)
+
+    async def _chat_on_replica(self, checkpoint_id: str, body: ChatRequest) -> dict[str, Any]:
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.max_tokens,
                     "seed": body.seed}  # fmt: skip
         messages = [m.model_dump() for m in body.messages]
         try:
-            out = await asyncio.wait_for(
-                self.evaluator.chat.remote(ckpt.checkpoint_id, messages, sampling),
-                self.settings.chat_timeout_s,
+            return await asyncio.wait_for(  # type: ignore[no-any-return]
+                self.evaluator.chat.remote(checkpoint_id, messages, sampling), self.settings.chat_timeout_s
             )
         except TimeoutError:
             raise HTTPException(504, f"no answer within {self.settings.chat_timeout_s:.0f} s") from None
-        return ChatResponse.build(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), out)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Any:

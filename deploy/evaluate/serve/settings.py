@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from services.rollout.config import EngineConfig
 from sftrl.config import ConfigError, StrictModel
 from sftrl.home import secret_file, sftrl_home
 
@@ -27,6 +28,9 @@ class ServeSettings(StrictModel):
     max_concurrent_evals_per_token: int = Field(2, ge=1)
     max_body_bytes: int = Field(65_536, ge=1024)
     max_chat_tokens: int = Field(1024, ge=1)
+    max_concurrent_chats_per_token: int = Field(
+        4, ge=1, description="chat completions one token may have in flight at once (429 beyond)"
+    )
     warm_models: int = Field(2, ge=1, description="engines an evaluation replica keeps loaded (LRU)")
     lease_s: float = Field(60.0, ge=1, description="an evaluation nobody renews for this long is marked lost")
     eval_timeout_s: float = Field(6 * 3600, gt=0, description="longest an evaluation may run")
@@ -34,7 +38,26 @@ class ServeSettings(StrictModel):
     eval_ttl_days: float = Field(30, gt=0, description="finished evaluations are kept this long")
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = Field(None, ge=1, description="CPU threads of a replica's engine")
-    kv_cache_gib: float | None = Field(None, gt=0, description="default: the run's rollout setting")
+    kv_cache_gib: float | None = Field(None, gt=0, description="default: engine.kv_cache_gib")
+    # The replicas' engine settings are the server's alone: a run's record (its resolved config, in
+    # Redis) is written by whoever can write the registry, who must not choose the folders vLLM writes
+    # its caches to, whether it compiles code, or the context and precision it runs with.
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="the replicas' vLLM settings (dtype, max_model_len, enforce_eager, cache_dir...); "
+        "model is ignored (each engine opens its checkpoint); never taken from a run's record",
+    )
+
+    def replica_engine(self) -> EngineConfig:
+        """A replica's engine settings: ``engine`` with ``device``, ``threads`` and ``kv_cache_gib``
+        applied (validated again, so an override is checked like the rest; the model is set per
+        checkpoint)."""
+        overrides: dict[str, Any] = {"device": self.device}
+        if self.threads:
+            overrides["threads"] = self.threads
+        if self.kv_cache_gib:
+            overrides["kv_cache_gib"] = self.kv_cache_gib
+        return EngineConfig.model_validate({**self.engine.model_dump(), **overrides})
 
     def resolved_token(self) -> str:
         """The bearer token: ``token``, ``$SFTRL_API_TOKEN`` or ``token_file``; ConfigError without one."""
