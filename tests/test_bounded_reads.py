@@ -17,6 +17,8 @@ from services.envs.virl.published import load_published_routes
 from services.envs.visual_qa import VisualQAEnv, load_benchmark
 from sftrl.config import ConfigError
 
+pytestmark = pytest.mark.hostile
+
 Reader = Callable[[Path], object]
 # every reader of a file an option names, by the suffix its file needs
 READERS: dict[str, tuple[str, Reader]] = {

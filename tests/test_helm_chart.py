@@ -746,6 +746,7 @@ ONLY_KIND = {
 }
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("kind", list(ONLY_KIND))
 def test_a_kuberay_that_would_drop_auth_options_is_refused(chart: Chart, kind: str) -> None:
     """KubeRay's CRDs know authOptions from 1.5.1 on: an older operator's API server prunes it without
@@ -821,6 +822,7 @@ def _pod_labels(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     return labels
 
 
+@pytest.mark.hostile
 def test_only_job_submitters_and_the_operator_reach_the_dashboard_port(chart: Chart) -> None:
     """Port 8265 of a Ray head takes jobs, that is code to run: only the RayJob's submitter, the
     KubeRay operator and networkPolicy.dashboardFrom reach it, not the release's other pods (a
@@ -861,6 +863,7 @@ def test_only_job_submitters_and_the_operator_reach_the_dashboard_port(chart: Ch
 INGRESS = ("--set", "ingress.enabled=true", "--set", "ingress.host=eval.example.com")
 
 
+@pytest.mark.hostile
 def test_the_ingress_is_off_by_default_and_terminates_tls(chart: Chart) -> None:
     assert not _by_kind(chart.render("defaults"), "Ingress")
     tls = ("--set", "ingress.tlsSecretName=eval-tls", "--set", "ingress.className=nginx")
@@ -888,12 +891,14 @@ def test_the_ingress_is_off_by_default_and_terminates_tls(chart: Chart) -> None:
     ],
     ids=["no-tls", "no-host", "no-endpoint"],
 )
+@pytest.mark.hostile
 def test_an_ingress_without_tls_or_a_host_is_refused(chart: Chart, args: list[str], expected: str) -> None:
     proc = chart.template("defaults", *INGRESS, *args)
     assert proc.returncode != 0, f"an Ingress rendered with {args}"
     assert expected in proc.stderr, proc.stderr
 
 
+@pytest.mark.hostile
 def test_a_plain_http_ingress_must_be_asked_for(chart: Chart) -> None:
     refused = chart.template("defaults", *INGRESS)
     assert refused.returncode != 0
@@ -916,6 +921,7 @@ def _command_lines(docs: list[dict[str, Any]]) -> list[tuple[str, list[str], set
     return found
 
 
+@pytest.mark.hostile
 def test_the_redis_password_is_on_no_command_line(chart: Chart) -> None:
     """Kubernetes expands $(VAR) in command and args, so `--requirepass $(REDIS_PASSWORD)` puts the
     password on redis-server's command line, where ps and /proc/PID/cmdline show it to anyone on the
@@ -938,6 +944,7 @@ def test_the_redis_password_is_on_no_command_line(chart: Chart) -> None:
     assert "redis-server - " in script and 'requirepass "$REDIS_PASSWORD"' in script  # config on stdin
 
 
+@pytest.mark.hostile
 def test_renders_are_stable_and_pods_only_name_the_redis_secret(chart: Chart) -> None:
     """helm template cannot look up the Secret already in the cluster, so a generated password
     changes at every render; nothing else may change with it (the pods only name the Secret), the

@@ -13,6 +13,8 @@ import redis
 
 from sftrl.registry import CheckpointRecord, EvaluationRecord, Registry, RunRecord, SuiteSpec, checkpoint_id
 
+pytestmark = pytest.mark.fault
+
 Interleave = Callable[[str, str, Callable[[], object]], list[bool]]
 
 
