@@ -24,6 +24,7 @@ from deploy.models.scratch import (
     SHIPPED_ROOT,
     ScratchRecipe,
     bar_intervals,
+    built,
     copy_shipped,
     greedy_bar,
     initial_llama,
@@ -125,7 +126,6 @@ def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) ->
     """The catalogue builder: the shipped base for the default options (unless ``retrain``); else
     tokenizer, random init, rule-diverse SFT, and the bar measured and saved beside the weights."""
     from services.learner.sft_data import SFTConversation, tokenize_sft
-    from sftrl.models.prepare import BuildResult
 
     if ships(options, SHIPPED):
         return copy_shipped(SHIPPED, out_dir, report)
@@ -159,9 +159,7 @@ def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) ->
         "intervals_95": bar_intervals(bar["metrics"], BAR_RULES),
     }  # fmt: skip
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    return BuildResult(
-        source=f"made here: SFT from scratch on {len(demos)} rule-diverse GeneralPoints episodes "
-        f"({config.steps} steps, seed {config.seed}); bar in {BAR_FILE}",
-        parameters=sum(p.numel() for p in model.parameters()), architecture=type(model).__name__,
-        dtype="float32", vocab_size=len(tokenizer), max_position_embeddings=1024,
+    return built(
+        model, tokenizer, f"made here: SFT from scratch on {len(demos)} rule-diverse GeneralPoints episodes "
+        f"({config.steps} steps, seed {config.seed}); bar in {BAR_FILE}", 1024,
     )  # fmt: skip

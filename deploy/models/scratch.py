@@ -206,6 +206,17 @@ def bar_intervals(metrics: dict[str, float], suites: Iterable[str]) -> dict[str,
     return out
 
 
+def built(model: Any, tokenizer: Any, source: str, max_positions: int) -> Any:
+    """The catalogue's record of a base made here: its source sentence and the model's shape."""
+    from sftrl.models.prepare import BuildResult
+
+    return BuildResult(
+        source=source, parameters=sum(p.numel() for p in model.parameters()),
+        architecture=type(model).__name__, dtype="float32", vocab_size=len(tokenizer),
+        max_position_embeddings=max_positions,
+    )  # fmt: skip
+
+
 def copy_shipped(shipped: Path, out_dir: Path, report: Callable[[str], None]) -> Any:
     """A base shipped with sftrl (made by its builder with the default options): copied, and its
     weights checked against the record it was shipped with."""

@@ -25,6 +25,7 @@ from deploy.models.scratch import (
     SHIPPED_ROOT,
     ScratchRecipe,
     bar_intervals,
+    built,
     copy_shipped,
     greedy_bar,
     initial_llama,
@@ -175,7 +176,6 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
     """The catalogue builder: the shipped base for the default options (unless ``retrain``); else
     towns' episodes, tokenizer, random init, SFT, and the bar measured and saved beside the weights."""
     from services.learner.sft_data import SFTConversation, tokenize_sft
-    from sftrl.models.prepare import BuildResult
 
     if ships(options, SHIPPED):
         return copy_shipped(SHIPPED, out_dir, report)
@@ -209,9 +209,7 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
         "intervals_95": bar_intervals(bar["metrics"], BAR_SUITES),
     }  # fmt: skip
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    return BuildResult(
-        source=f"made here: SFT from scratch on {len(demos)} route-following episodes in "
-        f"{config.towns} towns ({config.steps} steps, seed {config.seed}); bar in {BAR_FILE}",
-        parameters=sum(p.numel() for p in model.parameters()), architecture=type(model).__name__,
-        dtype="float32", vocab_size=len(tokenizer), max_position_embeddings=MODEL_LEN,
+    return built(
+        model, tokenizer, f"made here: SFT from scratch on {len(demos)} route-following episodes in "
+        f"{config.towns} towns ({config.steps} steps, seed {config.seed}); bar in {BAR_FILE}", MODEL_LEN,
     )  # fmt: skip
