@@ -208,6 +208,7 @@ def test_a_dead_writers_temporaries_go_at_the_next_run_start_whatever_pid_or_hos
     first.learner = FileLearner()  # type: ignore[assignment]
     first.global_step = 1
     step1 = first._save(0, 1, final=False)
+    first.close()  # its process would be dead: the kernel drops a dead writer's folder lock
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     root = tmp_path / "r" / "checkpoints"
     left = [root / ".step-000002.tmp-1", root / f".step-000002.tmp-{other.pid}",

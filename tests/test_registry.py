@@ -192,6 +192,27 @@ def test_run_writer_survives_losing_redis_and_catches_up(tmp_path: Path, run_dir
     LocalRedis(tmp_path / "redis-down").release(force=True)
 
 
+def test_a_run_started_over_drops_the_records_of_checkpoints_it_no_longer_holds(
+    registry: Registry, run_dir: Path
+) -> None:
+    """`--restart` moves the folder aside: the run's writer, starting, forgets the old checkpoints (a
+    resumed run keeps those its folder still holds), so `gp-sft@30` never names a moved folder."""
+    resync(registry, [run_dir])
+    shutil.rmtree(run_dir / "checkpoints" / "step-000030")  # pruned while no writer ran
+    run, _, _ = read_run(run_dir)
+    registrar = RunRegistrar(registry, run)  # a resume
+    registrar.close()
+    assert [c.step for c in registry.list_checkpoints("gp-sft")] == [10, 20]
+    aside = run_dir.rename(run_dir.with_name("gp-sft.old-20261206T000000Z"))
+    run_dir.mkdir()
+    shutil.copy(aside / "resolved_config.yaml", run_dir / "resolved_config.yaml")
+    registrar = RunRegistrar(registry, read_run(run_dir)[0])  # started over
+    registrar.close()
+    assert registrar.run_id == "gp-sft" and registry.list_checkpoints("gp-sft") == []
+    with pytest.raises(RegistryError, match="no registered checkpoint"):
+        registry.resolve_checkpoint("gp-sft")
+
+
 # -- evaluation requests are validated against the registry -----------------------------------------------
 
 

@@ -7,7 +7,10 @@ aside. One real run (real DeepSpeed, vLLM and Ray, the tiny model, 4 SFT steps) 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,10 @@ from click.testing import CliRunner
 
 from deploy.cli import main
 from deploy.train.config import TrainConfig
+from deploy.train.folder_lock import RunFolderBusy, RunFolderLock
 from deploy.train.loop import Trainer, load_train_config
 from deploy.train.metrics import read_metrics
-from deploy.train.resume import config_differences
+from deploy.train.resume import ResumeRefused, config_differences
 from tests.test_cli_errors import assert_clean
 from tests.test_train import BASE, FIRST_ANSWERS, sft_stage
 
@@ -162,7 +166,39 @@ def test_a_folder_that_holds_no_records_or_checkpoints_starts_without_a_question
     starts it, and a config written by an earlier attempt does not matter."""
     base = ["model=tiny", f"output_dir={tmp_path}", "run_name=r", "tensorboard=false", "learner.precision=fp32",
             "rollout.engine.dtype=float32"]  # fmt: skip
-    Trainer(load_train_config(None, [*base, "seed=5"]))  # writes the folder and its config
+    Trainer(load_train_config(None, [*base, "seed=5"])).close()  # writes the folder and its config
     trainer = Trainer(load_train_config(None, base), resume=True)
     assert trainer.resume_state is None and not list(tmp_path.glob("r.old-*"))
     assert yaml.safe_load((tmp_path / "r" / "resolved_config.yaml").read_text())["seed"] == 0
+
+
+@pytest.mark.fault
+def test_a_run_folder_has_one_writer_at_a_time(tmp_path):
+    """A second driver of a folder that another process is writing is refused, with who holds it; the
+    kernel frees the folder when its writer dies, even by SIGKILL, so a crash never leaves it locked."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import pathlib, sys, time; from deploy.train.folder_lock import RunFolderLock; "
+         "lock = RunFolderLock(pathlib.Path(sys.argv[1])); print('held', flush=True); time.sleep(120)", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, out = train(tmp_path)
+        assert code == USAGE and f"is being written by another run now (pid {holder.pid} on" in out, out
+        assert "Traceback" not in out and len(out.strip().splitlines()) == 1
+        assert not (tmp_path / "r").exists()  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+    config = load_train_config(None, [*RUN, f"output_dir={tmp_path}"])
+    first = Trainer(config)  # the dead holder's lock went with it
+    with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()} on"):
+        Trainer(load_train_config(None, [*RUN, f"output_dir={tmp_path}"]), resume=True)
+    first.close()
+    Trainer(load_train_config(None, [*RUN, f"output_dir={tmp_path}"]), resume=True).close()
+    lock = tmp_path / ".r.lock"
+    lock.unlink()
+    lock.symlink_to(tmp_path / "elsewhere")  # planted on a shared volume: never followed
+    with pytest.raises(ResumeRefused, match="is a link, not a run's lock file"):
+        RunFolderLock(tmp_path / "r")
+    assert not (tmp_path / "elsewhere").exists()

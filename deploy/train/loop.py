@@ -26,6 +26,7 @@ from deploy.evaluate.suites import evaluate, suite_metrics
 from deploy.train.combination import sft_weight, split_by_pass_rate
 from deploy.train.config import RLStage, SFTStage, TrainConfig
 from deploy.train.data import TrainingData, epoch_order, rows_for_step
+from deploy.train.folder_lock import RunFolderLock
 from deploy.train.metrics import MetricsLog, plot_run
 from deploy.train.registry_sync import RunRegistrar
 from deploy.train.resume import claim_run_folder
@@ -85,6 +86,16 @@ class Trainer:
         self.console = console or Console()
         self.run_dir = Path(config.output_dir) / config.run_name
         self.ckpt_root = self.run_dir / "checkpoints"
+        self.folder_lock = RunFolderLock(self.run_dir)  # this run is the folder's one writer until close()
+        try:
+            self._claim(resume, restart)
+        except BaseException:
+            self.folder_lock.release()
+            raise
+
+    def _claim(self, resume: bool, restart: bool) -> None:
+        """The folder made ready for this run (continued, started, or moved aside and started)."""
+        config = self.config
         self.resume_state = self._load_state() if resume else None
         config.env.options = resolve_options(config.env.id, config.env.options)
         notes = _resolve_hardware(config, self.console)  # before the comparison: the old config holds these
@@ -328,6 +339,7 @@ class Trainer:
         from sftrl.ray_setup import init_ray
 
         with contextlib.ExitStack() as stack:
+            stack.callback(self.close)
             self.registrar = self._open_registrar(stack)
             status = "failed"
             try:
@@ -342,6 +354,10 @@ class Trainer:
             finally:
                 if self.registrar is not None:
                     self.registrar.finish(status)
+
+    def close(self) -> None:
+        """Give the run folder up to another writer (``run`` does this when it ends)."""
+        self.folder_lock.release()
 
     @contextlib.contextmanager
     def _stop_on_sigterm(self) -> Iterator[None]:

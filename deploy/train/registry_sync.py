@@ -198,9 +198,17 @@ class RunRegistrar:
         self._beat.start()
 
     def _register(self, registry: Registry) -> None:
-        """(Re-)register this run as running, leased: the folder's id is kept, or one is given."""
+        """(Re-)register this run as running, leased: the folder's id is kept, or one is given. Records
+        of checkpoints the folder no longer holds go (a run started over has none of its old ones)."""
         leased = self.run.model_copy(update={"status": "running", "lease_until": time.time() + self.lease_s})
         self.run = registry.register_run(leased)
+        held = {
+            str(folder.resolve())
+            for _, folder in CheckpointManager(Path(self.run.run_dir) / "checkpoints").steps()
+        }
+        for old in registry.list_checkpoints(self.run_id):
+            if old.path not in held:  # compared, never opened: the record's path is not trusted
+                registry.forget_checkpoint(old.checkpoint_id)
 
     @property
     def run_id(self) -> str:
