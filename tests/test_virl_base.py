@@ -9,7 +9,13 @@ import re
 import pytest
 
 from deploy.models import virl_base
-from deploy.models.virl_base import BAR_SUITES, VIRLBaseConfig, demonstrations
+from deploy.models.virl_base import (
+    BAR_SUITES,
+    VIRLBaseConfig,
+    copy_conversations,
+    cut_conversations,
+    demonstrations,
+)
 from services.envs.virl.headings import COMPASS, RELATIVE
 
 CITY = re.compile(r"^Walk through (.+?) from ")
@@ -82,9 +88,22 @@ def test_data_tokenizer_and_initial_weights_are_fixed_by_the_seed():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cut_rows_end_with_one_of_their_first_answers():
-    demos = demonstrations(VIRLBaseConfig(episodes=120, steps=1, short_share=0.5, short_answers=3))
-    answers = [sum(m["role"] == "assistant" for m in d.messages) for d in demos]
-    cut = [n for n in answers if n <= 3]
-    assert 0.35 < len(cut) / len(demos) < 0.65 and set(cut) == {1, 2, 3}
-    assert all(d.messages[-1]["role"] == "assistant" for d in demos)
+def test_cut_rows_end_with_one_of_their_first_answers_and_copy_rows_repeat_the_towns_sentences():
+    demos = demonstrations(VIRLBaseConfig(episodes=40, steps=1))
+    cut = cut_conversations(demos, 120, 3, seed=0)
+    answers = [sum(m["role"] == "assistant" for m in c.messages) for c in cut]
+    assert set(answers) == {1, 2, 3} and all(c.messages[-1]["role"] == "assistant" for c in cut)
+    assert [c.messages for c in cut[:40]] == [d.messages[: len(c.messages)] for c, d in zip(cut, demos)]
+    texts = {
+        line for d in demos for m in d.messages if m["role"] == "user" for line in m["content"].split("\n")
+    }
+    for row in copy_conversations(demos, 50, seed=0):
+        prompt, answer = row.messages[0]["content"], row.messages[1]["content"]
+        assert prompt == "Repeat: " + answer and any(answer.split(". ")[0] in t for t in texts)
+
+
+def test_reduced_recipes_keep_the_curriculum_in_proportion():
+    full = VIRLBaseConfig()
+    small = full.scaled(366)
+    assert small.total_steps == 366 and (small.copy_steps, small.whole_steps) == (40, 100)
+    assert full.scaled(full.total_steps) == full

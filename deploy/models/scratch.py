@@ -123,10 +123,27 @@ def initial_llama(shape: LlamaShape, tokenizer: Any, seed: int) -> Any:
     return model
 
 
+@dataclass(frozen=True)
+class DataPhase:
+    """Steps of one schedule that draw their batches from ``rows`` (a curriculum: phases in turn)."""
+
+    rows: list[Any]
+    steps: int
+    batch_size: int
+
+
 def sft_from_scratch(
     model_dir: Path, rows: list[Any], schedule: SFTSchedule, report: Callable[[str], None]
 ) -> list[dict[str, float]]:
     """SFT through the learner, in this process; the trained weights replace ``model_dir``'s."""
+    return sft_phases(model_dir, [DataPhase(rows, schedule.steps, schedule.batch_size)], schedule, report)
+
+
+def sft_phases(
+    model_dir: Path, phases: Sequence[DataPhase], schedule: SFTSchedule, report: Callable[[str], None]
+) -> list[dict[str, float]]:
+    """:func:`sft_from_scratch` over data phases in turn, under one learning-rate schedule of
+    ``schedule.steps`` (the phases' steps summed); each phase's rows are shuffled once per pass."""
     import numpy as np
     from safetensors.torch import save_file
 
@@ -146,15 +163,10 @@ def sft_from_scratch(
         master_port=29_400 + s.seed % 500,
     )  # fmt: skip
     rng = np.random.default_rng(s.seed)
-    order = rng.permutation(len(rows))
     log: list[dict[str, float]] = []
-    start, position = time.perf_counter(), 0
+    start = time.perf_counter()
     try:
-        for step in range(s.steps):
-            if position + s.batch_size > len(order):
-                order, position = rng.permutation(len(rows)), 0
-            batch = [rows[int(i)] for i in order[position : position + s.batch_size]]
-            position += s.batch_size
+        for step, batch in enumerate(_phase_batches(phases, rng)):
             out = learner.sft_step(batch)
             log.append({"step": step + 1, "loss": out["loss"], "lr": out["lr"], "seconds": out["seconds"]})
             if (step + 1) % 25 == 0 or step + 1 == s.steps:
@@ -170,6 +182,16 @@ def sft_from_scratch(
         {k: v.contiguous() for k, v in state.items()}, str(model_dir / "model.safetensors"), {"format": "pt"}
     )
     return log
+
+
+def _phase_batches(phases: Sequence[DataPhase], rng: Any) -> Iterator[list[Any]]:
+    for phase in phases:
+        order, position = rng.permutation(len(phase.rows)), 0
+        for _ in range(phase.steps):
+            if position + phase.batch_size > len(order):
+                order, position = rng.permutation(len(phase.rows)), 0
+            yield [phase.rows[int(i)] for i in order[position : position + phase.batch_size]]
+            position += phase.batch_size
 
 
 def greedy_bar(

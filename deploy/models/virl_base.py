@@ -14,6 +14,7 @@ The towns are named here (:data:`TRAINING_TOWNS`); every city an evaluation suit
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +24,15 @@ from pydantic import Field
 
 from deploy.models.scratch import (
     SHIPPED_ROOT,
+    DataPhase,
     ScratchRecipe,
+    SFTSchedule,
     bar_intervals,
     built,
     copy_shipped,
     greedy_bar,
     initial_llama,
-    sft_from_scratch,
+    sft_phases,
     ships,
     word_tokenizer,
 )
@@ -55,20 +58,40 @@ MODEL_LEN = 4096
 
 
 class VIRLBaseConfig(ScratchRecipe):
-    """How the base is made; the defaults are what ``sftrl models prepare virl-base`` runs. One row per
-    micro-batch: with no padding mask, attention takes PyTorch's causal fast path."""
+    """How the base is made; the defaults are what ``sftrl models prepare virl-base`` runs.
+
+    A curriculum, because a model this small learns to copy from its context only in short rows: first
+    ``copy_steps`` of "Repeat: <sentences of the towns' prompts>" rows, then ``steps`` of rows cut after
+    their first 1 to ``short_answers`` answers (one schedule at ``lr``), then ``whole_steps`` of whole
+    episodes at ``whole_lr`` (a second schedule: the later points of a route). One row per micro-batch:
+    with no padding mask, attention takes PyTorch's causal fast path."""
 
     prompt_style: str = "compact"
     towns: int = Field(len(TRAINING_TOWNS), ge=1, le=len(TRAINING_TOWNS))
     wrong_rate: float = Field(0.1, ge=0, le=1, description="share of points whose first attempt is wrong")
-    episodes: int | None = Field(None, ge=1, description="routes played; None: each seen once")
-    short_share: float = Field(0.0, ge=0, le=1, description="share of rows cut after their first few answers")
+    episodes: int = Field(3000, ge=1, description="routes played (each cut several ways, and whole)")
+    copy_steps: int = Field(400, ge=0)
+    copy_batch: int = Field(16, ge=1)
+    steps: int = Field(2260, ge=1, description="steps of cut rows")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
     short_answers: int = Field(3, ge=1, description="a cut row keeps 1 to this many answers")
-    steps: int = Field(400, ge=1)
-    batch_size: int = Field(16, ge=1)
+    whole_steps: int = Field(1000, ge=0)
+    whole_batch: int = Field(2, ge=1)
+    whole_lr: float = Field(5e-4, gt=0)
     micro_batch_size: int = Field(1, ge=1)
     max_len: int = Field(3584, ge=256)
     eval_episodes: int | None = Field(None, ge=1, description="per suite; None: 256, or 64 below 200 steps")
+
+    def scaled(self, total_steps: int) -> VIRLBaseConfig:
+        """The recipe at another size: its three phases in the same proportions, ``total_steps`` in all."""
+        full = self.copy_steps + self.steps + self.whole_steps
+        part = {k: round(getattr(self, k) * total_steps / full) for k in ("copy_steps", "whole_steps")}
+        return self.model_copy(update={**part, "steps": max(1, total_steps - sum(part.values()))})
+
+    @property
+    def total_steps(self) -> int:
+        return self.copy_steps + self.steps + self.whole_steps
 
 
 def play_route(env: Any, seed: int, wrong_rate: float, rng: Any, episode_id: str) -> Any:
@@ -104,7 +127,7 @@ def demonstrations(config: VIRLBaseConfig) -> list[Any]:
     import services.envs  # noqa: F401  (registers the environments)
 
     towns = TRAINING_TOWNS[: config.towns]
-    episodes = config.episodes or max(64, config.steps * config.batch_size)
+    episodes = config.episodes
     rng = np.random.default_rng(config.seed)
     envs = {
         (town, space): gym.make(VIRL, city=town, actions=space, prompt_style=config.prompt_style)
@@ -118,15 +141,57 @@ def demonstrations(config: VIRLBaseConfig) -> list[Any]:
             env = envs[(towns[i % len(towns)], space)]
             out.append(play_route(env, config.seed * 1_000_003 + i, config.wrong_rate, rng, f"virl-base-{i}"))
             out[-1].meta["actions"] = space
-            # short rows: more first answers per token of compute (no draw at 0: whole-episode data stays as made)
-            if config.short_share and rng.random() < config.short_share:
-                keep = 2 * int(rng.integers(1, config.short_answers + 1))
-                out[-1].messages = out[-1].messages[:keep]
-                out[-1].images = out[-1].images[:keep]
         return out
     finally:
         for env in envs.values():
             env.close()
+
+
+def cut_conversations(demos: list[Any], rows: int, short_answers: int, seed: int) -> list[Any]:
+    """``rows`` conversations, episodes in turn, each cut after its first 1 to ``short_answers`` answers
+    (more first answers per token of compute; drawn per row, so an episode is cut several ways)."""
+    import numpy as np
+
+    from services.learner.sft_data import SFTConversation
+
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for i in range(rows):
+        demo = demos[i % len(demos)]
+        keep = 2 * int(rng.integers(1, short_answers + 1))
+        out.append(SFTConversation(f"{demo.episode_id}-cut{i}", demo.messages[:keep]))
+    return out
+
+
+def copy_conversations(demos: list[Any], rows: int, seed: int) -> list[Any]:
+    """ "Repeat: <text>" answered with the text: 1 to 3 sentences of one episode's observations and
+    route, so the model learns to copy from its context before it must copy names into answers."""
+    import numpy as np
+
+    from services.learner.sft_data import SFTConversation
+
+    rng = np.random.default_rng(seed + 2)
+    pools = [_sentences(d) for d in demos]
+    out = []
+    for i in range(rows):
+        pool = pools[int(rng.integers(len(pools)))]
+        text = " ".join(pool[int(j)] for j in rng.integers(0, len(pool), int(rng.integers(1, 4))))
+        out.append(SFTConversation(f"copy{i}", [{"role": "user", "content": "Repeat: " + text},
+                                                {"role": "assistant", "content": text}]))  # fmt: skip
+    return out
+
+
+def _sentences(demo: Any) -> list[str]:
+    """The observation and route lines of an episode's prompts, without their labels or numbers."""
+    found = []
+    for message in demo.messages:
+        if message["role"] != "user":
+            continue
+        for line in message["content"].split("\n"):
+            line = re.sub(r"^(?:Current observation|Observation): |^\d+\. ", "", line)
+            if len(line) < 200 and ("intersection" in line or "face" in line or "forward" in line):
+                found.append(line)
+    return found
 
 
 def bar_routes(episodes: int) -> set[tuple[str, ...]]:
@@ -169,17 +234,50 @@ def measure_bar(model_dir: Path, config: VIRLBaseConfig) -> dict[str, Any]:
 
 
 def bar_episodes(config: VIRLBaseConfig) -> int:
-    return config.eval_episodes or (256 if config.steps >= 200 else 64)
+    return config.eval_episodes or (256 if config.total_steps >= 200 else 64)
+
+
+def curriculum_rows(demos: list[Any], tokenizer: Any, config: VIRLBaseConfig) -> dict[str, list[Any]]:
+    """The three phases' rows: copy rows (each seen once), cut rows (drawn per row), whole episodes."""
+    from services.learner.sft_data import SFTConversation, tokenize_sft
+
+    return {
+        "copy": tokenize_sft(copy_conversations(demos, max(1, config.copy_steps * config.copy_batch), config.seed),
+                             tokenizer, config.max_len),
+        "cut": tokenize_sft(cut_conversations(demos, config.steps * config.batch_size, config.short_answers, config.seed),
+                            tokenizer, config.max_len),
+        "whole": tokenize_sft((SFTConversation(d.episode_id, d.messages) for d in demos), tokenizer, config.max_len),
+    }  # fmt: skip
+
+
+def train_curriculum(
+    model_dir: Path, rows: dict[str, list[Any]], config: VIRLBaseConfig, report: Callable[[str], None]
+) -> list[dict[str, float]]:
+    """Copy then cut rows under one schedule at ``lr``; then whole episodes under another at ``whole_lr``."""
+    first = [DataPhase(rows["copy"], config.copy_steps, config.copy_batch),
+             DataPhase(rows["cut"], config.steps, config.batch_size)]  # fmt: skip
+    c = config
+    log = sft_phases(
+        model_dir, [p for p in first if p.steps],
+        SFTSchedule(c.seed, c.copy_steps + c.steps, c.batch_size, c.micro_batch_size, c.lr, c.warmup_steps), report,
+    )  # fmt: skip
+    if c.whole_steps:
+        report("whole episodes: the later points of a route")
+        log += sft_phases(
+            model_dir, [DataPhase(rows["whole"], c.whole_steps, c.whole_batch)],
+            SFTSchedule(c.seed, c.whole_steps, c.whole_batch, c.micro_batch_size, c.whole_lr, c.warmup_steps), report,
+        )  # fmt: skip
+    return log
 
 
 def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) -> Any:
     """The catalogue builder: the shipped base for the default options (unless ``retrain``); else
-    towns' episodes, tokenizer, random init, SFT, and the bar measured and saved beside the weights."""
-    from services.learner.sft_data import SFTConversation, tokenize_sft
-
+    towns' episodes, tokenizer, random init, the SFT curriculum, and the bar measured and saved beside
+    the weights. ``options.steps`` sets the curriculum's size, its phases in proportion."""
     if ships(options, SHIPPED):
         return copy_shipped(SHIPPED, out_dir, report)
-    config = VIRLBaseConfig(seed=options.seed, **({"steps": options.steps} if options.steps else {}))
+    config = VIRLBaseConfig(seed=options.seed)
+    config = config.scaled(options.steps) if options.steps else config
     start = time.perf_counter()
     report("writing route-following episodes in the training towns")
     demos = demonstrations(config)
@@ -191,17 +289,18 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
     model = initial_llama(config.shape(MODEL_LEN), tokenizer, config.seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    report(f"tokenising {len(demos)} episodes")
-    rows = tokenize_sft((SFTConversation(d.episode_id, d.messages) for d in demos), tokenizer, config.max_len)
+    report("tokenising the curriculum: copy rows, cut rows, whole episodes")
+    rows = curriculum_rows(demos, tokenizer, config)
     data_s = time.perf_counter() - start
-    log = sft_from_scratch(out_dir, rows, config.schedule(), report)
+    log = train_curriculum(out_dir, rows, config, report)
     train_s = time.perf_counter() - start - data_s
     report("measuring the bar (greedy episodes on held-out routes, both action spaces)")
     bar = measure_bar(out_dir, config)
     summary = {
         "config": config.model_dump(), "bar_suites": BAR_SUITES, "held_out_cities": HELD_OUT_CITIES,
         "machine": cpu_facts(), "precision": "{} ({})".format(*resolve_precision("auto", "cpu")),
-        "episodes": len(demos), "rows": len(rows), "row_tokens_mean": sum(map(len, rows)) / max(1, len(rows)),
+        "episodes": len(demos), "rows": {k: len(v) for k, v in rows.items()},
+        "row_tokens_mean": {k: sum(map(len, v)) / max(1, len(v)) for k, v in rows.items()},
         "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
         "first_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
         "loss_every_25": [r["loss"] for r in log[24::25]],
@@ -211,5 +310,5 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return built(
         model, tokenizer, f"made here: SFT from scratch on {len(demos)} route-following episodes in "
-        f"{config.towns} towns ({config.steps} steps, seed {config.seed}); bar in {BAR_FILE}", MODEL_LEN,
+        f"{config.towns} towns ({config.total_steps} steps, seed {config.seed}); bar in {BAR_FILE}", MODEL_LEN,
     )  # fmt: skip
