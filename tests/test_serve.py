@@ -126,9 +126,10 @@ def test_evaluation_over_http_matches_the_in_process_evaluation(
 
     env = {**os.environ, "REDIS_URL": registry_server}
     cmd = [sys.executable, "-m", "deploy.cli", "evaluate", "gp@20", "--suite", "id", "--episodes", "12", "--seed", "5",
-           "--threads", "2", "--checkpoint-root", str(serve_runs)]  # fmt: skip
+           "--threads", "2", "--checkpoint-root", str(serve_runs), "--dtype", "auto", "--max-model-len", "8192"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "context 8192 tokens" in done.stdout, done.stdout  # as asked (the server uses the model's own)
     with Registry(registry_server) as reg:
         in_process = [e for e in reg.list_evaluations("gp@20") if e.eval_id != eval_id and e.status == "done"]
         assert len(in_process) == 1

@@ -75,13 +75,18 @@ def registry_resync(roots: tuple[Path, ...], prune: bool) -> None:
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Engine precision; auto: bfloat16 where the hardware computes it natively.")  # fmt: skip
+@click.option("--max-model-len", type=click.IntRange(min=128), default=None,
+              help="Engine context in tokens (default: the model's own; more is refused).")  # fmt: skip
 @click.option("--checkpoint-root", "checkpoint_roots", multiple=True, type=click.Path(file_okay=False),
               help="A folder checkpoints may be loaded from (repeatable; default: $SFTRL_CHECKPOINT_ROOTS, "
                    "else $SFTRL_HOME and this folder).")  # fmt: skip
 @click.pass_context
 def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id: str | None, episodes: int,
                  samples: int, seed: int, temperature: float | None, max_tokens: int | None, device: str,
-                 threads: int | None, checkpoint_roots: tuple[str, ...]) -> None:  # fmt: skip
+                 threads: int | None, dtype: str, max_model_len: int | None,
+                 checkpoint_roots: tuple[str, ...]) -> None:  # fmt: skip
     """Evaluate CHECKPOINT (RUN@STEP, or RUN for its latest) in this process; stored in the registry."""
     import redis
 
@@ -107,7 +112,8 @@ def evaluate_cmd(ctx: click.Context, checkpoint: str, suite: str | None, env_id:
         }
     request = build(EvalRequest, {"checkpoint": checkpoint, "suite": target, "episodes": episodes,
                                   "samples": samples, "seed": seed, "sampling": sampling}, source="evaluation")  # fmt: skip
-    overrides = {"device": device, **({"threads": threads} if threads else {})}
+    overrides = {"device": device, "dtype": dtype, "max_model_len": max_model_len,
+                 **({"threads": threads} if threads else {})}  # fmt: skip
     try:
         with open_registry() as registry:
             evaluate_command(console, registry, request, overrides, checkpoint_roots)

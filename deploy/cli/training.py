@@ -41,7 +41,8 @@ def models_group() -> None:
     "--steps",
     type=click.IntRange(min=1),
     default=None,
-    help="gp-base, virl-base: SFT steps (default: the recipe's, 1200 and 400).",
+    help="gp-base, virl-base: SFT steps (default: the recipe's, 1200 and 3660; virl-base keeps its "
+    "curriculum's phases in proportion).",
 )
 @click.option("--retrain", is_flag=True, default=None,
               help="gp-base, virl-base: train it here (about an hour on 2 cores) instead of copying the shipped one.")  # fmt: skip
