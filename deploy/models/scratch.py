@@ -160,7 +160,7 @@ def sft_phases(
             model=str(model_dir), micro_batch_size=s.micro_batch_size, micro_batch_tokens=s.micro_batch_tokens,
             optim=optim, seed=s.seed, precision=resolve_precision("auto", "cpu")[0],
         ),
-        master_port=29_400 + s.seed % 500,
+        master_port=_free_local_port(),  # never a fixed one: two builds, or a build and a test, at once
     )  # fmt: skip
     rng = np.random.default_rng(s.seed)
     log: list[dict[str, float]] = []
@@ -182,6 +182,14 @@ def sft_phases(
         {k: v.contiguous() for k, v in state.items()}, str(model_dir / "model.safetensors"), {"format": "pt"}
     )
     return log
+
+
+def _free_local_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _phase_batches(phases: Sequence[DataPhase], rng: Any) -> Iterator[list[Any]]:
