@@ -85,8 +85,9 @@ class VIRLBaseConfig(ScratchRecipe):
 
     def scaled(self, total_steps: int) -> VIRLBaseConfig:
         """The recipe at another size: its three phases in the same proportions, ``total_steps`` in all."""
-        full = self.copy_steps + self.steps + self.whole_steps
-        part = {k: round(getattr(self, k) * total_steps / full) for k in ("copy_steps", "whole_steps")}
+        part = {
+            k: round(getattr(self, k) * total_steps / self.total_steps) for k in ("copy_steps", "whole_steps")
+        }
         return self.model_copy(update={**part, "steps": max(1, total_steps - sum(part.values()))})
 
     @property
@@ -127,7 +128,6 @@ def demonstrations(config: VIRLBaseConfig) -> list[Any]:
     import services.envs  # noqa: F401  (registers the environments)
 
     towns = TRAINING_TOWNS[: config.towns]
-    episodes = config.episodes
     rng = np.random.default_rng(config.seed)
     envs = {
         (town, space): gym.make(VIRL, city=town, actions=space, prompt_style=config.prompt_style)
@@ -136,7 +136,7 @@ def demonstrations(config: VIRLBaseConfig) -> list[Any]:
     }
     try:
         out = []
-        for i in range(episodes):
+        for i in range(config.episodes):
             space = ("absolute", "relative")[int(rng.integers(2))]
             env = envs[(towns[i % len(towns)], space)]
             out.append(play_route(env, config.seed * 1_000_003 + i, config.wrong_rate, rng, f"virl-base-{i}"))
