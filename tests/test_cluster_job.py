@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import requests
 import yaml
 
+from sftrl.ports import free_loopback_port
 from sftrl.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -25,22 +25,16 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> str:
     """A one-node Ray cluster started the way a user starts one; yields the job-submission address."""
     temp_dir = Path("/tmp") / f"sftrl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    dash = _free_port()
+    dash = free_loopback_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # the token of conftest's use_local_token
     env.pop("RAY_ADDRESS", None)
     # --block keeps `ray start` in the foreground: stopping its process group stops this cluster only
     # (`ray stop` would stop every Ray on the machine, other users' included).
-    start = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
+    start = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(free_loopback_port()),
              "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(dash), "--temp-dir", str(temp_dir), "--disable-usage-stats"]  # fmt: skip
     head = subprocess.Popen(

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from deploy.train.registry_sync import resync
+from sftrl.ports import free_loopback_port
 from sftrl.registry import Registry
 from tests.run_folders import make_run_folder
 
@@ -30,12 +31,6 @@ RUN_CONFIG = {
     "eval": {"sampling": {"temperature": 1.0, "max_tokens": 24, "seed": 3}},
     "rollout": {"engine": {"dtype": "float32", "kv_cache_gib": 1, "max_model_len": 2048}},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +51,7 @@ def endpoint(serve_runs: Path, tiny_model: Path, registry_server: str) -> Any:
     with Registry(registry_server) as reg:
         reg.redis.flushdb()
         resync(reg, [root])
-    port = _free_port()
+    port = free_loopback_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"redis_url": registry_server, "token": TOKEN, "max_episodes": 64, "max_concurrent_evals_per_token": 1,

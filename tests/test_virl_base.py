@@ -107,3 +107,28 @@ def test_reduced_recipes_keep_the_curriculum_in_proportion():
     small = full.scaled(366)
     assert small.total_steps == 366 and (small.copy_steps, small.whole_steps) == (40, 100)
     assert full.scaled(full.total_steps) == full
+
+
+def test_fresh_names_rename_a_towns_places_one_to_one_and_keep_the_episode_consistent():
+    from services.envs.virl.names import MAX_NAME_CHARS
+
+    plain = demonstrations(VIRLBaseConfig(episodes=48, steps=1))
+    fresh = demonstrations(VIRLBaseConfig(episodes=48, steps=1, fresh_names=True))
+    virl_base.check_held_out(fresh, 64)
+    renamed = 0
+    for before, after in zip(plain, fresh):
+        start, destination = before.meta["route"][:2]
+        new_start, new_destination = after.meta["route"][:2]
+        assert len(new_start) <= MAX_NAME_CHARS and (new_start == new_destination) == (start == destination)
+        # the same words around the names: only names change, and each old name maps to one new name
+        skeleton = re.compile(r"[A-Z][\w']*(?: [A-Z][\w']*)*")
+        assert [skeleton.sub("N", m["content"]) for m in before.messages] == [
+            skeleton.sub("N", m["content"]) for m in after.messages
+        ]
+        pairs = {(a, b) for x, y in zip(before.messages, after.messages)
+                 for a, b in zip(skeleton.findall(x["content"]), skeleton.findall(y["content"]))}  # fmt: skip
+        assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})  # one to one
+        renamed += new_start != start
+        joined = "\n".join(m["content"] for m in after.messages)
+        assert new_start in joined and new_destination in joined
+    assert renamed >= 40  # a town's names no longer predict an episode's

@@ -17,6 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ class VIRLBaseConfig(ScratchRecipe):
     prompt_style: str = "compact"
     towns: int = Field(len(TRAINING_TOWNS), ge=1, le=len(TRAINING_TOWNS))
     wrong_rate: float = Field(0.1, ge=0, le=1, description="share of points whose first attempt is wrong")
+    fresh_names: bool = Field(
+        False, description="re-draw a town's place names per episode: names must be copied, not recalled"
+    )
     episodes: int = Field(3000, ge=1, description="routes played (each cut several ways, and whole)")
     copy_steps: int = Field(400, ge=0)
     copy_batch: int = Field(16, ge=1)
@@ -134,17 +138,51 @@ def demonstrations(config: VIRLBaseConfig) -> list[Any]:
         for town in towns
         for space in ("absolute", "relative")
     }
+    names_rng = np.random.default_rng(config.seed + 3)
     try:
         out = []
         for i in range(config.episodes):
             space = ("absolute", "relative")[int(rng.integers(2))]
             env = envs[(towns[i % len(towns)], space)]
-            out.append(play_route(env, config.seed * 1_000_003 + i, config.wrong_rate, rng, f"virl-base-{i}"))
+            demo = play_route(env, config.seed * 1_000_003 + i, config.wrong_rate, rng, f"virl-base-{i}")
+            out.append(with_fresh_names(demo, names_rng) if config.fresh_names else demo)
             out[-1].meta["actions"] = space
         return out
     finally:
         for env in envs.values():
             env.close()
+
+
+@lru_cache(maxsize=64)
+def _town_places(town: str) -> tuple[tuple[str, ...], re.Pattern[str]]:
+    """A town's place names, longest first, and one pattern that finds any of them."""
+    from services.envs.virl.city import generate_city, normalise_city_name
+    from services.envs.virl.env import CITY_SEED
+
+    names = tuple(sorted({p.name for p in generate_city(normalise_city_name(town), CITY_SEED).places},
+                         key=lambda n: (-len(n), n)))  # fmt: skip
+    return names, re.compile("|".join(re.escape(n) for n in names))
+
+
+def with_fresh_names(demo: Any, rng: Any) -> Any:
+    """The episode with its town's place names replaced, one to one, by names drawn anew.
+
+    A town's names are fixed, so a small model can recall them from the town instead of copying
+    them from its prompt, and then miscopies the unseen names of a held-out city; fresh names per
+    episode leave copying as the only way to get them right. Every text of the episode (prompt,
+    observations, answers, feedback, its route record) uses the same mapping, so it stays consistent."""
+    from services.envs.demonstrations import Demonstration
+    from services.envs.virl.names import place_names
+
+    names, pattern = _town_places(demo.meta["city"])
+    fresh = dict(zip(names, (n for n, _kind in place_names(rng, len(names)))))
+
+    def rename(text: str) -> str:
+        return pattern.sub(lambda m: fresh[m.group(0)], text)
+
+    messages = [{**m, "content": rename(m["content"])} for m in demo.messages]
+    meta = {**demo.meta, "route": [rename(part) for part in demo.meta["route"]]}
+    return Demonstration(demo.episode_id, messages, list(demo.images), meta)
 
 
 def cut_conversations(demos: list[Any], rows: int, short_answers: int, seed: int) -> list[Any]:
