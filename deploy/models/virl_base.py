@@ -167,10 +167,10 @@ def _town_places(town: str) -> tuple[tuple[str, ...], re.Pattern[str]]:
 def with_fresh_names(demo: Any, rng: Any) -> Any:
     """The episode with its town's place names replaced, one to one, by names drawn anew.
 
-    A town's names are fixed, so a small model can recall them from the town instead of copying
-    them from its prompt, and then miscopies the unseen names of a held-out city; fresh names per
-    episode leave copying as the only way to get them right. Every text of the episode (prompt,
-    observations, answers, feedback, its route record) uses the same mapping, so it stays consistent."""
+    A town's names are fixed, so a small model could recall them from the town instead of copying
+    them from its prompt; fresh names per episode leave copying as the only way to get them right
+    (off by default: in the measured continuation it copied no better). Every text of the episode
+    (prompt, observations, answers, feedback, its route record) uses the same mapping."""
     from services.envs.demonstrations import Demonstration
     from services.envs.virl.names import place_names
 
