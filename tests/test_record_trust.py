@@ -16,11 +16,12 @@ import pytest
 import requests
 
 from deploy.train.registry_sync import resync
+from sftrl.ports import free_loopback_port
 from sftrl.registry import Registry
 from sftrl.registry.records import EvaluationRecord, SuiteSpec
 from sftrl.registry.store import PREFIX
 from tests.run_folders import make_run_folder
-from tests.test_serve import AUTH, RUN_CONFIG, TOKEN, _free_port, _wait
+from tests.test_serve import AUTH, RUN_CONFIG, TOKEN, _wait
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ def endpoint(
         "rollout": {"engine": _hostile_engine(planted["cache"])},
     }  # fmt: skip
     _rewrite_run(registry_server, "rec", hostile)
-    port = _free_port()
+    port = free_loopback_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"redis_url": registry_server, "token": TOKEN, "max_episodes": 64, "max_concurrent_evals_per_token": 1,
