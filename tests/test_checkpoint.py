@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from sftrl.checkpoint import (
     verify,
     write_trainer_state,
 )
+from sftrl.ports import free_loopback_port
 
 
 def fake_writer(step: int):
@@ -186,12 +186,6 @@ def test_checkpoints_load_only_from_their_roots(tmp_path, monkeypatch):
     assert checkpoint_roots(["x"]) == [(tmp_path / "x").resolve()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
@@ -213,7 +207,7 @@ def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
     })  # fmt: skip
 
     def make() -> LearnerWorker:
-        return LearnerWorker(config, None, 0, 1, "127.0.0.1", free_port(), value_head=True)
+        return LearnerWorker(config, None, 0, 1, "127.0.0.1", free_loopback_port(), value_head=True)
 
     manager = CheckpointManager(tmp_path / "run", keep=1)
     worker = make()

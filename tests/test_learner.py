@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,16 +26,11 @@ from services.learner.sft_data import (
     tokenize_sft,
 )
 from sftrl.models.processor import load_tokenizer_or_processor
+from sftrl.ports import free_loopback_port
 from sftrl.trajectory import Trajectory, Turn
 
 REPO = Path(__file__).resolve().parents[1]
 GP = "sftrl/GeneralPoints-v0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_demos(folder: Path, episodes: int, **options) -> tuple[Path, Path]:
@@ -69,7 +63,9 @@ def make_worker(model: Path, rl: RLConfig | None = None, **kwargs):
     from services.learner.worker import LearnerWorker
 
     flags = {k: kwargs.pop(k) for k in ("value_head", "reference") if k in kwargs}
-    return LearnerWorker(learner_config(model, **kwargs), rl, 0, 1, "127.0.0.1", free_port(), **flags)
+    return LearnerWorker(
+        learner_config(model, **kwargs), rl, 0, 1, "127.0.0.1", free_loopback_port(), **flags
+    )
 
 
 @pytest.fixture(scope="module")
