@@ -975,3 +975,27 @@ def test_renders_are_stable_and_pods_only_name_the_redis_secret(chart: Chart) ->
         if e["name"] == "REDIS_PASSWORD"
     }
     assert refs == {json.dumps({"key": "password", "name": "my-redis"}, sort_keys=True)}
+
+
+@pytest.mark.parametrize("grace", [None, 600])
+def test_every_ray_pod_gives_a_stopping_run_time_for_its_final_checkpoint(
+    chart: Chart, grace: int | None
+) -> None:
+    """Kubernetes' SIGKILL (30 s after SIGTERM by default) and `ray job stop`'s (3 s) both wait the
+    chart's grace, so the run finishes its step and writes its checkpoint; a retry then resumes."""
+    docs = chart.render("laptop", *([] if grace is None else ["--set", f"stopGraceSeconds={grace}"]))
+    expected = grace or 120
+    pods = 0
+    for doc in docs:
+        if doc["kind"] not in RAY_KINDS:
+            continue
+        for name, group in _groups(doc):
+            assert group["template"]["spec"]["terminationGracePeriodSeconds"] == expected, (doc["kind"], name)
+            assert _env(_ray_container(group))["RAY_JOB_STOP_WAIT_TIME_S"] == str(expected), (
+                doc["kind"],
+                name,
+            )
+            pods += 1
+    assert pods >= 2
+    job = _one(docs, "RayJob")
+    assert job["spec"]["backoffLimit"] == 2 and "--resume auto" in job["spec"]["entrypoint"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ from services.learner.sft_data import (
 from sftrl.models.processor import load_tokenizer_or_processor
 from sftrl.ports import free_loopback_port
 from sftrl.trajectory import Trajectory, Turn
+from tests.listeners import beyond_loopback, listening_sockets
 
 REPO = Path(__file__).resolve().parents[1]
 GP = "sftrl/GeneralPoints-v0"
@@ -381,9 +383,9 @@ def test_turns_scored_in_their_episodes_forward_equal_their_own(tiny_model):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
+    from sftrl.ray_setup import init_ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # 2 cores, logically 4
+    ray = init_ray(num_cpus=4)  # as sftrl starts it: 2 cores, logically 4
     yield ray
     ray.shutdown()
 
@@ -405,6 +407,10 @@ def test_group_of_two_ranks_over_ray(local_ray, tiny_model, gp_examples):
     rl = RLConfig(algorithm="grpo", epochs=1)
     group = LearnerGroup(config, rl)
     try:
+        # the ranks met through a file and talk over loopback: nothing of theirs listens beyond it
+        pids = local_ray.get([a.__ray_call__.remote(lambda _: os.getpid()) for a in group.actors])
+        sockets = [s for pid in pids for s in listening_sockets(pid)]
+        assert sockets and not beyond_loopback(sockets), sockets
         losses = []
         for rows in data:
             m = group.sft_step(rows)

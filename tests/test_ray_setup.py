@@ -1,6 +1,6 @@
-"""Local Ray requires its token: Ray 2.60 listens on every interface whatever node address it is
-given, so a caller without the machine's sftrl token must be turned away (a real local Ray, real
-clients in their own processes)."""
+"""Local Ray listens on loopback only and still requires its token (for the machine's other users):
+a caller without the machine's sftrl token is turned away (a real local Ray, real clients in their
+own processes)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sftrl.home import secret_file
 HEAD = """
 import json, os, sys
 os.environ.pop("RAY_AUTH_MODE", None)
+os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # what sftrl sets by itself
 import psutil, ray
 from sftrl.ray_setup import init_ray
 init_ray(num_cpus=1)
@@ -52,6 +53,8 @@ def test_a_secret_file_is_made_once_private_and_whole(tmp_path: Path) -> None:
 
 
 def _client(gcs: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # a client on the same machine sets what the head set, or Ray rewrites 127.0.0.1 to the node's address
+    env = {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     return subprocess.run(
         [sys.executable, "-c", CLIENT.format(gcs=gcs)], capture_output=True, text=True, timeout=120, env=env
     )
@@ -71,8 +74,12 @@ def test_local_ray_turns_away_callers_without_its_token(tmp_path: Path) -> None:
         started = json.loads(head.stdout.readline())
         token_file = tmp_path / "ray-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        # what Ray 2.60 does with its sockets, recorded for the reader (some are not on loopback)
-        print("Ray listens on", started["listening"])
+        # Ray's GCS, raylet, workers, dashboard agent and runtime-env agent: on loopback only
+        assert started["listening"] and set(started["listening"]) <= {
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::1",
+        }, started
 
         wrong = _client(started["gcs"], {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})
         assert wrong.returncode != 0 and "resources" not in wrong.stdout
@@ -80,7 +87,9 @@ def test_local_ray_turns_away_callers_without_its_token(tmp_path: Path) -> None:
         no_auth = _client(started["gcs"], {**base, "RAY_AUTH_MODE": "disabled"})
         assert no_auth.returncode != 0 and "resources" not in no_auth.stdout
 
-        right = _client(started["gcs"], {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)})
+        right = _client(
+            started["gcs"], {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        )
         assert right.returncode == 0 and "resources 1.0" in right.stdout, right.stderr[-2000:]
     finally:
         head.stdin.close()

@@ -19,6 +19,7 @@ import yaml
 
 from deploy.train.loop import Trainer, load_train_config
 from deploy.train.metrics import read_metrics
+from tests.listeners import beyond_loopback, listening_sockets
 
 # the shared 300-step SFT run needs headroom on a busy machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -168,6 +169,12 @@ def test_resume_after_a_kill_or_a_sigterm_reproduces_the_uninterrupted_run(tmp_p
     killed = _run_cli([*overrides, "run_name=killed"], env)
     ckpt = tmp_path / "killed" / "checkpoints" / "step-000008"
     deadline = time.time() + 900
+    while not ckpt.with_name("step-000004").exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.2)
+    # mid-run, everything is up (Ray, its agents and workers, vLLM, the learner's process group): no
+    # listener of the run is reachable from another machine
+    sockets = listening_sockets(killed.pid)
+    assert sockets and not beyond_loopback(sockets), sockets
     while not ckpt.exists() and time.time() < deadline and killed.poll() is None:
         time.sleep(0.2)
     assert ckpt.exists(), "no checkpoint appeared before the kill"

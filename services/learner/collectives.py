@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from services.learner.rendezvous import meeting_point
+
 SHM_PREFIX = "deepspeed_allreduce_buffer"
 
 
@@ -23,8 +25,9 @@ def join_process_group(
     rank: int, world_size: int, master_addr: str, master_port: int, device: str, timeout_s: float
 ) -> Path | None:
     """Join (or, a second worker in one process, reuse) the ranks' group; ``device`` is "cpu" or
-    "cuda". Returns this rank's shared-memory file of DeepSpeed's CPU allreduce, already unlinked
-    (None when there was none)."""
+    "cuda"; how the ranks meet: :func:`~services.learner.rendezvous.meeting_point`. Returns this
+    rank's shared-memory file of DeepSpeed's CPU allreduce, already unlinked (None when there was
+    none)."""
     os.environ.update({
         "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0",
         "LOCAL_SIZE": "1", "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
@@ -52,11 +55,15 @@ def join_process_group(
     for name in ("_WORLD_GROUP", "_DATA_PARALLEL_GROUP"):
         if hasattr(ds_groups, name):
             setattr(ds_groups, name, None)
+    method = meeting_point(world_size, master_addr, master_port, device, timedelta(seconds=timeout_s))
     deepspeed.init_distributed(
         dist_backend="nccl" if device == "cuda" else "gloo",
         auto_mpi_discovery=False,
         verbose=False,
         timeout=timedelta(seconds=timeout_s),
+        init_method=method,
+        rank=rank,
+        world_size=world_size,
     )
     # DeepSpeed's CPU shared-memory allreduce maps one /dev/shm file per rank at start-up. Once
     # every rank has mapped its peers' files (after this barrier) the names are no longer needed:

@@ -1,7 +1,8 @@
 """``world_size`` learner ranks as Ray actors in a placement group, driven as one learner.
 
-Rank 0's node address and a free port on it rendezvous the process group (gloo on CPU, NCCL on
-CUDA). Every call goes to all ranks at once with each rank's shard, and returns rank 0's answer:
+The ranks meet through a file on one node, at rank 0's node address across nodes
+(:mod:`services.learner.rendezvous`), in a process group of gloo on CPU or NCCL on CUDA.
+Every call goes to all ranks at once with each rank's shard, and returns rank 0's answer:
 the ranks' metrics are already averaged across ranks, so they agree.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from services.learner.batch import RLBatch, shard_by_episode
 from services.learner.config import LearnerConfig, RLConfig
+from services.learner.rendezvous import fresh_rendezvous
 from services.learner.sft_data import SFTExample
 from services.learner.worker import LearnerWorker
 from sftrl.ray_setup import ActorBundles
@@ -23,18 +25,6 @@ from sftrl.ray_setup import ActorBundles
 
 class LearnerRankDied(RuntimeError):
     """A learner rank's process died; the group was stopped and cannot be used again."""
-
-
-def _master_address() -> tuple[str, int]:
-    """This node's IP and a port free on it now (run inside rank 0's bundle)."""
-    import socket
-
-    import ray
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
 
 
 def shard_rows(n: int, world_size: int) -> list[list[int]]:
@@ -59,10 +49,10 @@ class LearnerGroup:
         self.last_metrics: list[dict[str, float]] = []  # every rank's metrics of the last step
         self.world_size = config.world_size
         self.bundles = ActorBundles(self.world_size, config.cpus_per_actor, config.gpus_per_actor)
-        probe = ray.remote(_master_address).options(
+        probe = ray.remote(fresh_rendezvous).options(
             num_cpus=min(0.01, config.cpus_per_actor), scheduling_strategy=self.bundles.strategy(0)
         )
-        self.master_addr, self.master_port = ray.get(probe.remote())
+        self.master_addr, self.master_port = ray.get(probe.remote(self.bundles.on_one_node()))
         actor_cls = ray.remote(LearnerWorker)
         tag = uuid.uuid4().hex[:6]
         self.actors = [

@@ -47,6 +47,7 @@ from deploy.evaluate.checkpoint import (
 )
 from deploy.evaluate.serve.guard import RequestGuard
 from deploy.evaluate.serve.limits import ChatSlots
+from deploy.evaluate.serve.loopback import keep_replica_grpc_on_loopback
 from deploy.evaluate.serve.schemas import (
     ChatRequest,
     ChatResponse,
@@ -105,6 +106,7 @@ class EvalReplica:
     """vLLM engines on checkpoints: loaded on demand, the ``warm_models`` most recent kept (LRU)."""
 
     def __init__(self, settings: ServeSettings):
+        keep_replica_grpc_on_loopback()
         self.settings = settings
         self.registry = _registry(settings)
         self.engines: OrderedDict[str, Any] = OrderedDict()
@@ -192,6 +194,7 @@ def _owner(token: str) -> str:
 @serve.ingress(api)
 class SftrlAPI:
     def __init__(self, settings: ServeSettings, evaluator: Any):
+        keep_replica_grpc_on_loopback()
         self.settings = settings
         self._token = settings.resolved_token().encode()
         self.registry = _registry(settings)

@@ -166,6 +166,8 @@ Environment of every sftrl container. Call with (dict "ctx" $ "token" bool).
       name: {{ include "sftrl.apiSecretName" $ctx }}
       key: {{ $ctx.Values.api.secretKey }}
 {{- end }}
+- name: RAY_JOB_STOP_WAIT_TIME_S
+  value: {{ $ctx.Values.stopGraceSeconds | int | quote }}
 {{- with $ctx.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -204,6 +206,8 @@ metadata:
 spec:
   # only the head of an autoscaling cluster talks to the Kubernetes API (KubeRay's autoscaler sidecar)
   automountServiceAccountToken: {{ and (eq .node "head") (default false .autoscaling) }}
+  # a stopped run finishes its step and writes its final checkpoint before SIGKILL
+  terminationGracePeriodSeconds: {{ int $v.stopGraceSeconds }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
