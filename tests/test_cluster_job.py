@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -25,12 +26,41 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def _submit(cluster: str, tmp_path: Path, config: dict[str, Any], job_id: str, redis_url: str) -> None:
+    config_path = tmp_path / f"{job_id}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    runtime_env = {"env_vars": {"REDIS_URL": redis_url}}
+    submit = [RAY, "job", "submit", "--address", cluster, "--no-wait", "--submission-id", job_id,
+              "--runtime-env-json", json.dumps(runtime_env), "--",
+              sys.executable, "-m", "deploy.cli", "train", "--config", str(config_path)]  # fmt: skip
+    for _ in range(40):  # the head's job agent may come up a little after its dashboard
+        out = subprocess.run(submit, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        if out.returncode == 0 or "No available agent" not in out.stderr + out.stdout:
+            break
+        time.sleep(3)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _finished(cluster: str, job_id: str, timeout: float = 900) -> tuple[Any, str]:
+    """The job's final status and its logs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(cluster)
+    deadline = time.monotonic() + timeout
+    while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                            JobStatus.STOPPED):  # fmt: skip
+        assert time.monotonic() < deadline, f"the job did not finish in {timeout} s"
+        time.sleep(2)
+    return status, client.get_job_logs(job_id)
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> str:
     """A one-node Ray cluster started the way a user starts one; yields the job-submission address."""
     temp_dir = Path("/tmp") / f"sftrl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     dash = free_loopback_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # the token of conftest's use_local_token
+    # the token of conftest's use_local_token; `ray job stop` waits for a final checkpoint, as documented
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_JOB_STOP_WAIT_TIME_S": "120"}
     env.pop("RAY_ADDRESS", None)
     # --block keeps `ray start` in the foreground: stopping its process group stops this cluster only
     # (`ray stop` would stop every Ray on the machine, other users' included).
@@ -91,29 +121,10 @@ def test_ray_job_submit_trains_and_registers_checkpoints(
         "rollout": {"engine": {"dtype": "float32", "max_model_len": 1024}},
         "tensorboard": False,
     }
-    config_path = tmp_path / "job.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    runtime_env = {"env_vars": {"REDIS_URL": registry_server}}
-    env = dict(os.environ)
-    submit = [RAY, "job", "submit", "--address", cluster, "--no-wait", "--submission-id", "sftrl-test-job",
-              "--runtime-env-json", json.dumps(runtime_env), "--",
-              sys.executable, "-m", "deploy.cli", "train", "--config", str(config_path)]  # fmt: skip
-    for _ in range(40):  # the head's job agent may come up a little after its dashboard
-        out = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=120)
-        if out.returncode == 0 or "No available agent" not in out.stderr + out.stdout:
-            break
-        time.sleep(3)
-    assert out.returncode == 0, out.stdout + out.stderr
+    from ray.job_submission import JobStatus
 
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(cluster)
-    deadline = time.monotonic() + 900
-    while (status := client.get_job_status("sftrl-test-job")) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                                          JobStatus.STOPPED):  # fmt: skip
-        assert time.monotonic() < deadline, "the training job did not finish in 15 minutes"
-        time.sleep(2)
-    logs = client.get_job_logs("sftrl-test-job")
+    _submit(cluster, tmp_path, config, "sftrl-test-job", registry_server)
+    status, logs = _finished(cluster, "sftrl-test-job")
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
 
     run = registry.get_run("cluster-job")
@@ -123,3 +134,37 @@ def test_ray_job_submit_trains_and_registers_checkpoints(
     assert [c.step for c in checkpoints] == [2, 4]  # keep=2: both, as recorded while training
     assert all(Path(c.path).is_dir() for c in checkpoints) and checkpoints[-1].final
     assert "success/id" in checkpoints[-1].metrics  # the evaluation at the last step
+
+
+@pytest.mark.fault
+def test_ray_job_stop_leaves_time_for_the_final_checkpoint(
+    cluster: str, tmp_path: Path, tiny_model: Path, registry: Registry, registry_server: str
+) -> None:
+    """`ray job stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default 3 s is
+    shorter than this run's step and checkpoint): with the documented wait, the run finishes its step,
+    writes its checkpoint and is left "interrupted", ready for `--resume auto`."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    config = {
+        "run_name": "stopped-job", "output_dir": str(tmp_path / "runs"), "model": str(tiny_model),
+        "env": {"id": "sftrl/GeneralPoints-v0", "options": {"prompt_style": "compact", "verify_iter": 2}},
+        "stages": [{"kind": "sft", "name": "sft", "steps": 100_000, "batch_size": 8, "max_len": 512,
+                    "data": {"episodes": 64}, "optim": {"lr": 1e-3, "warmup_steps": 1}}],
+        "eval": {"every": 1_000_000, "episodes": 4, "sampling": {"temperature": 0.0, "max_tokens": 16}},
+        "checkpoint": {"every": 50, "keep": 2}, "learner": {"precision": "fp32", "micro_batch_size": 8},
+        "rollout": {"engine": {"dtype": "float32", "max_model_len": 1024}}, "tensorboard": False,
+    }  # fmt: skip
+    _submit(cluster, tmp_path, config, "sftrl-stopped-job", registry_server)
+    first = tmp_path / "runs" / "stopped-job" / "checkpoints" / "step-000050"
+    deadline = time.monotonic() + 600
+    while not first.exists():
+        assert time.monotonic() < deadline, "no checkpoint before the stop"
+        time.sleep(0.5)
+    JobSubmissionClient(cluster).stop_job("sftrl-stopped-job")
+    status, logs = _finished(cluster, "sftrl-stopped-job", timeout=300)
+    assert status == JobStatus.STOPPED
+    assert "stopped by SIGTERM after step" in logs, logs[-3000:]
+    step = int(logs.split("stopped by SIGTERM after step")[1].split(";")[0])
+    assert (first.parent / f"step-{step:06d}").is_dir()
+    run = registry.get_run("stopped-job")
+    assert run is not None and run.status == "interrupted"

@@ -147,6 +147,33 @@ def test_chat_completions_answer_like_openai(endpoint: str) -> None:
     assert again["choices"] == out["choices"]  # greedy: the same reply
 
 
+@pytest.mark.hostile
+def test_a_chat_is_answered_while_a_long_evaluation_runs(endpoint: str) -> None:
+    """One engine thread per replica: a chat waits at most one chunk of episodes (16), never the whole
+    evaluation, and the evaluation still finishes."""
+    # long answers (the tiny model rarely ends one early): four chunks of several seconds each
+    request = {"checkpoint": "gp@20", "suite": "id", "episodes": 64, "seed": 4,
+               "sampling": {"temperature": 0, "max_tokens": 256}}  # fmt: skip
+    created = requests.post(f"{endpoint}/v1/evaluations", headers=AUTH, json=request, timeout=10)
+    assert created.status_code == 202, created.text
+    eval_id = created.json()["id"]
+    deadline = time.monotonic() + 300
+    while (
+        requests.get(f"{endpoint}/v1/evaluations/{eval_id}", headers=AUTH, timeout=10).json()["status"]
+        != "running"
+    ):
+        assert time.monotonic() < deadline, "the evaluation did not start"
+        time.sleep(0.2)
+    body = {"model": "gp@20", "messages": [{"role": "user", "content": "cards: 1 2 3 4"}], "max_tokens": 8,
+            "temperature": 0}  # fmt: skip
+    chat = requests.post(f"{endpoint}/v1/chat/completions", headers=AUTH, json=body, timeout=300)
+    assert chat.status_code == 200, chat.text
+    during = requests.get(f"{endpoint}/v1/evaluations/{eval_id}", headers=AUTH, timeout=10).json()
+    assert during["status"] == "running" and during["progress"] < 1.0, during
+    finished = _wait(endpoint, eval_id)
+    assert finished["status"] == "done", json.dumps(finished)[-1500:]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [

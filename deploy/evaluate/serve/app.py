@@ -28,8 +28,6 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -45,6 +43,7 @@ from deploy.evaluate.checkpoint import (
     execute_evaluation,
     load_rollout,
 )
+from deploy.evaluate.serve.engine_thread import EngineBusy, EngineThread
 from deploy.evaluate.serve.guard import RequestGuard
 from deploy.evaluate.serve.limits import ChatSlots
 from deploy.evaluate.serve.loopback import keep_replica_grpc_on_loopback
@@ -110,33 +109,39 @@ class EvalReplica:
         self.settings = settings
         self.registry = _registry(settings)
         self.engines: OrderedDict[str, Any] = OrderedDict()
-        # Every engine call on one thread: vLLM's offline engine is not re-entrant, and on CPU its
-        # attention kernels check that they run with the OpenMP thread count they were planned with,
-        # a per-thread setting that another pool thread may not share ("thread_num 1 vs. 2").
-        self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftrl-engine")
+        self.in_use: set[str] = set()  # the engines of the running evaluation: never evicted under it
+        self.engine_thread = EngineThread()
 
     def _rollout(self, ckpt: CheckpointRecord, run_config: dict[str, Any]) -> RolloutWorker:
         if ckpt.path in self.engines:
             self.engines.move_to_end(ckpt.path)
             return self.engines[ckpt.path]
         while len(self.engines) >= self.settings.warm_models:
-            _, old = self.engines.popitem(last=False)
-            old.shutdown()
+            idle = next((path for path in self.engines if path not in self.in_use), None)
+            if idle is None:
+                raise EngineBusy(ckpt.path)
+            self.engines.pop(idle).shutdown()
         # the server's engine settings only: run_config is the run's record, which names nothing here
         roots, engine = self.settings.resolved_checkpoint_roots(), self.settings.replica_engine()
         rollout = load_rollout(ckpt, run_config, roots, engine=engine)
         self.engines[ckpt.path] = rollout
         return rollout
 
-    async def _on_engine_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.engine_thread, fn, *args)
-
     def _evaluate(self, eval_id: str) -> str:
-        return execute_evaluation(self.registry, eval_id, self._rollout, data_dir=self.settings.resolved_data_dir(),
-                                  detailed_errors=False, lease_s=self.settings.lease_s, client=True).status  # fmt: skip
+        def holding(ckpt: CheckpointRecord, run_config: dict[str, Any]) -> RolloutWorker:
+            rollout = self._rollout(ckpt, run_config)
+            self.in_use.add(ckpt.path)
+            return rollout
+
+        try:  # chats waiting meanwhile are answered between its chunks of episodes
+            return execute_evaluation(self.registry, eval_id, holding, data_dir=self.settings.resolved_data_dir(),
+                                      on_progress=lambda _: self.engine_thread.answer_waiting(),
+                                      detailed_errors=False, lease_s=self.settings.lease_s, client=True).status  # fmt: skip
+        finally:
+            self.in_use.clear()
 
     async def evaluate(self, eval_id: str) -> str:
-        return await self._on_engine_thread(self._evaluate, eval_id)  # type: ignore[no-any-return]
+        return await self.engine_thread.run(self._evaluate, eval_id)  # type: ignore[no-any-return]
 
     def _chat(
         self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
@@ -162,7 +167,7 @@ class EvalReplica:
     async def chat(
         self, checkpoint: str, messages: list[dict[str, str]], sampling: dict[str, Any]
     ) -> dict[str, Any]:
-        return await self._on_engine_thread(self._chat, checkpoint, messages, sampling)  # type: ignore[no-any-return]
+        return await self.engine_thread.run_between(self._chat, checkpoint, messages, sampling)  # type: ignore[no-any-return]
 
     def engine_settings(self) -> list[dict[str, Any]]:
         """The settings each warm engine runs with (for operators and tests, through a Serve handle;
