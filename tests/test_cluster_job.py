@@ -148,14 +148,15 @@ def test_ray_job_stop_leaves_time_for_the_final_checkpoint(
     config = {
         "run_name": "stopped-job", "output_dir": str(tmp_path / "runs"), "model": str(tiny_model),
         "env": {"id": "sftrl/GeneralPoints-v0", "options": {"prompt_style": "compact", "verify_iter": 2}},
-        "stages": [{"kind": "sft", "name": "sft", "steps": 100_000, "batch_size": 8, "max_len": 512,
-                    "data": {"episodes": 64}, "optim": {"lr": 1e-3, "warmup_steps": 1}}],
+        # steps of several seconds (512 rows each), so a step and its checkpoint outlast Ray's default 3 s
+        "stages": [{"kind": "sft", "name": "sft", "steps": 100_000, "batch_size": 512, "max_len": 512,
+                    "data": {"episodes": 512}, "optim": {"lr": 1e-3, "warmup_steps": 1}}],
         "eval": {"every": 1_000_000, "episodes": 4, "sampling": {"temperature": 0.0, "max_tokens": 16}},
-        "checkpoint": {"every": 50, "keep": 2}, "learner": {"precision": "fp32", "micro_batch_size": 8},
+        "checkpoint": {"every": 2, "keep": 2}, "learner": {"precision": "fp32", "micro_batch_size": 32},
         "rollout": {"engine": {"dtype": "float32", "max_model_len": 1024}}, "tensorboard": False,
     }  # fmt: skip
     _submit(cluster, tmp_path, config, "sftrl-stopped-job", registry_server)
-    first = tmp_path / "runs" / "stopped-job" / "checkpoints" / "step-000050"
+    first = tmp_path / "runs" / "stopped-job" / "checkpoints" / "step-000002"
     deadline = time.monotonic() + 600
     while not first.exists():
         assert time.monotonic() < deadline, "no checkpoint before the stop"
