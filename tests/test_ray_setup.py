@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sftrl.home import secret_file
+from sftrl.ports import is_loopback
 
 HEAD = """
 import json, os, sys
@@ -75,11 +76,7 @@ def test_local_ray_turns_away_callers_without_its_token(tmp_path: Path) -> None:
         token_file = tmp_path / "ray-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         # Ray's GCS, raylet, workers, dashboard agent and runtime-env agent: on loopback only
-        assert started["listening"] and set(started["listening"]) <= {
-            "127.0.0.1",
-            "::ffff:127.0.0.1",
-            "::1",
-        }, started
+        assert started["listening"] and all(is_loopback(a) for a in started["listening"]), started
 
         wrong = _client(started["gcs"], {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})
         assert wrong.returncode != 0 and "resources" not in wrong.stdout

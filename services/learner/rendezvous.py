@@ -21,11 +21,6 @@ from pathlib import Path
 from sftrl.ports import is_loopback
 
 
-def on_one_node(master_addr: str) -> bool:
-    """A loopback master address means every rank runs on this node."""
-    return is_loopback(master_addr)
-
-
 def rendezvous_dir() -> Path:
     """``$TMPDIR/sftrl-rendezvous-<uid>``, mode 0700; refused if another user owns it or can write it."""
     path = Path(tempfile.gettempdir()) / f"sftrl-rendezvous-{os.getuid()}"
@@ -70,7 +65,7 @@ def meeting_point(
         backend = "nccl" if device == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         return None
-    if not on_one_node(master_addr):
+    if not is_loopback(master_addr):  # a loopback master address means every rank is on this node
         return None
     talk_on_loopback(device)
     return f"file://{rendezvous_dir() / str(master_port)}"
