@@ -18,8 +18,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
 
     A local instance takes 127.0.0.1 as its node address, so every Ray listener binds to loopback
     (:func:`keep_local_ray_on_loopback`), and it still requires a token of every caller (Ray's token
-    authentication), for the other users of this machine. The token is :func:`local_ray_token_path` unless ``RAY_AUTH_TOKEN`` or
-    ``RAY_AUTH_TOKEN_PATH`` name another; ``RAY_AUTH_MODE=disabled`` opts out. A cluster keeps
+    authentication), for the other users of this machine. The token is :func:`local_ray_token_path`
+    unless ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` name another; ``RAY_AUTH_MODE=disabled`` opts out. A cluster keeps
     whatever authentication it was set up with.
     """
     import ray

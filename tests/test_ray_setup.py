@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 
 from sftrl.home import secret_file
-from sftrl.ports import is_loopback
+from tests.listeners import beyond_loopback, listening_sockets
 
 HEAD = """
 import json, os, sys
 os.environ.pop("RAY_AUTH_MODE", None)
 os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # what sftrl sets by itself
-import psutil, ray
+import ray
 from sftrl.ray_setup import init_ray
 init_ray(num_cpus=1)
-ray_pids = {p.pid for p in psutil.Process().children(recursive=True)}
-listening = sorted({c.laddr.ip for c in psutil.net_connections("tcp")
-                    if c.status == "LISTEN" and c.pid in ray_pids})
-print(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "listening": listening}), flush=True)
+print(json.dumps({"gcs": ray.get_runtime_context().gcs_address}), flush=True)
 sys.stdin.read()  # until the test closes the pipe
 ray.shutdown()
 """
@@ -76,7 +73,9 @@ def test_local_ray_turns_away_callers_without_its_token(tmp_path: Path) -> None:
         token_file = tmp_path / "ray-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         # Ray's GCS, raylet, workers, dashboard agent and runtime-env agent: on loopback only
-        assert started["listening"] and all(is_loopback(a) for a in started["listening"]), started
+        sockets = listening_sockets(head.pid)
+        assert {"gcs_server", "raylet"} <= {name for name, _, _ in sockets}, sockets
+        assert not beyond_loopback(sockets), sockets
 
         wrong = _client(started["gcs"], {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})
         assert wrong.returncode != 0 and "resources" not in wrong.stdout
