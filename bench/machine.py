@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from sftrl.hardware import cpu_facts, cpu_kind
+from sftrl.provenance import git_commit
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -24,15 +24,6 @@ def _mem_gib() -> float | None:
     return None
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     import torch
 
@@ -44,7 +35,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 

@@ -12,7 +12,7 @@ import gymnasium as gym
 import pytest
 
 import services.envs  # noqa: F401
-from deploy.evaluate.metrics import pass_at_k, pass_at_k_metrics, suite_metrics
+from deploy.evaluate.metrics import episode_outcomes, pass_at_k, pass_at_k_metrics, suite_metrics
 from deploy.evaluate.suites import _named
 from services.envs.virl.city import generated_route
 from services.envs.virl.env import CITY_SEED
@@ -195,6 +195,24 @@ def test_virl_first_answers_at_each_point_give_action_accuracy_and_intersection_
     assert m["adherence"] == 0.0 and m["answers"] == 1  # the one turn point: not in the stated space
     assert "adherence_training" not in m and "field/action_training_space" not in m  # ID: no control
     assert m["turns"] == 5.0 and m["success"] == 1.0
+
+
+def test_per_episode_outcomes_keep_each_task_its_success_and_first_answer_fields():
+    walk, turn, walk2, stop = absolute_route()
+    episode = virl_episode([
+        (walk, [virl_answer("forward()", False)]),
+        (turn, [virl_answer("turn_direction(left)", True), virl_answer("turn_direction(east)", True)]),
+        (walk2, [virl_answer("forward()", True)]),
+        (stop, [virl_answer("stop()", False)]),
+    ])  # fmt: skip
+    failed = episode.model_copy(update={"seed": 9, "success": False, "turns": episode.turns[:1]})
+    got = episode_outcomes([episode, failed])
+    assert got["task"] == [0, 9] and got["success"] == [1, 0]
+    # first answers only (the second attempt at the turn is not one): 3 of 4 actions right, then 1 of 1
+    assert got["fields"]["action"] == [[3, 4], [1, 1]] and got["fields"]["intersection"] == [[3, 4], [1, 1]]
+    assert got["fields"]["turn_stated_space"] == [[0, 1], [0, 0]]  # a field that did not apply: counted 0
+    # the pooled field accuracy of suite_metrics is the same counts summed
+    assert suite_metrics([episode, failed])["field/action"] == (3 + 1) / (4 + 1)
 
 
 def test_virl_training_space_control_on_relative_prompts():

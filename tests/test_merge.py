@@ -218,4 +218,8 @@ def test_merge_sweep_evaluates_every_ratio_in_vllm(tiny_model: Path, tmp_path: P
                               config["seed"], SamplingConfig.model_validate(config["sampling"]))  # fmt: skip
     finally:
         worker.shutdown()
-    assert metrics == {k: v for k, v in sweep["rows"][0].items() if k != "ratio"}
+    assert metrics == {k: v for k, v in sweep["rows"][0].items() if k not in ("ratio", "outcomes")}
+    for row in sweep["rows"]:  # and each ratio's episodes, for differences paired by task
+        for suite in ("id", "ood_rule"):
+            found = row["outcomes"]["suites"][suite]
+            assert len(found["task"]) == 6 and sum(found["success"]) / 6 == row[f"success/{suite}"]

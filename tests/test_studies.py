@@ -169,8 +169,8 @@ def test_a_study_of_seeds_pools_them_and_answers_its_questions(tmp_path):
     expected = f"{pooled_sft.estimate:.1%} ({pooled_sft.low:.1%}–{pooled_sft.high:.1%})"
     assert f"| SFT | 3 | {expected} |" in text and "(256 episodes per suite and seed)" in text
     assert (
-        "Does RL carry to the new rule better than SFT? Success on ood_rule, RL minus SFT (3 seeds): +"
-        in text
+        "Does RL carry to the new rule better than SFT? Success on ood_rule, RL minus SFT (3 seeds; t over the "
+        "seeds' differences): +" in text
     )
     lines = [line for line in text.splitlines() if line.startswith("- Does")]
     assert "the interval excludes zero (the difference is above zero)" in lines[0]
@@ -310,6 +310,18 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
                for s in (0, 1) for a in ("init", "sft", "rl"))  # fmt: skip
     assert "## Run time" in text and "| SFT init |" in text.split("## Run time")[1]
     assert text.count("the interval excludes zero") + text.count("the interval does not exclude zero") == 5
+    # every evaluation logged its episodes; the report keeps the finals' beside it and pairs by task
+    records = read_metrics(folder / "seed-1" / "sft" / "metrics.jsonl")
+    kinds = [r["kind"] for r in records if r["kind"] in ("eval", "episodes")]
+    assert kinds == ["eval", "episodes"] * (len(kinds) // 2) and kinds
+    outcomes = json.loads((folder / "report" / "outcomes.json").read_text())["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in outcomes) == [
+        (a, s) for a in ("init", "rl", "sft") for s in (0, 1)
+    ]
+    assert all(len(r["suites"]["id"]["task"]) == 8 and r["cpu_kind"] for r in outcomes)
+    assert [r["suites"]["id"]["task"] for r in outcomes] == [outcomes[0]["suites"]["id"]["task"]] * 6
+    assert text.count("(2 seeds; paired by seed and task)") == 4  # the success questions
+    assert text.count("(2 seeds; t over the seeds' differences)") == 1  # adherence: a share of answers
     for png in ("success_vs_compute.png", "final_success.png", "differences.png", "levels.png"):
         assert f"]({png})" in text
     # a second run finds every arm done and only rewrites the report
@@ -497,7 +509,7 @@ def test_a_one_seed_answer_says_one_seed(tmp_path):
     _fake_run(study / "seed-0" / "sft", [(0, 0.1, 0.1), (1e9, 0.5, 0.02)], extra=counts)
     _fake_run(study / "seed-0" / "rl", [(0, 0.1, 0.1), (1e9, 0.5, 0.3)], extra=counts)
     text = write_report([study], tmp_path / "out").read_text()
-    assert "Success on ood_rule, rl minus sft (1 seed): +" in text
+    assert "Success on ood_rule, rl minus sft (1 seed; bootstrap over seeds and episodes): +" in text
 
 
 def test_a_report_of_many_arms_draws_its_curves_with_the_legend_below(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from math import comb
+from typing import Any
 
 from sftrl.trajectory import Trajectory, Turn
 
@@ -119,3 +120,29 @@ def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     out.update(field_metrics(trajectories))
     out.update(pass_at_k_metrics(trajectories))
     return out
+
+
+def episode_outcomes(trajectories: list[Trajectory]) -> dict[str, Any]:
+    """Per episode, for analyses paired by task: its task (the environment seed, the same for every arm
+    of a study's suite), whether it succeeded, and per field of its first answers ``[right, counted]``.
+
+    Columns, not rows: ``{"task": [...], "success": [1, 0, ...], "fields": {"action": [[3, 4], ...]}}``."""
+    names = sorted({name for traj in trajectories for turn in first_answers(traj)
+                    for name, value in (turn.info.get("fields") or {}).items() if value is not None})  # fmt: skip
+    fields: dict[str, list[list[int]]] = {name: [] for name in names}
+    for traj in trajectories:
+        right: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
+        for turn in first_answers(traj):
+            found = turn.info.get("fields")
+            for name, value in found.items() if isinstance(found, dict) else ():
+                if value is not None:
+                    seen[name] += 1
+                    right[name] += bool(value)
+        for name in names:
+            fields[name].append([right[name], seen[name]])
+    return {
+        "task": [traj.seed for traj in trajectories],
+        "success": [int(bool(traj.success)) for traj in trajectories],
+        "fields": fields,
+    }

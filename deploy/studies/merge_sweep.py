@@ -16,10 +16,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from deploy.evaluate.metrics import episode_outcomes
 from deploy.evaluate.suites import evaluate
 from services.rollout.config import EngineConfig, SamplingConfig
 from sftrl.config import EnvSpec, StrictModel, write_resolved_config
 from sftrl.models.merge import MergeSpec, merge_models
+from sftrl.provenance import provenance
 
 
 class MergeSweepConfig(StrictModel):
@@ -77,11 +79,15 @@ def run_sweep(
                     worker = RolloutWorker.on_model(str(folder), config.engine)
                 else:
                     worker.update_weights(str(folder))
-                metrics, _ = evaluate(
+                metrics, played = evaluate(
                     worker, config.env.id, config.env.options, config.suites, config.episodes, config.seed,
                     config.sampling,
                 )  # fmt: skip
-                row = {"ratio": ratio, **metrics}
+                outcomes = {
+                    "suites": {name: episode_outcomes(t) for name, t in played.items()},
+                    **provenance(),
+                }
+                row = {"ratio": ratio, **metrics, "outcomes": outcomes}
                 if not config.keep_models:
                     shutil.rmtree(folder, ignore_errors=True)
             rows.append(row)

@@ -6,7 +6,8 @@ compute, one line per arm (paper 1); final success per suite; the differences th
 recognition accuracy against compute for image runs; accuracy per difficulty level (paper 2); merge
 ratios against success. Tables: the final evaluation of every arm (the combination table when the
 runs are a study's arms), rule adherence, the per-level accuracies, the merge sweep; then one sentence
-per question of the study on what its interval supports. ``report.json`` holds the numbers.
+per question of the study on what its interval supports. ``report.json`` holds the numbers;
+``outcomes.json`` beside it the final evaluations' per-episode outcomes (paired re-analysis).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from deploy.studies.stats import Arm, answer, cell, curve, group_arms, mean_valu
 from deploy.train.metrics import read_metrics
 
 LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
+OUTCOMES_FILE = "outcomes.json"  # beside report.json
 
 
 def collect_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -90,7 +92,7 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
     run: dict[str, Any] = {"label": label, "kind": kind, "dir": str(folder)}
     if kind == "train":
         records = read_metrics(folder / "metrics.jsonl")
-        evals = [r for r in records if r.get("kind") == "eval"]
+        evals = with_outcomes(records)
         run["evals"] = evals
         run["final"] = evals[-1] if evals else {}
         run["suites"] = sorted({k.split("/")[1] for r in evals for k in r if k.startswith("success/")})
@@ -103,6 +105,23 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
     if (folder / "counts.json").exists():
         run["counts"] = json.loads((folder / "counts.json").read_text())
     return run
+
+
+def with_outcomes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's evaluation records, each with its per-episode outcomes (the ``episodes`` record logged
+    after it) under ``"outcomes"``, where the run logged them."""
+    evals, last = [], None
+    for record in records:
+        if record.get("kind") == "eval":
+            last = dict(record)
+            evals.append(last)
+        elif (
+            record.get("kind") == "episodes"
+            and last is not None
+            and last.get("global_step") == record.get("global_step")
+        ):
+            last["outcomes"] = {k: v for k, v in record.items() if k != "kind"}
+    return evals
 
 
 def _attempts_allowed(folder: Path) -> dict[str, int]:
@@ -394,7 +413,32 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
     lines += _run_time(arms)
     lines += ["## Figures", ""] + [f"### {caption}\n\n![{caption}]({name})\n" for caption, name in shown]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    raw = [{k: v for k, v in r.items() if k != "evals"} | {"evals": r.get("evals", [])} for r in runs]
+    raw = [{k: v for k, v in r.items() if k != "evals"} | {"evals": [_without_outcomes(e) for e in r.get("evals", [])]}
+           for r in runs]  # fmt: skip
+    raw = [r | {"final": _without_outcomes(r.get("final") or {})} if "final" in r else r for r in raw]
+    raw = [r | {"sweep": r["sweep"] | {"rows": [_without_outcomes(x) for x in r["sweep"].get("rows", [])]}}
+           if isinstance(r.get("sweep"), dict) else r for r in raw]  # fmt: skip
     (out / "report.json").write_text(json.dumps({"runs": raw, "answers": answers}, indent=1, default=float),
                                      encoding="utf-8")  # fmt: skip
+    write_outcomes(runs, out / OUTCOMES_FILE)
     return out / "report.md"
+
+
+def _without_outcomes(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "outcomes"}
+
+
+def write_outcomes(runs: list[dict[str, Any]], path: Path) -> None:
+    """The per-episode outcomes of every run's final evaluation and of every merge a sweep played (task,
+    success, first-answer fields), with the commit and CPU that made them: what a paired re-analysis
+    of the report needs."""
+    rows = [{"study": r.get("study"), "arm": r.get("arm") or r["label"], "seed": r.get("seed", 0),
+             "global_step": (r.get("final") or {}).get("global_step"), **(r.get("final") or {})["outcomes"]}
+            for r in runs if (r.get("final") or {}).get("outcomes")]  # fmt: skip
+    rows += [{"study": r.get("study"), "arm": r.get("arm") or r["label"], "seed": r.get("seed", 0),
+              "ratio": x.get("ratio"), **x["outcomes"]}
+             for r in runs if isinstance(r.get("sweep"), dict) for x in r["sweep"].get("rows", []) if x.get("outcomes")]  # fmt: skip
+    if rows:
+        path.write_text(json.dumps({"runs": rows}) + "\n", encoding="utf-8")
+    elif path.exists():  # an earlier report's outcomes would not be this report's
+        path.unlink()

@@ -1,9 +1,11 @@
 """A study's figures pooled over its seeds, with 95% intervals, and the answers to its questions.
 
 Runs come from :func:`deploy.studies.report.collect_runs`; runs of the same arm (one per seed) form an arm.
-A rate is pooled over the episodes of every seed (Wilson interval); a question's difference between
-two arms is bootstrapped over seeds and episodes (:func:`deploy.studies.intervals.bootstrap_rate_difference`),
-paired by seed when both arms ran the same seeds (they share each seed's start).
+A rate is pooled over the episodes of every seed (Wilson interval). A question's difference between two
+arms is paired by seed (both arms' seed k share a start) and by task (both play the same tasks) where
+their final evaluations logged per-episode outcomes (:func:`deploy.studies.intervals.paired_difference`);
+runs made before that fall back to t over the per-seed differences, or, with one seed or unpaired
+seeds, a bootstrap over seeds and episodes. Each answer says which.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.studies.intervals import Interval, bootstrap_rate_difference, wilson
+from deploy.studies.intervals import (
+    Interval,
+    bootstrap_rate_difference,
+    paired_difference,
+    seed_difference,
+    wilson,
+)
 
 # the count each rate is a share of, as evaluation records write it
 DENOMINATORS = {
@@ -99,14 +107,40 @@ def curve(arm: Arm, metric: str, suite: str) -> list[tuple[float, float, Interva
     return points
 
 
-def difference(a: Arm, b: Arm, metric: str, suite: str) -> Interval | None:
-    """``metric`` on ``suite``: arm ``a`` minus arm ``b`` over their final evaluations, bootstrapped."""
+def outcomes(record: dict[str, Any], suite: str) -> dict[Any, float] | None:
+    """Task -> success of one evaluation record's episodes on ``suite``; None where it has none."""
+    found = ((record.get("outcomes") or {}).get("suites") or {}).get(suite)
+    tasks, success = (found.get("task"), found.get("success")) if isinstance(found, dict) else (None, None)
+    if (
+        not isinstance(tasks, list)
+        or not isinstance(success, list)
+        or len(tasks) != len(success)
+        or not tasks
+    ):
+        return None
+    return {task: float(won) for task, won in zip(tasks, success, strict=True) if isinstance(task, int | str)}
+
+
+def difference(a: Arm, b: Arm, metric: str, suite: str) -> tuple[Interval, str] | None:
+    """``metric`` on ``suite``: arm ``a`` minus arm ``b`` over their final evaluations, and how its
+    interval was drawn: paired by seed and task from per-episode outcomes (success), else t over
+    the per-seed differences (paired seeds), else a bootstrap over seeds and episodes."""
     ca = [counts(f, metric, suite) for f in a.finals]
     cb = [counts(f, metric, suite) for f in b.finals]
     if not ca or not cb or None in ca or None in cb:
         return None
     paired = a.seeds == b.seeds
-    return bootstrap_rate_difference(ca, cb, paired=paired)  # type: ignore[arg-type]
+    if metric == "success" and (paired or 1 in (len(a.runs), len(b.runs))):
+        oa, ob = [outcomes(f, suite) for f in a.finals], [outcomes(f, suite) for f in b.finals]
+        if None not in oa and None not in ob:
+            try:
+                return paired_difference(oa, ob), "paired by seed and task"  # type: ignore[arg-type]
+            except ValueError:  # e.g. no task in common: the arms were evaluated on different tasks
+                pass
+    if paired and len(a.runs) > 1:
+        rates = [[k / n for k, n in c] for c in (ca, cb)]  # type: ignore[misc]
+        return seed_difference(*rates), "t over the seeds' differences"
+    return bootstrap_rate_difference(ca, cb, paired=paired), "bootstrap over seeds and episodes"  # type: ignore[arg-type]
 
 
 def answer(question: dict[str, Any], arms: list[Arm]) -> tuple[str, Interval | None]:
@@ -124,9 +158,13 @@ def answer(question: dict[str, Any], arms: list[Arm]) -> tuple[str, Interval | N
     found = difference(a, b, metric, suite)
     if found is None:
         return f"{question['text']} Not answered: the evaluations of {what} carry no episode counts.", None
+    interval, method = found
     seeds = (f"{len(a.runs)} and {len(b.runs)} seeds" if len(a.runs) != len(b.runs)
              else f"{len(a.runs)} seed{'s' if len(a.runs) > 1 else ''}")  # fmt: skip
-    return f"{question['text']} {found.verdict(what[0].upper() + what[1:] + f' ({seeds})')}", found
+    return (
+        f"{question['text']} {interval.verdict(what[0].upper() + what[1:] + f' ({seeds}; {method})')}",
+        interval,
+    )
 
 
 def cell(interval: Interval | None, value: Any = None) -> str:

@@ -178,11 +178,12 @@ class Trainer:
         ev = self.config.eval
         t0 = time.perf_counter()
         suites = {k: v for k, v in ev.suites.items() if not (between and k in ev.final_only)}
-        metrics, _ = evaluate(self.rollout, self.config.env.id, self.config.env.options, suites, ev.episodes,
-                              ev.seed, ev.sampling, ev.pass_k, ev.pass_k_temperature)  # fmt: skip
-        record = {"kind": "eval", "stage": stage, "stage_step": stage_step, "global_step": self.global_step,
-                  "flops": self.flops, "eval_s": time.perf_counter() - t0, **metrics}  # fmt: skip
-        self.metrics.log(record)
+        metrics, played = evaluate(self.rollout, self.config.env.id, self.config.env.options, suites, ev.episodes,
+                                   ev.seed, ev.sampling, ev.pass_k, ev.pass_k_temperature)  # fmt: skip
+        at = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step}
+        self.metrics.log_evaluation(
+            at | {"flops": self.flops, "eval_s": time.perf_counter() - t0}, metrics, played
+        )
         self.eval_at_step[self.global_step] = metrics
         shown = "  ".join(
             f"{k.removeprefix('success/')} {v:.1%}" for k, v in metrics.items() if k.startswith("success/")

@@ -44,6 +44,20 @@ class MetricsLog:
                     self._writer.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
             self._writer.flush()
 
+    def log_evaluation(
+        self, at: dict[str, Any], metrics: dict[str, float], played: dict[str, list[Any]]
+    ) -> None:
+        """An evaluation's record (``at``: its stage, steps, compute and time; then its metrics), and after
+        it an ``episodes`` record: each suite's per-episode outcomes, for differences paired by task, with
+        the commit and CPU that played them."""
+        from deploy.evaluate.metrics import episode_outcomes
+        from sftrl.provenance import provenance
+
+        self.log({"kind": "eval", **at, **metrics})
+        outcomes = {name: episode_outcomes(trajs) for name, trajs in played.items()}
+        self.log({"kind": "episodes", **{k: at[k] for k in ("stage", "stage_step", "global_step") if k in at},
+                  **provenance(), "suites": outcomes})  # fmt: skip
+
     def sync(self) -> None:
         """Put every record logged so far on disk (each :meth:`log` closes the file, so nothing is left
         in a buffer): the file's data, and the folder's entry for it. Called before each checkpoint."""

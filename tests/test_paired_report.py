@@ -1,0 +1,104 @@
+"""Per-episode outcomes through a report: logged after each evaluation, carried to outcomes.json beside
+report.json with the commit and CPU that made them, and the questions' intervals paired by seed and
+task from them (runs without them fall back, and say so)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy.studies.intervals import paired_difference, seed_difference
+from deploy.studies.report import OUTCOMES_FILE, write_report
+
+TASKS = list(range(100, 164))  # 64 tasks, the environment seeds every arm plays
+QUESTION = {"text": "Does RL keep the new rule better than SFT?", "a": "rl", "b": "sft", "suite": "ood_rule"}
+
+
+def _arm_run(folder: Path, wins: dict[str, list[int]], episodes: bool) -> None:
+    """A finished arm as the trainer writes it: a start and a final evaluation, each followed by its
+    ``episodes`` record when ``episodes``; ``wins``: suite -> success per task of the final one."""
+    folder.mkdir(parents=True)
+    lines = []
+    for step, final in ((0, None), (10, wins)):
+        suites = final or {s: [0] * len(TASKS) for s in wins}
+        record = {"kind": "eval", "stage": "s", "stage_step": step, "global_step": step, "flops": step * 1e9}
+        for suite, won in suites.items():
+            record |= {f"success/{suite}": sum(won) / len(won), f"episodes/{suite}": len(won)}
+        lines.append(record)
+        if episodes:
+            outcomes = {s: {"task": TASKS, "success": won, "fields": {}} for s, won in suites.items()}
+            lines.append({"kind": "episodes", "stage": "s", "global_step": step, "commit": "abc1234",
+                          "cpu": "AMD EPYC", "cpu_kind": "amd-epyc-avx512-bf16", "suites": outcomes})  # fmt: skip
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (folder / "DONE").write_text("{}")
+
+
+def _study(root: Path, wins: dict[str, list[list[int]]], episodes: bool = True) -> Path:
+    """A 3-seed study of arms ``rl`` and ``sft``; ``wins``: arm -> per seed, success per task (ood_rule)."""
+    arms = [{"name": name, "label": name.upper(), "kind": "train"} for name in wins]
+    root.mkdir(parents=True)
+    (root / "study.yaml").write_text(json.dumps({"name": "s", "title": "T", "seeds": 3, "arms": arms,
+                                                 "questions": [QUESTION]}))  # fmt: skip
+    for name, per_seed in wins.items():
+        for seed, won in enumerate(per_seed):
+            _arm_run(root / f"seed-{seed}" / name, {"ood_rule": won}, episodes)
+    return root
+
+
+def _wins(rng: np.random.Generator, rate: float) -> list[int]:
+    return [int(x) for x in rng.random(len(TASKS)) < rate]
+
+
+def test_outcomes_round_trip_and_answers_are_paired_by_seed_and_task(tmp_path):
+    rng = np.random.default_rng(0)
+    wins = {"rl": [_wins(rng, 0.6) for _ in range(3)], "sft": [_wins(rng, 0.3) for _ in range(3)]}
+    study = _study(tmp_path / "study", wins)
+    text = write_report([study], tmp_path / "out").read_text()
+    saved = json.loads((tmp_path / "out" / OUTCOMES_FILE).read_text())["runs"]
+    assert len(saved) == 6
+    for row in saved:  # the final evaluation's outcomes, as logged, with what made them
+        assert row["suites"]["ood_rule"] == {
+            "task": TASKS,
+            "success": wins[row["arm"]][row["seed"]],
+            "fields": {},
+        }
+        assert (row["global_step"], row["commit"], row["cpu_kind"]) == (10, "abc1234", "amd-epyc-avx512-bf16")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert not any("outcomes" in e for r in report["runs"] for e in r["evals"])  # kept beside, not inside
+    want = paired_difference(
+        [dict(zip(TASKS, w)) for w in wins["rl"]], [dict(zip(TASKS, w)) for w in wins["sft"]]
+    )
+    got = report["answers"][0]["difference"]
+    assert (got["estimate"], got["low"], got["high"]) == pytest.approx((want.estimate, want.low, want.high))
+    assert "(3 seeds; paired by seed and task)" in text
+
+
+def test_tasks_are_paired_by_their_id_not_by_their_order(tmp_path):
+    # RL wins exactly the tasks SFT wins in every seed, but lists them in reverse: no difference at all
+    rng = np.random.default_rng(2)
+    same = [_wins(rng, 0.5) for _ in range(3)]
+    study = _study(tmp_path / "study", {"rl": same, "sft": same})
+    for seed in range(3):
+        path = study / f"seed-{seed}" / "rl" / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        found = records[-1]["suites"]["ood_rule"]
+        found["task"], found["success"] = found["task"][::-1], found["success"][::-1]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_report([study], tmp_path / "out")
+    got = json.loads((tmp_path / "out" / "report.json").read_text())["answers"][0]["difference"]
+    assert (got["estimate"], got["low"], got["high"]) == (0.0, 0.0, 0.0)
+
+
+def test_runs_without_outcomes_fall_back_to_t_over_the_seeds(tmp_path):
+    rng = np.random.default_rng(1)
+    wins = {"rl": [_wins(rng, 0.6) for _ in range(3)], "sft": [_wins(rng, 0.3) for _ in range(3)]}
+    text = write_report([_study(tmp_path / "study", wins, episodes=False)], tmp_path / "out").read_text()
+    assert "(3 seeds; t over the seeds' differences)" in text
+    assert not (tmp_path / "out" / OUTCOMES_FILE).exists()
+    rates = {arm: [sum(w) / len(w) for w in per_seed] for arm, per_seed in wins.items()}
+    want = seed_difference(rates["rl"], rates["sft"])
+    got = json.loads((tmp_path / "out" / "report.json").read_text())["answers"][0]["difference"]
+    assert (got["low"], got["high"]) == pytest.approx((want.low, want.high))
