@@ -55,7 +55,8 @@ def test_progressive_rows_are_a_function_of_the_step():
 
 @pytest.mark.slow
 def test_interleaved_and_progressive_stages_in_one_run(tiny_model, tmp_path, monkeypatch):
-    from deploy.train.loop import Trainer, load_train_config
+    from deploy.train.config import load_train_config
+    from deploy.train.loop import Trainer
     from deploy.train.metrics import read_metrics
     from services.learner.sft_data import load_demonstrations
     from sftrl.trajectory import read_trajectories
@@ -112,7 +113,8 @@ def test_interleaved_and_progressive_stages_in_one_run(tiny_model, tmp_path, mon
 def test_interleaved_step_trains_sft_on_failed_tasks_and_rl_on_the_rest(tiny_model, tmp_path):
     """Both branches of an interleaved step with a real DeepSpeed learner, on real GeneralPoints episodes
     where tasks 1 and 3 were failed by every sample and tasks 0 and 2 were solved."""
-    from deploy.train.loop import Trainer, load_train_config
+    from deploy.train.config import load_train_config
+    from deploy.train.loop import Trainer
     from deploy.train.rl_step import RLStep
     from services.learner.batch import build_rl_batch
     from services.learner.sft_data import load_demonstrations

@@ -40,7 +40,8 @@ def test_a_run_restarted_without_a_complete_checkpoint_starts_its_record_over(tm
     """A run stopped before its first complete checkpoint, restarted (``--restart``), starts again from
     step 0 with a record of its own; the stopped attempt's records (its stage start and first
     evaluation) stay in the folder moved aside (a resume alone is refused: tests/test_resume_safety.py)."""
-    from deploy.train.loop import Trainer, load_train_config
+    from deploy.train.config import load_train_config
+    from deploy.train.loop import Trainer
 
     config = load_train_config(None, ["model=tiny", f"output_dir={tmp_path}", "run_name=r", "tensorboard=false",
                                       "learner.precision=fp32", "rollout.engine.dtype=float32"])  # fmt: skip

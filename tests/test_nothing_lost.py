@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 import sftrl.checkpoint as ckpt
 from deploy.cli import main
-from deploy.train.loop import Trainer, load_train_config
+from deploy.train.config import load_train_config
+from deploy.train.loop import Trainer
 from deploy.train.metrics import MetricsLog
 from deploy.train.registry_sync import RunRegistrar, read_run, resync
 from sftrl.checkpoint import CheckpointManager, VerifiedCache, atomic_checkpoint, verify, write_trainer_state

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from deploy.studies.intervals import paired_difference, seed_difference
-from deploy.studies.report import OUTCOMES_FILE, write_report
+from deploy.studies.outcomes import OUTCOMES_FILE
+from deploy.studies.report import write_report
 
 TASKS = list(range(100, 164))  # 64 tasks, the environment seeds every arm plays
 QUESTION = {"text": "Does RL keep the new rule better than SFT?", "a": "rl", "b": "sft", "suite": "ood_rule"}
@@ -102,3 +103,21 @@ def test_runs_without_outcomes_fall_back_to_t_over_the_seeds(tmp_path):
     want = seed_difference(rates["rl"], rates["sft"])
     got = json.loads((tmp_path / "out" / "report.json").read_text())["answers"][0]["difference"]
     assert (got["low"], got["high"]) == pytest.approx((want.low, want.high))
+
+
+def test_the_report_gives_kl_from_the_start_with_t_over_the_seeds(tmp_path):
+    rng = np.random.default_rng(3)
+    study = _study(
+        tmp_path / "study", {"rl": [_wins(rng, 0.5) for _ in range(3)], "sft": [_wins(rng, 0.5)] * 3}
+    )
+    kl = {"rl": [0.01, 0.02, 0.03], "sft": [0.3, 0.5, 0.4]}
+    for arm, values in kl.items():
+        for seed, value in enumerate(values):
+            path = study / f"seed-{seed}" / arm / "metrics.jsonl"
+            records = [json.loads(line) for line in path.read_text().splitlines()]
+            records[-2] |= {"kl/start": value, "kl_low/start": value - 0.01, "kl_high/start": value + 0.01}
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report([study], tmp_path / "out").read_text()
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t(2) x sd 0.1 / sqrt(3) for SFT's 0.3, 0.5, 0.4
+    assert "## KL from the start" in text and "| run | start |" in text
+    assert f"| SFT | 0.400 ({0.4 - half:.3f} to {0.4 + half:.3f}) |" in text

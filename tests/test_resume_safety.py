@@ -18,9 +18,9 @@ import yaml
 from click.testing import CliRunner
 
 from deploy.cli import main
-from deploy.train.config import TrainConfig
+from deploy.train.config import TrainConfig, load_train_config
 from deploy.train.folder_lock import RunFolderBusy, RunFolderLock
-from deploy.train.loop import Trainer, load_train_config
+from deploy.train.loop import Trainer
 from deploy.train.metrics import read_metrics
 from deploy.train.resume import ResumeRefused, config_differences
 from tests.test_cli_errors import assert_clean

@@ -21,6 +21,7 @@ def test_the_papers_experiments_all_have_a_recipe():
     assert set(RECIPES) == {
         "gp-l-rule-ood", "virl-l-rule-ood", "gp-vl-visual-ood", "virl-vl-visual-ood", "gp-vl-recognition",
         "rl-without-sft", "verify-iterations", "combinations", "prompt-diverse-sft", "forgetting-recovery",
+        "frontier",
     }  # fmt: skip
 
 
@@ -268,7 +269,17 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     assert (
         resolved[0, "rl"]["rollout"]["sampling"]["seed"] != resolved[1, "rl"]["rollout"]["sampling"]["seed"]
     )
-    assert resolved[0, "rl"]["eval"] == resolved[1, "rl"]["eval"]
+    evals = [{k: v for k, v in resolved[s, "rl"]["eval"].items() if k != "kl_references"} for s in (0, 1)]
+    assert evals[0] == evals[1]
+    # KL to the base: against the start samples of the same seed's init (its start is the base)
+    for seed in (0, 1):
+        assert resolved[seed, "rl"]["eval"]["kl_references"] == {
+            "base": str(folder / f"seed-{seed}" / "init")
+        }
+        assert (
+            "kl_references" not in resolved[seed, "init"]["eval"]
+            or not resolved[seed, "init"]["eval"]["kl_references"]
+        )
     # arms that start from the init's final checkpoint reuse its final evaluation as their start
     assert resolved[0, "init"]["eval"]["at_start"] and not resolved[0, "rl"]["eval"]["at_start"]
     # and seed 1's init, from the same base evaluated the same way, takes seed 0's start evaluation
@@ -321,6 +332,13 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     assert all(len(r["suites"]["id"]["task"]) == 8 and r["cpu_kind"] for r in outcomes)
     assert [r["suites"]["id"]["task"] for r in outcomes] == [outcomes[0]["suites"]["id"]["task"]] * 6
     assert text.count("(2 seeds; paired by seed and task)") == 4  # the success questions
+    rl_final = [r for r in read_metrics(folder / "seed-0" / "rl" / "metrics.jsonl") if r["kind"] == "eval"][
+        -1
+    ]
+    assert (
+        rl_final["kl_tokens/start"] > 0 and rl_final["kl_tokens/base"] > 0
+    )  # KL to the init and to the base
+    assert "## KL from the start" in text and "| run | base | start |" in text
     assert text.count("(2 seeds; t over the seeds' differences)") == 1  # adherence: a share of answers
     for png in ("success_vs_compute.png", "final_success.png", "differences.png", "levels.png"):
         assert f"]({png})" in text

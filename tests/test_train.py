@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.train.loop import Trainer, load_train_config
+from deploy.train.config import load_train_config
+from deploy.train.loop import Trainer
 from deploy.train.metrics import read_metrics
 from tests.listeners import beyond_loopback, listening_sockets
 
@@ -82,6 +83,12 @@ def test_sft_teaches_the_format_and_the_training_rule(sft_run):
     assert evals[-1]["flops"] > evals[1]["flops"] > 0
     assert (sft_run.run_dir / "resolved_config.yaml").exists() and (sft_run.run_dir / "curves.png").exists()
     assert sft_run.final_policy_version == [300]  # the rollout engine holds the learner's last weights
+    # KL to the start, on 64 answers the start sampled: zero before the first step (the same weights score
+    # the same answers), then training moves away from the random start's answers
+    kl = [e["kl/start"] for e in evals]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 0.05 and kl[2] > 0.05
+    assert all(e["kl_low/start"] <= e["kl_high/start"] and e["kl_tokens/start"] > 64 for e in evals)
+    assert len((sft_run.run_dir / "kl_reference.jsonl").read_text().splitlines()) == 64
 
 
 @pytest.mark.parametrize(
@@ -112,6 +119,9 @@ def test_rl_from_the_sft_checkpoint(sft_run, tmp_path, algorithm, tasks, samples
     assert any(r["clip_fraction"] > 0 for r in train)  # the second epoch moved the policy past the clip
     assert trainer.final_policy_version == [10]  # every update reached the rollout actor
     assert evals[-1]["reward/id"] != evals[0]["reward/id"]  # the evaluated policy changed
+    assert evals[0]["kl/start"] == pytest.approx(0.0, abs=1e-6) and all(
+        math.isfinite(e["kl/start"]) for e in evals
+    )
     if algorithm == "ppo":  # paper 1's value head is trained alongside
         assert all(math.isfinite(r["value_loss"]) and "value_mean" in r for r in train)
     # Only a collapse is an error here: whether 10 steps of this random tiny model raise its mean reward
@@ -180,10 +190,16 @@ def test_resume_after_a_kill_or_a_sigterm_reproduces_the_uninterrupted_run(tmp_p
     assert ckpt.exists(), "no checkpoint appeared before the kill"
     os.killpg(killed.pid, signal.SIGKILL)  # the driver and everything in its session, mid-run
     killed.wait()
+    reference = (tmp_path / "killed" / "kl_reference.jsonl").read_bytes()
     resumed = _run_cli([*overrides, "run_name=killed", "--resume", "auto"], env)  # as a retried cluster job
     out = resumed.stdout.read().decode()
     assert resumed.wait(timeout=900) == 0, out[-3000:]
     assert "resuming from" in out
+    # KL is measured against the start's own samples after the resume too, not new ones
+    assert (tmp_path / "killed" / "kl_reference.jsonl").read_bytes() == reference
+    assert all(
+        "kl/start" in r for r in read_metrics(tmp_path / "killed" / "metrics.jsonl") if r["kind"] == "eval"
+    )
 
     def comparable(run: str) -> list[tuple]:
         rows = read_metrics(tmp_path / run / "metrics.jsonl")

@@ -110,7 +110,8 @@ def train_cmd(config_path: str | None, resume: str, restart: bool, overrides: tu
     (put a bare --resume after them, or write --resume yes).
     """
     from deploy.commands.engine import check_train_models
-    from deploy.train.loop import RunInterrupted, Trainer, load_train_config
+    from deploy.train.config import load_train_config
+    from deploy.train.loop import RunInterrupted, Trainer
 
     config = load_train_config(config_path, list(overrides))
     check_train_models(config)  # the model exists and its context fits, before Ray starts

@@ -152,3 +152,48 @@ def merge_curve(ratios: list[float], rows: dict[str, list[Interval | None]], val
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     return _save(fig, out, name)
+
+
+def frontier_plot(spec: dict[str, Any], arms: list[Arm], study: str | None,
+                  frontiers: dict[str, list[tuple[float, float]]], out: Path, name: str) -> str:  # fmt: skip
+    """Rule-OOD success against ID success: each arm's evaluations pooled over seeds (95% intervals
+    both ways), coloured by method, and each method's frontier over every seed's points."""
+    ident, ood = spec.get("id_suite", "id"), spec.get("ood_suite", "ood_rule")
+    by_name = {a.name: a for a in arms if study is None or a.key == f"{study}/{a.name}"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for i, (method, names) in enumerate(spec["methods"].items()):
+        colour = f"C{i}"
+        for arm in (by_name[n] for n in names if n in by_name):
+            xs, ys = curve(arm, "success", ident), curve(arm, "success", ood)
+            if not xs or len(xs) != len(ys):
+                continue
+            xv, yv = [p[1] for p in xs], [p[1] for p in ys]
+            ax.errorbar(xv, yv, xerr=_errors([p[2] for p in xs], xv), yerr=_errors([p[2] for p in ys], yv),
+                        fmt="o", color=colour, alpha=0.45, markersize=4, capsize=2)  # fmt: skip
+        front = frontiers.get(method) or []
+        ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, linewidth=2, label=method)
+    ax.set_xlabel(f"ID success ({ident})")
+    ax.set_ylabel(f"rule-OOD success ({ood})")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)
+
+
+def kl_scatter(points: list[Any], fit: tuple[float, float, float], out: Path, name: str) -> str:
+    """Each point's rule-OOD change (against the start, same seed) against its KL to the start, by
+    method, with the least-squares line and its R^2."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    methods = list(dict.fromkeys(p.method for p in points))
+    for i, method in enumerate(methods):
+        mine = [p for p in points if p.method == method]
+        ax.scatter([p.kl for p in mine], [p.ood_change for p in mine], s=14, color=f"C{i}", label=method)
+    xs = sorted(p.kl for p in points)
+    ax.plot([xs[0], xs[-1]], [fit[0] * xs[0] + fit[1], fit[0] * xs[-1] + fit[1]], "k--", linewidth=1,
+            label=f"line, R^2 {fit[2]:.2f}")  # fmt: skip
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("KL(start || model), nats per token")
+    ax.set_ylabel("rule-OOD success minus the start's")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.legend(fontsize=8)
+    return _save(fig, out, name)

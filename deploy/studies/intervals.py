@@ -139,22 +139,26 @@ def table_interval(table: np.ndarray, level: float = 0.95) -> Interval:
     return Interval(mean, max(-1.0, mean - half), min(1.0, mean + half))
 
 
+def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """The mean of one value per seed with Student's t over the seeds (at least 2)."""
+    from scipy.stats import t as student_t
+
+    if len(values) < 2:
+        raise ValueError(f"need at least 2 seeds (got {len(values)})")
+    x = np.asarray(values, dtype=float)
+    half = float(student_t.ppf(0.5 + level / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return Interval(float(x.mean()), float(x.mean()) - half, float(x.mean()) + half)
+
+
 def seed_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Interval:
     """Mean of ``a`` minus ``b``, one rate per seed, paired by seed: Student's t on the per-seed
     differences (``S - 1`` degrees of freedom). For records without per-episode outcomes; it leaves out
     the draw of the tasks the seeds share, so :func:`paired_difference` is wider where tasks matter."""
-    from scipy.stats import t as student_t
 
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"need the same seeds in both arms, at least 2 (got {len(a)} and {len(b)})")
-    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    mean = float(diffs.mean())
-    half = (
-        float(student_t.ppf(0.5 + level / 2, len(diffs) - 1))
-        * float(diffs.std(ddof=1))
-        / math.sqrt(len(diffs))
-    )
-    return Interval(mean, max(-1.0, mean - half), min(1.0, mean + half))
+    got = mean_interval(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), level)
+    return Interval(got.estimate, max(-1.0, got.low), min(1.0, got.high))
 
 
 def paired_table(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]]) -> np.ndarray:

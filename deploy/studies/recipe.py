@@ -61,6 +61,21 @@ class StudyQuestion(StrictModel):
     metric: Literal["success", "adherence"] = "success"
 
 
+class FrontierSpec(StrictModel):
+    """Methods as groups of arms (each a learning rate) for rule-OOD-against-ID frontiers
+    (:mod:`deploy.studies.frontier`); the questions are asked of methods, not arms."""
+
+    start: str = Field(
+        description="the arm every method starts from (its final evaluation is every frontier's start)"
+    )
+    methods: dict[str, list[str]] = Field(min_length=2, description="method name -> its arms")
+    compare: tuple[str, str] = Field(
+        description="methods (a, b): a minus b on rule OOD at matched ID success"
+    )
+    id_suite: str = "id"
+    ood_suite: str = "ood_rule"
+
+
 class Study(StrictModel):
     name: str
     title: str
@@ -72,6 +87,7 @@ class Study(StrictModel):
     arms: list[StudyArm] = Field(min_length=1)
     levels: LevelsSpec | None = None
     questions: list[StudyQuestion] = []
+    frontier: FrontierSpec | None = None
 
     @model_validator(mode="after")
     def _questions_name_arms(self) -> Study:
@@ -82,6 +98,14 @@ class Study(StrictModel):
                     raise ValueError(
                         f"question {q.text!r} names arm {arm!r}; arms: {', '.join(sorted(names))}"
                     )
+        if self.frontier is not None:
+            f = self.frontier
+            named = [f.start, *(a for arms in f.methods.values() for a in arms)]
+            unknown = sorted(set(named) - names)
+            if unknown:
+                raise ValueError(f"frontier names arms {unknown}; arms: {', '.join(sorted(names))}")
+            if not set(f.compare) <= set(f.methods):
+                raise ValueError(f"frontier.compare {list(f.compare)} names no method of {sorted(f.methods)}")
         return self
 
 

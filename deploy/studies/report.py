@@ -19,11 +19,13 @@ from typing import Any
 import yaml
 
 from deploy.studies import figures
+from deploy.studies.frontier import frontier_section
+from deploy.studies.intervals import mean_interval
+from deploy.studies.outcomes import OUTCOMES_FILE, with_outcomes, without_outcomes, write_outcomes
 from deploy.studies.stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
 from deploy.train.metrics import read_metrics
 
 LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
-OUTCOMES_FILE = "outcomes.json"  # beside report.json
 
 
 def collect_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -105,23 +107,6 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
     if (folder / "counts.json").exists():
         run["counts"] = json.loads((folder / "counts.json").read_text())
     return run
-
-
-def with_outcomes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A run's evaluation records, each with its per-episode outcomes (the ``episodes`` record logged
-    after it) under ``"outcomes"``, where the run logged them."""
-    evals, last = [], None
-    for record in records:
-        if record.get("kind") == "eval":
-            last = dict(record)
-            evals.append(last)
-        elif (
-            record.get("kind") == "episodes"
-            and last is not None
-            and last.get("global_step") == record.get("global_step")
-        ):
-            last["outcomes"] = {k: v for k, v in record.items() if k != "kind"}
-    return evals
 
 
 def _attempts_allowed(folder: Path) -> dict[str, int]:
@@ -232,6 +217,42 @@ def _questions(paths: list[str | Path]) -> list[dict[str, Any]]:
         if (Path(path) / "study.yaml").exists():
             asked = (yaml.safe_load((Path(path) / "study.yaml").read_text()) or {}).get("questions") or []
             found += [{**q, "study": str(Path(path))} for q in asked]
+    return found
+
+
+def _kl_table(arms: list[Arm]) -> list[str]:
+    """Forward KL per token from each arm's start (and from the study's base) at its final evaluation:
+    the mean over seeds, with t over the seeds (one seed: its bootstrap over answers)."""
+    names = sorted({k.split("/", 1)[1] for a in arms for f in a.finals for k in f if k.startswith("kl/")})
+    if not names:
+        return []
+
+    def shown(arm: Arm, name: str) -> str:
+        found = [f for f in arm.finals if isinstance(f.get(f"kl/{name}"), int | float)]
+        if len(found) != len(arm.finals):
+            return "-"
+        values = [f[f"kl/{name}"] for f in found]
+        if len(values) == 1:
+            return f"{values[0]:.3f} ({found[0][f'kl_low/{name}']:.3f} to {found[0][f'kl_high/{name}']:.3f})"
+        got = mean_interval(values)
+        return f"{got.estimate:.3f} ({got.low:.3f} to {got.high:.3f})"
+
+    lines = ["## KL from the start", "",
+             "Forward KL(start || final) in nats per token, on ID answers the start sampled at temperature 1 "
+             "(`deploy/train/kl_probe.py`); `start` is the arm's own starting model, `base` the study's base. "
+             "Mean over seeds with its 95% interval (t over the seeds).", "",
+             "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
+    lines += [f"| {arm.label} | " + " | ".join(shown(arm, n) for n in names) + " |" for arm in arms]
+    return lines + [""]
+
+
+def _frontiers(paths: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:
+    """The frontier specs of the studies among ``paths`` (a study without one: none)."""
+    found = []
+    for path in paths:
+        if (Path(path) / "study.yaml").exists():
+            spec = (yaml.safe_load((Path(path) / "study.yaml").read_text()) or {}).get("frontier")
+            found += [(str(Path(path)), spec)] if isinstance(spec, dict) else []
     return found
 
 
@@ -394,10 +415,15 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
         lines += (
             _final_table(trained, suites)
             + _adherence_table(trained, suites)
+            + _kl_table(trained)
             + _along_training(trained, suites)
         )
     section, drawn, answers = _answers(_questions(paths), arms, out)
     lines, shown = lines + section, shown + drawn
+    for study, spec in _frontiers(paths):
+        section, drawn, found = frontier_section(spec, arms, study, out)
+        lines, shown = lines + section, shown + drawn
+        answers += [{"study": study, "frontier": found}] if found else []
     if any(k.startswith("recognition_accuracy/") for a in trained for f in a.finals for k in f):
         shown.append(("Recognition accuracy against training compute",
                       figures.recognition_curves(trained, out, "recognition.png")))  # fmt: skip
@@ -413,32 +439,12 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
     lines += _run_time(arms)
     lines += ["## Figures", ""] + [f"### {caption}\n\n![{caption}]({name})\n" for caption, name in shown]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    raw = [{k: v for k, v in r.items() if k != "evals"} | {"evals": [_without_outcomes(e) for e in r.get("evals", [])]}
+    raw = [{k: v for k, v in r.items() if k != "evals"} | {"evals": [without_outcomes(e) for e in r.get("evals", [])]}
            for r in runs]  # fmt: skip
-    raw = [r | {"final": _without_outcomes(r.get("final") or {})} if "final" in r else r for r in raw]
-    raw = [r | {"sweep": r["sweep"] | {"rows": [_without_outcomes(x) for x in r["sweep"].get("rows", [])]}}
+    raw = [r | {"final": without_outcomes(r.get("final") or {})} if "final" in r else r for r in raw]
+    raw = [r | {"sweep": r["sweep"] | {"rows": [without_outcomes(x) for x in r["sweep"].get("rows", [])]}}
            if isinstance(r.get("sweep"), dict) else r for r in raw]  # fmt: skip
     (out / "report.json").write_text(json.dumps({"runs": raw, "answers": answers}, indent=1, default=float),
                                      encoding="utf-8")  # fmt: skip
     write_outcomes(runs, out / OUTCOMES_FILE)
     return out / "report.md"
-
-
-def _without_outcomes(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "outcomes"}
-
-
-def write_outcomes(runs: list[dict[str, Any]], path: Path) -> None:
-    """The per-episode outcomes of every run's final evaluation and of every merge a sweep played (task,
-    success, first-answer fields), with the commit and CPU that made them: what a paired re-analysis
-    of the report needs."""
-    rows = [{"study": r.get("study"), "arm": r.get("arm") or r["label"], "seed": r.get("seed", 0),
-             "global_step": (r.get("final") or {}).get("global_step"), **(r.get("final") or {})["outcomes"]}
-            for r in runs if (r.get("final") or {}).get("outcomes")]  # fmt: skip
-    rows += [{"study": r.get("study"), "arm": r.get("arm") or r["label"], "seed": r.get("seed", 0),
-              "ratio": x.get("ratio"), **x["outcomes"]}
-             for r in runs if isinstance(r.get("sweep"), dict) for x in r["sweep"].get("rows", []) if x.get("outcomes")]  # fmt: skip
-    if rows:
-        path.write_text(json.dumps({"runs": rows}) + "\n", encoding="utf-8")
-    elif path.exists():  # an earlier report's outcomes would not be this report's
-        path.unlink()

@@ -133,6 +133,13 @@ class StudyRunner:
             config = config.model_copy(update={"eval": config.eval.model_copy(update={"at_start": False})})
         if played_by:
             self.done_extra["start_evaluation"] = "seed-0" if played_by == arm.name else f"seed-0/{played_by}"
+        root = self._root_arm(arm)
+        if root != arm.name and config.eval.kl_samples and "base" not in config.eval.kl_references:
+            # the arm it descends from started at the study's base: its start samples give KL to the base
+            refs = {**config.eval.kl_references, "base": str(arm_dir.parent / root)}
+            config = config.model_copy(
+                update={"eval": config.eval.model_copy(update={"kl_references": refs})}
+            )
         # an arm stopped mid-way continues from its last checkpoint; one stopped before any checkpoint
         # verified starts over, its old folder moved aside (a study run again must go on, losing nothing)
         trainer = Trainer(config, resume=arm_dir.exists(), console=self.console, restart=True)
@@ -160,6 +167,15 @@ class StudyRunner:
             if alike and start_played_in(self.seed_dir(0) / other.name, own.eval):
                 return other.name
         return None
+
+    def _root_arm(self, arm: StudyArm) -> str:
+        """The training arm ``arm`` descends from through ``"@ARM"`` models (itself when it starts
+        from a model of its own)."""
+        seen = {arm.name}
+        while (found := self._train_parent(arm.config.get("model", ""))) is not None and found[0] not in seen:
+            seen.add(found[0])
+            arm = next(a for a in self.study.arms if a.name == found[0])
+        return arm.name
 
     def _train_parent(self, value: Any) -> tuple[str, Any] | None:
         """``"@ARM"`` naming a training arm of this study: its name and config, else None."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from services.learner.config import LearnerConfig, OptimConfig, RLConfig
 from services.rollout.config import RolloutConfig, SamplingConfig
-from sftrl.config import EnvSpec, StrictModel
+from sftrl.config import EnvSpec, StrictModel, read_yaml
+from sftrl.hardware import describe_precision, resolve_precision
 
 
 class SFTDataSpec(StrictModel):
@@ -101,12 +103,27 @@ class EvalConfig(StrictModel):
         description="> 1: also play pass_k samples of each task at pass_k_temperature (pass@k)",
     )
     pass_k_temperature: float = Field(1.0, gt=0, le=2)
+    kl_samples: int = Field(
+        64,
+        ge=0,
+        le=1024,
+        description="forward KL(start || current) per token at every evaluation, on this many answers the "
+        "starting model samples at temperature 1 to the kl_suite's prompts (0: not measured)",
+    )
+    kl_suite: str = Field("id", description="the suite whose prompts the KL is measured on")
+    kl_references: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> another run's folder: KL to that run's start as well (a study sets 'base': "
+        "the folder of the arm its arm descends from)",
+    )
 
     @model_validator(mode="after")
     def _final_only_are_suites(self) -> EvalConfig:
         unknown = sorted(set(self.final_only) - set(self.suites))
         if unknown:
             raise ValueError(f"eval.final_only names {unknown}, which are not suites ({sorted(self.suites)})")
+        if self.kl_samples and self.kl_suite not in self.suites:
+            raise ValueError(f"eval.kl_suite {self.kl_suite!r} is not a suite ({sorted(self.suites)})")
         return self
 
 
@@ -138,3 +155,29 @@ class TrainConfig(StrictModel):
     tensorboard: bool = True
     save_trajectories: bool = Field(False, description="write each RL step's episodes to trajectories/")
     registry: RegistryConfig = RegistryConfig()
+
+
+def resolve_hardware(config: TrainConfig, say: Callable[..., Any]) -> dict[str, str]:
+    """``auto`` precision of the learner and of the rollout engines made explicit for this machine, in
+    place (one rule, :func:`sftrl.hardware.resolve_precision`); the choice and its reason are printed
+    once and returned (the resolved config carries them as comments)."""
+    learner = resolve_precision(config.learner.precision, config.learner.device)
+    engine = resolve_precision(config.rollout.engine.dtype, config.rollout.engine.device)
+    config.learner.precision, config.rollout.engine.dtype = learner[0], engine[0]  # type: ignore[assignment]
+    notes = {
+        "learner.precision": "{} ({})".format(*learner),
+        "rollout.engine.dtype": "{} ({})".format(*engine),
+    }
+    if learner == engine:
+        say(f"[dim]{describe_precision(*learner)}[/]", highlight=False, soft_wrap=True)
+    else:
+        say(f"[dim]precision: learner {notes['learner.precision']}, rollout {notes['rollout.engine.dtype']}[/]",
+            highlight=False, soft_wrap=True)  # fmt: skip
+    return notes
+
+
+def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
+    from sftrl.config import apply_overrides, build
+
+    data = read_yaml(path) if path else {}
+    return build(TrainConfig, apply_overrides(data, overrides), source=str(path or "config"))

@@ -24,9 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from deploy.evaluate.suites import evaluate, suite_metrics
 from deploy.train.combination import sft_weight, split_by_pass_rate
-from deploy.train.config import RLStage, SFTStage, TrainConfig
+from deploy.train.config import RLStage, SFTStage, TrainConfig, resolve_hardware
 from deploy.train.data import TrainingData, epoch_order, rows_for_step
 from deploy.train.folder_lock import RunFolderLock
+from deploy.train.kl_probe import KLProbe, open_probe
 from deploy.train.metrics import MetricsLog, plot_run
 from deploy.train.registry_sync import RunRegistrar
 from deploy.train.resume import claim_run_folder
@@ -34,8 +35,7 @@ from deploy.train.rl_step import FlopsCounter, RLStep, push_dtype, push_weights
 from services.envs import resolve_options
 from services.rollout.group import RolloutGroup, episode_specs
 from sftrl.checkpoint import step_of
-from sftrl.config import read_yaml, write_resolved_config
-from sftrl.hardware import describe_precision, resolve_precision
+from sftrl.config import write_resolved_config
 from sftrl.models import resolve_model
 from sftrl.registry import RunRecord, open_registry
 from sftrl.registry.store import REGISTRY_ERRORS
@@ -50,25 +50,6 @@ if TYPE_CHECKING:
 def _stage_seed(config: TrainConfig, stage_index: int, step: int, tasks: int) -> int:
     """Training task seeds: disjoint per (stage, step), and below the evaluation seeds."""
     return config.seed * 1_000_000 + stage_index * 100_000 + step * tasks
-
-
-def _resolve_hardware(config: TrainConfig, console: Console) -> dict[str, str]:
-    """``auto`` precision of the learner and of the rollout engines made explicit for this machine, in
-    place (one rule, :func:`sftrl.hardware.resolve_precision`); the choice and its reason are printed
-    once and returned (the resolved config carries them as comments)."""
-    learner = resolve_precision(config.learner.precision, config.learner.device)
-    engine = resolve_precision(config.rollout.engine.dtype, config.rollout.engine.device)
-    config.learner.precision, config.rollout.engine.dtype = learner[0], engine[0]  # type: ignore[assignment]
-    notes = {
-        "learner.precision": "{} ({})".format(*learner),
-        "rollout.engine.dtype": "{} ({})".format(*engine),
-    }
-    if learner == engine:
-        console.print(f"[dim]{describe_precision(*learner)}[/]", highlight=False, soft_wrap=True)
-    else:
-        console.print(f"[dim]precision: learner {notes['learner.precision']}, rollout {notes['rollout.engine.dtype']}[/]",
-                      highlight=False, soft_wrap=True)  # fmt: skip
-    return notes
 
 
 class RunInterrupted(Exception):
@@ -98,7 +79,9 @@ class Trainer:
         config = self.config
         self.resume_state = self._load_state() if resume else None
         config.env.options = resolve_options(config.env.id, config.env.options)
-        notes = _resolve_hardware(config, self.console)  # before the comparison: the old config holds these
+        notes = resolve_hardware(
+            config, self.console.print
+        )  # before the comparison: the old config holds these
         # the folder is checked before anything in it is written: a refusal leaves it as it was
         keep_until = claim_run_folder(self.run_dir, config, self.resume_state, resume, restart, self.console)
         self._clean_checkpoint_leftovers()
@@ -113,6 +96,7 @@ class Trainer:
         self.global_step = int(self.resume_state["global_step"]) if self.resume_state else 0
         self.rollout: RolloutGroup | None = None
         self.learner: LearnerGroup | None = None
+        self.kl: KLProbe | None = None  # KL to the start at each evaluation (deploy.train.kl_probe)
         self.counter = FlopsCounter(0)
         self.data = TrainingData(config, self.run_dir)
         self.stop_requested = False  # set by SIGTERM: stop after this step, checkpointed
@@ -181,6 +165,8 @@ class Trainer:
         metrics, played = evaluate(self.rollout, self.config.env.id, self.config.env.options, suites, ev.episodes,
                                    ev.seed, ev.sampling, ev.pass_k, ev.pass_k_temperature)  # fmt: skip
         at = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step}
+        if self.kl is not None and self.learner is not None:
+            metrics |= self.kl.measure(self.learner)
         self.metrics.log_evaluation(
             at | {"flops": self.flops, "eval_s": time.perf_counter() - t0}, metrics, played
         )
@@ -427,6 +413,9 @@ class Trainer:
                         self.learner.load_checkpoint(self.resume_state["path"])
                     if self.resume_state is not None and index == start_stage:
                         self._push_weights()  # the engine must hold the checkpoint's weights
+                    if index == start_stage:  # fresh: engines and learner hold the starting weights
+                        self.kl = open_probe(self.run_dir, cfg, self.rollout, self.learner,
+                                             fresh=self.resume_state is None, say=self.console.print)  # fmt: skip
                     self.metrics.log(
                         {"kind": "stage_start", "stage": stage.name, "global_step": self.global_step}
                     )
@@ -459,10 +448,3 @@ def _tokenizer(model_path: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path)
-
-
-def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
-    from sftrl.config import apply_overrides, build
-
-    data = read_yaml(path) if path else {}
-    return build(TrainConfig, apply_overrides(data, overrides), source=str(path or "config"))
