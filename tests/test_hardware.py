@@ -103,15 +103,14 @@ def test_a_run_writes_the_choice_and_its_reason_into_its_resolved_config(cpu, tm
     import yaml
     from rich.console import Console
 
-    from deploy.train.config import TrainConfig
-    from deploy.train.loop import _resolve_hardware
+    from deploy.train.config import TrainConfig, resolve_hardware
     from sftrl.config import write_resolved_config
 
     cpu(AVX2_ONLY)
     config = TrainConfig()
     assert (config.learner.precision, config.rollout.engine.dtype) == ("auto", "auto")  # the defaults
     console = Console(record=True, width=200)
-    notes = _resolve_hardware(config, console)
+    notes = resolve_hardware(config, console.print)
     assert (config.learner.precision, config.rollout.engine.dtype) == ("float32", "float32")
     path = write_resolved_config(config, tmp_path, notes=notes)
     text = path.read_text()
