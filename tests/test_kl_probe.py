@@ -41,8 +41,9 @@ def _answer(i: int, tokens: int) -> Trajectory:
 def test_the_reference_round_trips_and_a_damaged_one_is_refused(tmp_path):
     samples = [_answer(i, 2 + i) for i in range(3)]
     scores = [[-math.log(2)] * (2 + i) for i in range(3)]
-    save_reference(tmp_path, samples, scores)
+    written = save_reference(tmp_path, samples, scores)
     back = load_reference(tmp_path)
+    assert written == back  # what the run measures against is what a resume reads
     assert back is not None and [t.turns[0].info[START_LOGPROBS] for t in back] == scores
     assert [t.turns[0].response_ids for t in back] == [t.turns[0].response_ids for t in samples]
     assert load_reference(tmp_path / "elsewhere") is None  # a run that never kept one

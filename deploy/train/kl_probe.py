@@ -81,16 +81,20 @@ def kl_per_token(start: Sequence[Sequence[float]], now: Sequence[Sequence[float]
     return estimate, float(low), float(high), int(counts.sum())
 
 
-def save_reference(run_dir: Path, trajectories: list[Trajectory], logprobs: list[list[float]]) -> Path:
-    """The start's samples with its scores in each first turn's info, written atomically and read back."""
+def save_reference(
+    run_dir: Path, trajectories: list[Trajectory], logprobs: list[list[float]]
+) -> list[Trajectory]:
+    """The start's samples with its scores in each first turn's info, written atomically; returns them as read
+    back from the file (the run measures against what it will find on a resume)."""
     kept = []
     for traj, lp in zip(trajectories, logprobs, strict=True):
         turn = traj.turns[0].model_copy(update={"info": {**traj.turns[0].info, START_LOGPROBS: lp}})
         kept.append(traj.model_copy(update={"turns": [turn]}))
     path = write_jsonl(kept, run_dir / REFERENCE_FILE)
-    if len(load_reference(run_dir) or []) != len(kept):
+    back = load_reference(run_dir) or []
+    if len(back) != len(kept):
         raise RuntimeError(f"{path} did not read back as written")
-    return path
+    return back
 
 
 def load_reference(run_dir: Path) -> list[Trajectory] | None:
@@ -156,8 +160,7 @@ def open_probe(run_dir: Path, config: Any, rollout: Any, learner: Any, fresh: bo
         options = {**config.env.options, **ev.suites[ev.kl_suite]}
         samples = sample_start(rollout, config.env.id, options, ev.kl_samples, ev.seed + KL_SEED_OFFSET,
                                ev.sampling.max_tokens)  # fmt: skip
-        save_reference(run_dir, samples, answer_logprobs(learner, samples, pad_id, None))
-        own = load_reference(run_dir)
+        own = save_reference(run_dir, samples, answer_logprobs(learner, samples, pad_id, None))
     references: dict[str, list[Trajectory]] = {}
     if own is None:
         say(
