@@ -412,4 +412,7 @@ def test_a_cancelled_evaluation_stops_at_its_next_chunk(registry: Registry, run_
     )
     result = execute_evaluation(registry, finished.eval_id, lambda ckpt, config: ScriptedRollout(), lease_s=5)
     assert result.status == "done" and result.episodes_done == 2 and result.lease_until > time.time()
+    stored = registry.get_evaluation(finished.eval_id).outcomes  # per episode, kept with the record
+    assert stored is not None and len(stored.task) == len(stored.success) == 2
+    assert sum(stored.success) == round(result.metrics["success"] * 2)
     assert registry.live_evaluations("o") == []

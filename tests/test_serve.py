@@ -118,6 +118,9 @@ def test_evaluation_over_http_matches_the_in_process_evaluation(
     assert over_http["progress"] == 1.0 and over_http["checkpoint"] == "gp@20"
     metrics = over_http["metrics"]
     assert metrics["turns"] >= 1 and 0 <= metrics["success"] <= 1 and "reward" in metrics
+    outcomes = over_http["outcomes"]  # per episode, for differences paired by task
+    assert len(outcomes["task"]) == len(set(outcomes["task"])) == 12
+    assert sum(outcomes["success"]) == round(metrics["success"] * 12)
 
     env = {**os.environ, "REDIS_URL": registry_server}
     cmd = [sys.executable, "-m", "deploy.cli", "evaluate", "gp@20", "--suite", "id", "--episodes", "12", "--seed", "5",
@@ -129,6 +132,7 @@ def test_evaluation_over_http_matches_the_in_process_evaluation(
         in_process = [e for e in reg.list_evaluations("gp@20") if e.eval_id != eval_id and e.status == "done"]
         assert len(in_process) == 1
         assert in_process[0].metrics == pytest.approx(metrics, abs=1e-12)
+        assert in_process[0].outcomes.model_dump(mode="json") == outcomes  # the same tasks, the same results
         assert reg.get_evaluation(eval_id).metrics == metrics  # results are stored in the registry
 
 

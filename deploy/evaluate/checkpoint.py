@@ -22,11 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 
-from deploy.evaluate.metrics import suite_metrics
+from deploy.evaluate.metrics import episode_outcomes, suite_metrics
 from deploy.evaluate.suites import play_suite
 from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
 from sftrl.config import ConfigError, StrictModel
-from sftrl.registry.records import CheckpointRecord, EvaluationRecord, SuiteSpec, parse_checkpoint_ref
+from sftrl.registry.records import (
+    CheckpointRecord,
+    EpisodeOutcomes,
+    EvaluationRecord,
+    SuiteSpec,
+    parse_checkpoint_ref,
+)
 from sftrl.registry.store import FINISHED, REGISTRY_ERRORS, Registry, RegistryError
 
 if TYPE_CHECKING:
@@ -181,12 +187,12 @@ def run_evaluation(
     sampling: SamplingConfig,
     on_progress: Callable[[int], None] | None = None,
     samples: int = 1,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], EpisodeOutcomes]:
     """Play ``episodes`` tasks of ``suite`` (``samples`` times each) with ``rollout.play(specs, sampling)``;
-    returns suite metrics (with pass@k when ``samples`` > 1)."""
+    returns suite metrics (with pass@k when ``samples`` > 1) and the per-episode outcomes."""
     played = play_suite(rollout, suite.name, suite.env, suite.options, episodes, seed, sampling, samples,
                         CHUNK_EPISODES, on_progress)  # fmt: skip
-    return suite_metrics(played)
+    return suite_metrics(played), EpisodeOutcomes.model_validate(episode_outcomes(played))
 
 
 # -- evaluations recorded in the registry (shared by `sftrl evaluate` and the Serve replicas) ----------
@@ -382,7 +388,7 @@ def _run_recorded(
         ckpt = registry.resolve_checkpoint(ev.checkpoint_id)
         run = registry.get_run(ckpt.run_id)
         rollout = get_rollout(ckpt, run.config if run is not None else {})
-        metrics = run_evaluation(
+        metrics, outcomes = run_evaluation(
             rollout, suite, ev.episodes, ev.seed, sampling, on_progress=progress, samples=ev.samples
         )
     except EvaluationCancelled:
@@ -392,5 +398,5 @@ def _run_recorded(
             eval_id, status="failed", error=error_text(exc, detailed_errors, eval_id)
         )
     return registry.finish_evaluation(
-        eval_id, status="done", metrics=metrics, episodes_done=ev.episodes * ev.samples
+        eval_id, status="done", metrics=metrics, outcomes=outcomes, episodes_done=ev.episodes * ev.samples
     )

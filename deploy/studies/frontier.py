@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deploy.studies.intervals import mean_interval
-from deploy.studies.stats import Arm
+from deploy.studies.stats import Arm, arms_of
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def frontier_points(spec: dict[str, Any], arms: list[Arm], study: str | None) ->
     """Every evaluation of the spec's method arms, per seed; an arm's first point (the start, before
     any step of its own) has KL 0. The rule-OOD change is against the start arm's final evaluation in
     the same seed."""
-    by_name = {a.name: a for a in arms if study is None or a.key == f"{study}/{a.name}"}
+    by_name = arms_of(arms, study)
     ident, ood = f"success/{spec.get('id_suite', 'id')}", f"success/{spec.get('ood_suite', 'ood_rule')}"
     start = by_name.get(spec["start"])
     start_ood = (

@@ -40,12 +40,22 @@ def write_outcomes(runs: list[dict[str, Any]], path: Path) -> None:
     """The per-episode outcomes of every run's final evaluation and of every merge a sweep played (task,
     success, first-answer fields), with the commit and CPU that made them: what a paired re-analysis
     of the report needs."""
-    rows = [{"study": r.get("study"), "arm": r.get("arm") or r["label"], "seed": r.get("seed", 0),
-             "global_step": (r.get("final") or {}).get("global_step"), **(r.get("final") or {})["outcomes"]}
-            for r in runs if (r.get("final") or {}).get("outcomes")]  # fmt: skip
-    rows += [{"study": r.get("study"), "arm": r.get("arm") or r["label"], "seed": r.get("seed", 0),
-              "ratio": x.get("ratio"), **x["outcomes"]}
-             for r in runs if isinstance(r.get("sweep"), dict) for x in r["sweep"].get("rows", []) if x.get("outcomes")]  # fmt: skip
+
+    def row(run: dict[str, Any], where: dict[str, Any], outcomes: dict[str, Any]) -> dict[str, Any]:
+        return {"study": run.get("study"), "arm": run.get("arm") or run["label"], "seed": run.get("seed", 0),
+                **where, **outcomes}  # fmt: skip
+
+    rows = []
+    for run in runs:
+        final = run.get("final") or {}
+        if final.get("outcomes"):
+            rows.append(row(run, {"global_step": final.get("global_step")}, final["outcomes"]))
+        sweep = run.get("sweep") if isinstance(run.get("sweep"), dict) else {}
+        rows += [
+            row(run, {"ratio": x.get("ratio")}, x["outcomes"])
+            for x in sweep.get("rows", [])
+            if x.get("outcomes")
+        ]
     if rows:
         path.write_text(json.dumps({"runs": rows}) + "\n", encoding="utf-8")
     elif path.exists():  # an earlier report's outcomes would not be this report's

@@ -143,10 +143,14 @@ def difference(a: Arm, b: Arm, metric: str, suite: str) -> tuple[Interval, str] 
     return bootstrap_rate_difference(ca, cb, paired=paired), "bootstrap over seeds and episodes"  # type: ignore[arg-type]
 
 
+def arms_of(arms: list[Arm], study: str | None) -> dict[str, Arm]:
+    """The arms of one study folder by their own names (``None``: every arm, for a one-study report)."""
+    return {arm.name: arm for arm in arms if study is None or arm.key == f"{study}/{arm.name}"}
+
+
 def answer(question: dict[str, Any], arms: list[Arm]) -> tuple[str, Interval | None]:
     """One sentence answering a study question from its arms' final evaluations."""
-    study = question.get("study")  # the study folder it came from (a report may hold several)
-    by_name = {arm.name: arm for arm in arms if study is None or arm.key == f"{study}/{arm.name}"}
+    by_name = arms_of(arms, question.get("study"))  # the study folder it came from
     metric, suite = question.get("metric", "success"), question.get("suite", "id")
     a, b = by_name.get(question["a"]), by_name.get(question["b"])
     if a is None or b is None:

@@ -76,6 +76,18 @@ class SuiteSpec(BaseModel):
 
 
 EvalStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+MAX_OUTCOMES = 65_536  # episodes x samples an evaluation record may list (the endpoint allows far fewer)
+
+
+class EpisodeOutcomes(BaseModel):
+    """Per episode of an evaluation, for analyses paired by task: its task (the environment seed),
+    whether it succeeded, and per field of its first answers ``[right, counted]``; columns, not rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: list[int] = Field([], max_length=MAX_OUTCOMES)
+    success: list[Literal[0, 1]] = Field([], max_length=MAX_OUTCOMES)
+    fields: dict[str, list[tuple[int, int]]] = Field({}, max_length=64)
 
 
 class EvaluationRecord(Record):
@@ -89,6 +101,7 @@ class EvaluationRecord(Record):
     status: EvalStatus = "queued"
     episodes_done: int = 0
     metrics: dict[str, float] = {}
+    outcomes: EpisodeOutcomes | None = None  # per episode, once done
     error: str | None = None
     note: str = ""  # e.g. which newer checkpoints of the run were skipped, and why
     lease_until: float = 0.0  # unix time; an active evaluation whose lease ran out is lost (0: none)

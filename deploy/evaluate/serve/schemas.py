@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sftrl.registry.records import CheckpointRecord, EvalStatus, EvaluationRecord, SuiteSpec
+from sftrl.registry.records import CheckpointRecord, EpisodeOutcomes, EvalStatus, EvaluationRecord, SuiteSpec
 
 
 class Health(BaseModel):
@@ -58,6 +58,11 @@ class EvaluationStatus(BaseModel):
     metrics: dict[str, float] = Field(
         description="success, reward, turns, response_tokens, error_rate/<kind>, recognition_accuracy (image modes)"
     )
+    outcomes: EpisodeOutcomes | None = Field(
+        None,
+        description="per episode, once done: task (environment seed), success, first answers' fields "
+        "[right, counted]; for differences paired by task",
+    )
     error: str | None = None
     note: str = Field(
         "", description="e.g. newer checkpoints of the run skipped because they failed verification"
@@ -69,7 +74,7 @@ class EvaluationStatus(BaseModel):
     def from_record(cls, ev: EvaluationRecord) -> EvaluationStatus:
         return cls(id=ev.eval_id, checkpoint=ev.checkpoint_id, suite=_without_paths(ev.suite), status=ev.status,
                    progress=ev.progress, episodes=ev.episodes, seed=ev.seed, metrics=ev.metrics,
-                   error=ev.error, note=ev.note, created=ev.created, updated=ev.updated)  # fmt: skip
+                   outcomes=ev.outcomes, error=ev.error, note=ev.note, created=ev.created, updated=ev.updated)  # fmt: skip
 
 
 def _without_paths(suite: SuiteSpec) -> SuiteSpec:
