@@ -9,8 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from deploy.evaluate.levels import (
+    LEVELS,
     TaggedItem,
     accuracy_by_level,
+    fill_levels,
+    level_counts,
     level_of,
     read_tagged,
     tag_items,
@@ -67,6 +70,38 @@ def test_tagging_counts_passes_per_task() -> None:
                       "items/L5": 1}  # fmt: skip
 
 
+# passes out of 16 per task, cycling every 10 seeds: L1 x3, L2 x2, L5 x2, L4 x2 and one L3
+CYCLE = [16, 12, 13, 9, 8, 1, 0, 3, 2, 6]
+
+
+def test_levels_fill_until_each_holds_the_number_asked_and_keep_that_many() -> None:
+    wins = {100 + k: CYCLE[k % 10] for k in range(200)}
+    reported = []
+    kept, fill = fill_levels(ScriptedRollout(wins), "sftrl/GeneralPoints-v0", {}, per_level=4, samples=16,
+                             seed=100, batch=10, on_progress=lambda n, c: reported.append((n, c["L3"])))  # fmt: skip
+    # L3 is one item in ten: 4 of them take 40 items, in 4 batches of 10
+    assert reported == [(10, 1), (20, 2), (30, 3), (40, 4)]
+    assert (fill.drawn, fill.episodes, fill.short, fill.shortfall()) == (40, 640, [], "")
+    assert fill.drawn_levels == {"L1": 12, "L2": 8, "L3": 4, "L4": 8, "L5": 8}
+    assert fill.kept == level_counts(kept) == {f"L{k}": 4 for k in LEVELS}
+    # the first 4 of each level in seed order, listed in seed order
+    want = sorted([s for s in range(100, 140) if level_of(wins[s], 16) == lv][:4] for lv in LEVELS)
+    assert [t.seed for t in kept] == sorted(s for group in want for s in group)
+    assert all(t.passes == wins[t.seed] and t.level == level_of(t.passes, 16) for t in kept)
+
+
+def test_a_level_left_short_is_said_with_what_it_took() -> None:
+    wins = {100 + k: CYCLE[k % 10] for k in range(30)}
+    kept, fill = fill_levels(ScriptedRollout(wins), "sftrl/GeneralPoints-v0", {}, per_level=3, samples=16,
+                             seed=100, batch=8, max_items=25)  # fmt: skip
+    assert fill.drawn == 25 and fill.short == ["L3"] and fill.kept["L3"] == 2 and len(kept) == 4 * 3 + 2
+    said = fill.shortfall()
+    assert said.startswith("after tagging 25 items (400 episodes, ") and "L3 hold fewer than the 3" in said
+    assert "max_items" in said and "per_level" in said
+    with pytest.raises(ConfigError, match="at least 1"):
+        fill_levels(ScriptedRollout(wins), "sftrl/GeneralPoints-v0", {}, per_level=0)
+
+
 def test_tagged_sets_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
     items = [TaggedItem(env_id="sftrl/GeneralPoints-v0", options={"target": 24}, seed=s, samples=4, passes=s % 5,
                         level=level_of(s % 5, 4)) for s in range(5)]  # fmt: skip
@@ -97,6 +132,15 @@ def test_difficulty_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) 
     assert [t.seed for t in tagged] == [20_000, 20_001, 20_002]
     assert all(t.samples == 4 and 0 <= t.passes <= 4 and t.level == level_of(t.passes, 4) for t in tagged)
     assert tagged[0].options["verify_iter"] == 1 and tagged[0].options["face_cards"] == "as_10"
+    # drawing until every level holds one item, at most 3 drawn: the levels it could not fill are said
+    filled = tmp_path / "filled.jsonl"
+    result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--suite", "gp-l/id", "--items", "3",
+                                  "--per-level", "1", "--samples", "2", "--max-tokens", "16", "--out", str(filled),
+                                  "--verify-iter", "1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    counts = level_counts(read_tagged(filled))
+    assert all(n <= 1 for n in counts.values()) and sum(counts.values()) >= 1
+    assert "hold fewer than the 1 items asked" in result.output and "--items" in result.output
     report = tmp_path / "report.json"
     result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--levels", str(levels),
                                   "--max-tokens", "16", "--out", str(report)])  # fmt: skip

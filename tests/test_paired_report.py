@@ -121,3 +121,31 @@ def test_the_report_gives_kl_from_the_start_with_t_over_the_seeds(tmp_path):
     half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t(2) x sd 0.1 / sqrt(3) for SFT's 0.3, 0.5, 0.4
     assert "## KL from the start" in text and "| run | start |" in text
     assert f"| SFT | 0.400 ({0.4 - half:.3f} to {0.4 + half:.3f}) |" in text
+
+
+def test_questions_per_level_take_t_over_the_seeds_and_the_report_says_how_levels_were_filled(tmp_path):
+    rng = np.random.default_rng(5)
+    study = _study(
+        tmp_path / "study", {"rl": [_wins(rng, 0.5) for _ in range(3)], "sft": [_wins(rng, 0.5)] * 3}
+    )
+    spec = json.loads((study / "study.yaml").read_text())
+    spec["questions"] = [{"text": "Does SFT beat RL on the hardest items?", "a": "sft", "b": "rl",
+                          "metric": "accuracy", "suite": "L5"}]  # fmt: skip
+    (study / "study.yaml").write_text(json.dumps(spec))
+    l5 = {"sft": [40, 44, 38], "rl": [30, 29, 33]}  # of 64 L5 items per seed
+    for seed in range(3):
+        fill = {"per_level": 64, "drawn": 900 + seed, "episodes": 16 * (900 + seed), "seconds": 600.0,
+                "drawn_levels": {"L1": 500, "L2": 200, "L3": 64, "L4": 70, "L5": 66 + seed},
+                "kept": {f"L{k}": 64 for k in range(1, 6)}, "short": []}  # fmt: skip
+        (study / f"seed-{seed}" / "levels-fill.json").write_text(json.dumps(fill))
+        for arm, wins in l5.items():
+            levels = {"accuracy": 0.5, "accuracy/L5": wins[seed] / 64, "items/L5": 64,
+                      "accuracy/L1": 0.9, "items/L1": 64}  # fmt: skip
+            (study / f"seed-{seed}" / arm / "levels.json").write_text(json.dumps(levels))
+    text = write_report([study], tmp_path / "out").read_text()
+    want = seed_difference([w / 64 for w in l5["sft"]], [w / 64 for w in l5["rl"]])
+    got = json.loads((tmp_path / "out" / "report.json").read_text())["answers"][0]["difference"]
+    assert (got["estimate"], got["low"], got["high"]) == pytest.approx((want.estimate, want.low, want.high))
+    assert "Accuracy on L5, SFT minus RL (3 seeds; t over the seeds' differences)" in text
+    assert "- seed 1: 901 items drawn and tagged (L1 500 L2 200 L3 64 L4 70 L5 67), 14416 episodes" in text
+    assert (tmp_path / "out" / "levels.png").stat().st_size > 1000

@@ -13,6 +13,7 @@ from rich.table import Table
 from deploy.evaluate.levels import (
     LEVELS,
     accuracy_by_level,
+    fill_levels,
     level_counts,
     read_tagged,
     tag_items,
@@ -43,25 +44,41 @@ def _rollout(model: str, engine: EngineConfig) -> RolloutWorker:
 
 def tag_command(
     console: Console, model: str, env_id: str, options: dict[str, Any], items: int, samples: int, seed: int,
-    sampling: SamplingConfig, out: Path, engine: dict[str, Any],
+    sampling: SamplingConfig, out: Path, engine: dict[str, Any], per_level: int | None = None,
 ) -> Path:  # fmt: skip
+    """Tag ``items`` items, or (``per_level``) draw until every level holds that many, at most ``items``."""
     from services.envs import resolve_options
 
     options = resolve_options(env_id, options)
     rollout = _rollout(model, _engine(console, model, engine, sampling))
     try:
         with Progress(*_COLUMNS, console=console) as progress:
-            task = progress.add_task(f"{items} items x {samples} samples", total=items * samples)
-            tagged = tag_items(rollout, env_id, options, items, samples, seed, sampling, model_name=model,
-                               on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+            if per_level is None:
+                task = progress.add_task(f"{items} items x {samples} samples", total=items * samples)
+                tagged = tag_items(rollout, env_id, options, items, samples, seed, sampling, model_name=model,
+                                   on_progress=lambda n: progress.update(task, completed=n))  # fmt: skip
+            else:
+                task = progress.add_task(f"{per_level} items per level (at most {items} drawn)", total=None)
+
+                def filled(drawn: int, counts: dict[str, int]) -> None:
+                    shown = " ".join(f"{k} {min(v, per_level)}" for k, v in counts.items())
+                    progress.update(task, description=f"{drawn} drawn: {shown} of {per_level} each")
+
+                tagged, fill = fill_levels(rollout, env_id, options, per_level, samples, seed, sampling,
+                                           max_items=items, model_name=model, on_progress=filled)  # fmt: skip
     finally:
         rollout.shutdown()
     write_tagged(tagged, out)
-    table = Table(title=f"levels of {items} {env_id} items by {model} ({samples} samples each)")
+    table = Table(title=f"levels of {len(tagged)} {env_id} items by {model} ({samples} samples each)")
     for level in LEVELS:
         table.add_column(f"L{level}", justify="right")
     table.add_row(*map(str, level_counts(tagged).values()))
     console.print(table)
+    if per_level is not None and fill.short:
+        said = (
+            fill.shortfall().replace("levels.max_items", "--items").replace("levels.per_level", "--per-level")
+        )
+        console.print(f"[yellow]{said}[/]", highlight=False)
     console.print(f"tagged set: {out}", highlight=False)
     return out
 

@@ -3,11 +3,16 @@ accuracy per level for any model on a tagged set.
 
 Thresholds for 16 samples: L1 >= 12 passes, L2 8..11, L3 5..7, L4 2..4, L5 < 2. Other sample counts
 use the same fractions (12/16, 8/16, 5/16, 2/16), so 32 samples give L1 >= 24 passes.
+
+A fixed number of items leaves the rare levels nearly empty (a model that solves most items leaves few
+in L3-L5); :func:`fill_levels` draws items batch by batch until every level holds the number asked,
+and keeps that many of each (the first in seed order), or says which level fell short and why.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +33,7 @@ LEVELS = (1, 2, 3, 4, 5)
 # (level, lowest pass fraction) from paper 2's counts out of 16 samples; below the last: L5
 LEVEL_FLOORS: tuple[tuple[int, float], ...] = ((1, 12 / 16), (2, 8 / 16), (3, 5 / 16), (4, 2 / 16))
 FORMAT = 1
+LEVEL_FILL_FILE = "levels-fill.json"  # beside a study seed's levels.jsonl: what filling the levels took
 
 
 def level_of(passes: int, samples: int) -> int:
@@ -87,6 +93,61 @@ def tag_items(
     ]
 
 
+class LevelFill(StrictModel):
+    """What filling the levels took: items drawn and tagged, episodes played, seconds, the levels of
+    every drawn item, how many of each were kept, and any level left short."""
+
+    per_level: int
+    drawn: int
+    episodes: int
+    seconds: float
+    drawn_levels: dict[str, int]
+    kept: dict[str, int]
+    short: list[str] = []
+
+    def shortfall(self) -> str:
+        """Why a level is short, in words ("" when every level is filled)."""
+        if not self.short:
+            return ""
+        have = ", ".join(f"{name} {self.kept[name]}" for name in self.short)
+        return (f"after tagging {self.drawn} items ({self.episodes} episodes, {self.seconds:.0f} s) "
+                f"{', '.join(self.short)} hold fewer than the {self.per_level} items asked ({have}): the "
+                "model's pass rates rarely fall there. Raise levels.max_items or lower levels.per_level.")  # fmt: skip
+
+
+def fill_levels(
+    rollout: Rollout,
+    env_id: str,
+    options: dict[str, Any],
+    per_level: int,
+    samples: int = 16,
+    seed: int = 20_000,
+    sampling: SamplingConfig | None = None,
+    batch: int = 256,
+    max_items: int = 4096,
+    model_name: str = "",
+    on_progress: Callable[[int, dict[str, int]], None] | None = None,
+) -> tuple[list[TaggedItem], LevelFill]:
+    """Tag items ``seed``, ``seed + 1``, ... in batches of ``batch`` until every level holds
+    ``per_level`` of them or ``max_items`` were drawn; keep the first ``per_level`` of each level (all
+    of a short level). ``on_progress(drawn, counts)`` after each batch."""
+    if per_level < 1 or batch < 1 or max_items < 1:
+        raise ConfigError("per_level, batch and max_items must be at least 1")
+    started, tagged = time.perf_counter(), []
+    while len(tagged) < max_items and min(level_counts(tagged).values()) < per_level:
+        size = min(batch, max_items - len(tagged))
+        tagged += tag_items(rollout, env_id, options, size, samples, seed + len(tagged), sampling, model_name)
+        if on_progress is not None:
+            on_progress(len(tagged), level_counts(tagged))
+    kept = [item for level in LEVELS for item in [t for t in tagged if t.level == level][:per_level]]
+    kept.sort(key=lambda item: item.seed)
+    counts = level_counts(kept)
+    fill = LevelFill(per_level=per_level, drawn=len(tagged), episodes=len(tagged) * samples,
+                     seconds=round(time.perf_counter() - started, 1), drawn_levels=level_counts(tagged),
+                     kept=counts, short=[name for name, n in counts.items() if n < per_level])  # fmt: skip
+    return kept, fill
+
+
 def accuracy_by_level(
     rollout: Rollout,
     tagged: Sequence[TaggedItem],
@@ -116,13 +177,20 @@ def accuracy_by_level(
     return out
 
 
-def write_tagged(items: Sequence[TaggedItem], path: str | Path) -> Path:
-    path = Path(path)
+def _write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(item.model_dump_json() + "\n" for item in items), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def write_tagged(items: Sequence[TaggedItem], path: str | Path) -> Path:
+    return _write_text(Path(path), "".join(item.model_dump_json() + "\n" for item in items))
+
+
+def write_fill(fill: LevelFill, path: str | Path) -> Path:
+    return _write_text(Path(path), fill.model_dump_json(indent=1) + "\n")
 
 
 def read_tagged(path: str | Path) -> list[TaggedItem]:

@@ -124,19 +124,26 @@ def recognition_curves(arms: list[Arm], out: Path, name: str) -> str:
     return _save(fig, out, name)
 
 
-def level_bars(arms: list[Arm], levels: list[str], out: Path, name: str) -> str:
-    """Accuracy per difficulty level, pooled over seeds, with intervals where items were counted."""
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(arms) + 3), 3.8))
-    width = 0.8 / len(arms)
+def level_lines(arms: list[Arm], levels: list[str], out: Path, name: str) -> str:
+    """Accuracy by difficulty level, one line per arm (as paper 2 draws it), pooled over seeds, with
+    Wilson intervals where items were counted; arms are offset a little along x so bars do not hide."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    shift = 0.3 / max(1, len(arms) - 1)
     for j, arm in enumerate(arms):
         records = [r["levels"] for r in arm.runs]
         found = [pooled(records, "accuracy", lv) for lv in levels]
-        values = [i.estimate if i else 0.0 for i in found]
-        ax.bar([k + j * width for k in range(len(levels))], values, width, yerr=_bar_errors(values, found),
-               capsize=3, label=_legend(arm))  # fmt: skip
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(levels))], levels)
+        xs = [k + (j - (len(arms) - 1) / 2) * shift for k in range(len(levels))]
+        drawn = [(x, i) for x, i in zip(xs, found, strict=True) if i is not None]
+        if not drawn:
+            continue
+        ys = [i.estimate for _, i in drawn]
+        ax.errorbar([x for x, _ in drawn], ys, yerr=_bar_errors(ys, [i for _, i in drawn]), marker="o",
+                    capsize=3, label=_legend(arm))  # fmt: skip
+    ax.set_xticks(range(len(levels)), levels)
+    ax.set_xlabel("difficulty level (by the start model's pass rate; L5 hardest)")
     ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.legend(fontsize=8)
     return _save(fig, out, name)
 

@@ -45,20 +45,32 @@ class StudyArm(StrictModel):
 class LevelsSpec(StrictModel):
     model: str = Field(description="the model whose pass rates define the levels (a name, folder or @ARM)")
     suite: str = "id"
-    items: int = Field(64, ge=1)
+    items: int = Field(64, ge=1, description="items tagged (when per_level is not set)")
+    per_level: int | None = Field(
+        None, ge=1, description="draw items until every level holds this many, and keep that many of each"
+    )
+    max_items: int = Field(4096, ge=1, description="most items drawn to fill the levels")
+    batch: int = Field(256, ge=1, description="items tagged at a time while filling")
     samples: int = Field(16, ge=1)
     seed: int = 40_000
     max_tokens: int = Field(256, ge=1)
 
 
 class StudyQuestion(StrictModel):
-    """One question of a study: does ``metric`` on ``suite`` differ between arms ``a`` and ``b``?"""
+    """One question of a study: does ``metric`` on ``suite`` differ between arms ``a`` and ``b``?
+    ``accuracy`` is accuracy on the study's tagged items, ``suite`` a level (L1..L5) or ``all``."""
 
     text: str
     a: str
     b: str
     suite: str = "id"
-    metric: Literal["success", "adherence"] = "success"
+    metric: Literal["success", "adherence", "accuracy"] = "success"
+
+    @model_validator(mode="after")
+    def _levels_name_a_level(self) -> StudyQuestion:
+        if self.metric == "accuracy" and self.suite not in {"L1", "L2", "L3", "L4", "L5", "all"}:
+            raise ValueError(f"question {self.text!r}: accuracy is per level; suite must be L1..L5 or all")
+        return self
 
 
 class FrontierSpec(StrictModel):
@@ -93,6 +105,8 @@ class Study(StrictModel):
     def _questions_name_arms(self) -> Study:
         names = {a.name for a in self.arms}
         for q in self.questions:
+            if q.metric == "accuracy" and self.levels is None:
+                raise ValueError(f"question {q.text!r} asks about levels; the recipe tags none (add levels:)")
             for arm in (q.a, q.b):
                 if arm not in names:
                     raise ValueError(

@@ -18,14 +18,14 @@ from typing import Any
 
 import yaml
 
+from deploy.evaluate.levels import LEVEL_FILL_FILE
 from deploy.studies import figures
 from deploy.studies.frontier import frontier_section
 from deploy.studies.intervals import mean_interval
+from deploy.studies.level_report import level_section
 from deploy.studies.outcomes import OUTCOMES_FILE, with_outcomes, without_outcomes, write_outcomes
 from deploy.studies.stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
 from deploy.train.metrics import read_metrics
-
-LEVEL_KEYS = [f"L{i}" for i in range(1, 6)]
 
 
 def collect_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -102,6 +102,8 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
         run["attempts"] = _attempts_allowed(folder)
     if (folder / "levels.json").exists():
         run["levels"] = json.loads((folder / "levels.json").read_text())
+        if (folder.parent / LEVEL_FILL_FILE).exists():  # how the seed's levels were filled
+            run["level_fill"] = json.loads((folder.parent / LEVEL_FILL_FILE).read_text())
     if (folder / "sweep.json").exists():
         run["sweep"] = json.loads((folder / "sweep.json").read_text())
     if (folder / "counts.json").exists():
@@ -327,28 +329,6 @@ def _answers(
     return lines, [("Differences the study asks about (95% intervals)", name)] if name else [], answers
 
 
-def _level_section(arms: list[Arm], out: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    leveled = [a for a in arms if all("levels" in r for r in a.runs)]
-    if not leveled:
-        return [], []
-    name = figures.level_bars(leveled, LEVEL_KEYS, out, "levels.png")
-    lines = [
-        "## Accuracy per level",
-        "",
-        "| run | " + " | ".join(LEVEL_KEYS) + " | all |",
-        "|---|" + "---|" * 6,
-    ]
-    for arm in leveled:
-        records = [r["levels"] for r in arm.runs]
-        cells = [f"{cell(pooled(records, 'accuracy', k), mean_value(records, f'accuracy/{k}'))} "
-                 f"n={sum(lv.get(f'items/{k}', 0) for lv in records):.0f}" for k in LEVEL_KEYS]  # fmt: skip
-        lines.append(
-            f"| {arm.label} | " + " | ".join(cells) + f" | {cell(None, mean_value(records, 'accuracy'))} |"
-        )
-    lines += ["", "n: items per level (all seeds).", ""]
-    return lines, [("Accuracy per difficulty level (L1 easiest, L5 hardest)", name)]
-
-
 def _merge_section(arm: Arm, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Merges at several ratios: success per ratio pooled over the arm's seeds."""
     sweeps = [r["sweep"] for r in arm.runs]
@@ -427,7 +407,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
     if any(k.startswith("recognition_accuracy/") for a in trained for f in a.finals for k in f):
         shown.append(("Recognition accuracy against training compute",
                       figures.recognition_curves(trained, out, "recognition.png")))  # fmt: skip
-    section, drawn = _level_section(arms, out)
+    section, drawn = level_section(arms, out)
     lines, shown = lines + section, shown + drawn
     for arm in [a for a in arms if all("sweep" in r for r in a.runs)]:
         section, drawn = _merge_section(arm, out)

@@ -264,11 +264,33 @@ class StudyRunner:
         own = spec.model == f"@{arm.name}"
         tagger = rollout if own else self._rollout(self._resolve(spec.model))
         try:
-            tagged = tag_items(tagger, env_id, options, spec.items, spec.samples, spec.seed, sampling)
+            if spec.per_level is None:
+                tagged = tag_items(tagger, env_id, options, spec.items, spec.samples, spec.seed, sampling)
+            else:
+                tagged = self._fill_levels(tagger, env_id, options, sampling, path.parent)
         finally:
             if not own:
                 tagger.shutdown()
         return write_tagged(tagged, path)
+
+    def _fill_levels(self, tagger: Rollout, env_id: str, options: dict[str, Any], sampling: Any,
+                     seed_dir: Path) -> list[Any]:  # fmt: skip
+        """Items drawn until every level holds ``per_level``; what it took goes to levels-fill.json."""
+        from deploy.evaluate.levels import LEVEL_FILL_FILE, fill_levels, write_fill
+
+        spec = self.study.levels
+        assert spec is not None and spec.per_level is not None
+
+        def progress(drawn: int, counts: dict[str, int]) -> None:
+            shown = " ".join(f"{k} {v}" for k, v in counts.items())
+            self.console.print(f"levels: {drawn} items tagged ({shown}; {spec.per_level} asked of each)")
+
+        tagged, fill = fill_levels(tagger, env_id, options, spec.per_level, spec.samples, spec.seed, sampling,
+                                   spec.batch, spec.max_items, on_progress=progress)  # fmt: skip
+        write_fill(fill, seed_dir / LEVEL_FILL_FILE)
+        if fill.short:
+            self.console.print(f"[yellow]levels: {fill.shortfall()}[/]", highlight=False)
+        return tagged
 
     def _rollout(self, model: str) -> RolloutWorker:
         from services.rollout.config import EngineConfig

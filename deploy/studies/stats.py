@@ -121,12 +121,29 @@ def outcomes(record: dict[str, Any], suite: str) -> dict[Any, float] | None:
     return {task: float(won) for task, won in zip(tasks, success, strict=True) if isinstance(task, int | str)}
 
 
+def final_records(arm: Arm, metric: str) -> list[dict[str, Any]]:
+    """Per seed, the record ``metric`` is read from: accuracy per difficulty level (``suite`` L1..L5 or
+    ``all``) from the arm's levels, every other metric from its final evaluation."""
+    if metric == "accuracy":
+        return [_with_overall(r.get("levels") or {}) for r in arm.runs]
+    return arm.finals
+
+
+def _with_overall(levels: dict[str, Any]) -> dict[str, Any]:
+    """A levels record with its overall accuracy under the per-level keys' pattern (``accuracy/all``)."""
+    n = sum(v for k, v in levels.items() if k.startswith("items/") and isinstance(v, int | float))
+    if isinstance(levels.get("accuracy"), int | float) and n:
+        return {**levels, "accuracy/all": levels["accuracy"], "items/all": n}
+    return levels
+
+
 def difference(a: Arm, b: Arm, metric: str, suite: str) -> tuple[Interval, str] | None:
-    """``metric`` on ``suite``: arm ``a`` minus arm ``b`` over their final evaluations, and how its
-    interval was drawn: paired by seed and task from per-episode outcomes (success), else t over
-    the per-seed differences (paired seeds), else a bootstrap over seeds and episodes."""
-    ca = [counts(f, metric, suite) for f in a.finals]
-    cb = [counts(f, metric, suite) for f in b.finals]
+    """``metric`` on ``suite``: arm ``a`` minus arm ``b`` over their final evaluations (their levels for
+    ``accuracy``), and how its interval was drawn: paired by seed and task from per-episode outcomes
+    (success), else t over the per-seed differences (paired seeds), else a bootstrap over seeds and
+    episodes."""
+    ca = [counts(f, metric, suite) for f in final_records(a, metric)]
+    cb = [counts(f, metric, suite) for f in final_records(b, metric)]
     if not ca or not cb or None in ca or None in cb:
         return None
     paired = a.seeds == b.seeds
