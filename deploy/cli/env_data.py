@@ -98,7 +98,9 @@ def data_sft(
 ) -> None:
     """Write expert demonstrations (with revision episodes) for SFT.
 
-    Environment options follow as --name value, e.g. `--mode image --suits black`.
+    Environment options follow as --name value, e.g. `--mode image --suits black`; GeneralPoints'
+    `--reasoning short|long` writes the expert's search in <think></think> before each answer (and the
+    prompt asks for it).
     """
     from deploy.commands.data_sft import write_sft_data
     from sftrl.config import SFTDataConfig

@@ -11,6 +11,18 @@ from typing import Any
 
 MAX_ANSWER_CHARS = 8192
 _DECODER = json.JSONDecoder()
+# an answer may reason first, inside these tags; only what follows the last closing tag is the answer
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def answer_after_reasoning(text: str) -> str | None:
+    """The answer part of ``text``: what follows the last ``</think>``; the whole text when it does
+    not reason; None when it opens a reasoning block that never closes."""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1]
+    if text.lstrip().startswith(THINK_OPEN):
+        return None
+    return text
 
 
 def find_json_object(text: str, max_attempts: int = 16) -> tuple[dict[str, Any], int, int] | None:
@@ -34,7 +46,8 @@ def extract_json_object(text: object, max_chars: int = MAX_ANSWER_CHARS) -> tupl
     """Find the first JSON object in ``text``.
 
     Returns ``(obj, "")`` on success, else ``(None, reason)``. Tolerates prose or code fences
-    around the object, as chat models often add them.
+    around the object, as chat models often add them; reasoning in ``<think>...</think>`` before it
+    is skipped (an object inside the reasoning is never the answer).
     """
     if not isinstance(text, str):
         return None, "the answer is not text"
@@ -42,7 +55,10 @@ def extract_json_object(text: object, max_chars: int = MAX_ANSWER_CHARS) -> tupl
         return None, f"the answer is too long ({len(text)} characters; at most {max_chars})"
     if "\x00" in text:
         return None, "the answer contains binary data"
-    found = find_json_object(text)
+    answer = answer_after_reasoning(text)
+    if answer is None:
+        return None, f"the reasoning never ends ({THINK_CLOSE} missing), so there is no answer after it"
+    found = find_json_object(answer)
     if found is None:
         return None, "the answer is not a JSON object"
     return found[0], ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 # Operator precedence of an expression's top node; atoms bind tightest.
 _ATOM, _ADD, _MUL = 3, 1, 2
@@ -121,6 +122,21 @@ def _goal_pairs(
                     yield left, right, a, "*", b
                     if b != 0:
                         yield left, right, a, "/", b
+
+
+def random_formula(numbers: Iterable[int], rng: Any) -> tuple[str, Fraction] | None:
+    """A formula over all of ``numbers`` in a random order and shape, with random operators, and its
+    exact value; None where it divides by zero. ``rng``: a numpy Generator."""
+    parts: list[tuple[Expr, Fraction]] = [((str(n), _ATOM), Fraction(n)) for n in numbers]
+    while len(parts) > 1:
+        i, j = (int(k) for k in rng.choice(len(parts), size=2, replace=False))
+        (left, a), (right, b) = parts[i], parts[j]
+        op = "+-*/"[int(rng.integers(4))]
+        value = _apply(a, b, op)
+        if value is None:
+            return None
+        parts = [p for k, p in enumerate(parts) if k not in (i, j)] + [(_combine(left, right, op), value)]
+    return parts[0][0][0], parts[0][1]
 
 
 def _key(numbers: Iterable[int]) -> tuple[int, ...]:

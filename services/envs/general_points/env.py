@@ -23,6 +23,7 @@ from services.envs.base import (
 )
 from services.envs.general_points.cards import Card, SuitSet, deal, hand_from_names
 from services.envs.general_points.prompts import TEMPLATES, build_prompt, feedback_turn
+from services.envs.general_points.reasoning import REQUEST, Reasoning, reasoning_text
 from services.envs.general_points.render import render_cards
 from services.verifier.face_rules import (
     MAX_VALUE,
@@ -70,6 +71,11 @@ class GeneralPointsOptions(EnvOptions):
     suits: SuitSet = "black"
     verify_iter: int = verify_iter_field(5)
     image_size: int = Field(1200, ge=32, le=4096, description="side of the square table picture (pixels)")
+    reasoning: Reasoning = Field(
+        "none",
+        description="none, or short/long: the prompt asks for reasoning in <think></think> before "
+        "the answer, and the expert writes that many tried formulas before its own",
+    )
 
     @field_validator("face_cards", "training_face_cards", "scored_face_cards", mode="before")
     @classmethod
@@ -150,6 +156,8 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
         template = pick_template(TEMPLATES, o.prompt_style, self.np_random)
         card_text = ", ".join(c.label for c in self._cards) if o.mode == "text" else None
         self._last_text = build_prompt(template, target=o.target, face_values=stated, cards=card_text)
+        if o.reasoning != "none":
+            self._last_text += "\n" + REQUEST
         info = {
             "cards": list(names),
             "suits": [c.suit for c in self._cards],
@@ -208,7 +216,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             "number": list(task.stated_numbers or task.numbers),
             "formula": f"{formula}={task.target}",
         }
-        return json.dumps(payload)
+        return reasoning_text(task, formula, self.options.reasoning) + json.dumps(payload)
 
     def expert_answer(self) -> str:
         task = self.current_task()
