@@ -105,6 +105,29 @@ def test_ties_trims_elects_signs_and_averages(small_llama: Path, tmp_path: Path)
     assert record["spec"]["method"] == "ties" and record["mergekit"]["base_model"] == str(base)
 
 
+@pytest.mark.parametrize("method", ["linear", "slerp", "ties"])
+def test_a_sweeps_ratio_0_and_1_are_its_two_models(method: str, small_llama: Path, tmp_path: Path) -> None:
+    from deploy.studies.merge_sweep import MergeSweepConfig
+
+    torch.manual_seed(1)
+    start = merged(small_llama)
+    base = variant(small_llama, tmp_path, "base", {})
+    a = variant(small_llama, tmp_path, "a", {k: v + 0.1 * torch.randn_like(v) for k, v in start.items()})
+    b = variant(small_llama, tmp_path, "b", {k: v + 0.1 * torch.randn_like(v) for k, v in start.items()})
+    # bitwise: a study takes the end points' own evaluations for these rows (deploy.studies.runner);
+    # ties keeps every entry of both task vectors at density 1 (at 0.5 an end point is its trimmed self)
+    ties = {"base": str(base), "density": 1.0} if method == "ties" else {}
+    sweep = MergeSweepConfig(method=method, models=[str(a), str(b)], **ties)
+    for ratio, model in ((0.0, a), (1.0, b)):
+        out = merged(merge_models(sweep.merge_spec(ratio), tmp_path / f"{method}-{ratio}"))
+        want = merged(model)
+        assert out.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(out[key], want[key], atol=0, rtol=0, msg=f"{method} {ratio} {key}")
+    with pytest.raises(ValueError, match="ties needs base"):
+        MergeSweepConfig(method="ties", models=[str(a), str(b)])
+
+
 def test_merged_folder_loads_in_transformers(tiny_model: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

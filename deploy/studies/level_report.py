@@ -28,6 +28,7 @@ def level_section(arms: list[Arm], out: Path) -> tuple[list[str], list[tuple[str
             f"| {arm.label} | " + " | ".join(cells) + f" | {cell(None, mean_value(records, 'accuracy'))} |"
         )
     lines += ["", "n: items per level (all seeds); 95% Wilson intervals over the pooled items.", ""]
+    lines += _pick_lines(leveled)
     return lines, [("Accuracy by difficulty level (L1 easiest, L5 hardest; 95% intervals)", name)]
 
 
@@ -55,3 +56,15 @@ def _fill_lines(arms: list[Arm]) -> list[str]:
     head = ("Items are tagged by the start model's pass rate over its samples (paper 2's thresholds), "
             "drawn until every level holds the number asked; every arm of a seed plays the same items.")  # fmt: skip
     return [head, "", *lines, ""]
+
+
+def _pick_lines(arms: list[Arm]) -> list[str]:
+    """What each pick arm chose per seed, and by what success (on other tasks than the items)."""
+    lines = []
+    for arm in arms:
+        picks = [(r.get("seed", 0), r["picked"]) for r in arm.runs if isinstance(r.get("picked"), dict)]
+        if picks:
+            said = "; ".join(f"seed {seed}: {p.get('picked')} ({p.get('value', 0):.1%} on {p.get('suite')})"
+                             for seed, p in picks)  # fmt: skip
+            lines.append(f"- {arm.label} picked, by success on its suite's evaluation: {said}.")
+    return lines + [""] if lines else []

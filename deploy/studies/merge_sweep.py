@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from deploy.evaluate.metrics import episode_outcomes
 from deploy.evaluate.suites import evaluate
@@ -25,8 +25,10 @@ from sftrl.provenance import provenance
 
 
 class MergeSweepConfig(StrictModel):
-    method: Literal["linear", "slerp"] = "linear"
+    method: Literal["linear", "slerp", "ties"] = "linear"
     models: list[str] = Field(min_length=2, max_length=2, description="A (ratio 0) and B (ratio 1)")
+    base: str | None = Field(None, description="ties: the model both task vectors are taken from")
+    density: float = Field(0.5, gt=0.0, le=1.0, description="ties: share of each task vector kept")
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
     env: EnvSpec = EnvSpec()
     suites: dict[str, dict[str, Any]] = Field(
@@ -46,9 +48,20 @@ class MergeSweepConfig(StrictModel):
             raise ValueError(f"ratios are B's share and must lie in [0, 1] (got {bad})")
         return sorted(dict.fromkeys(ratios))
 
+    @model_validator(mode="after")
+    def _ties_has_a_base(self) -> MergeSweepConfig:
+        if (self.method == "ties") != (self.base is not None):
+            raise ValueError(
+                "ties needs base (the model the task vectors are taken from); only ties takes one"
+            )
+        return self
+
     def merge_spec(self, ratio: float) -> MergeSpec:
         if self.method == "slerp":
             return MergeSpec(method="slerp", models=self.models, t=ratio)
+        if self.method == "ties":
+            return MergeSpec(method="ties", models=self.models, weights=[1.0 - ratio, ratio], base=self.base,
+                             density=self.density)  # fmt: skip
         return MergeSpec(method="linear", models=self.models, weights=[1.0 - ratio, ratio])
 
 

@@ -7,7 +7,8 @@ A recipe holds
   ``${var}`` into the rest of the file before it is parsed;
 - ``base``: TrainConfig settings shared by every training arm;
 - ``arms``, in order: ``train`` (a TrainConfig on top of ``base``), ``data_mix`` (deploy.studies.data_mixing)
-  or ``merge_sweep`` (deploy.studies.merge_sweep). A value ``"@ARM"`` names an earlier arm's output: the last
+  , ``merge_sweep`` (deploy.studies.merge_sweep) or ``pick`` (deploy.studies.pick: per seed, the best of
+  earlier arms or merges by success on one suite). A value ``"@ARM"`` names an earlier arm's output: the last
   checkpoint of a training arm, the data file of a data-mixing arm;
 - ``levels`` (optional): tag the ID items with a model's pass rate (paper 2's L1..L5), then report
   each training arm's final accuracy per level;
@@ -37,7 +38,7 @@ Size = Literal["tiny", "small", "paper"]
 
 class StudyArm(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    kind: Literal["train", "data_mix", "merge_sweep"] = "train"
+    kind: Literal["train", "data_mix", "merge_sweep", "pick"] = "train"
     label: str = ""  # how reports name the arm (default: its name)
     config: dict[str, Any] = {}
 
@@ -112,6 +113,9 @@ class Study(StrictModel):
                     raise ValueError(
                         f"question {q.text!r} names arm {arm!r}; arms: {', '.join(sorted(names))}"
                     )
+        for i, arm in enumerate(self.arms):
+            if arm.kind == "pick":
+                _check_pick(arm, self.arms[:i])
         if self.frontier is not None:
             f = self.frontier
             named = [f.start, *(a for arms in f.methods.values() for a in arms)]
@@ -201,6 +205,16 @@ def load_study(
     return study
 
 
+def _check_pick(arm: StudyArm, earlier: list[StudyArm]) -> None:
+    from deploy.studies.pick import PickConfig
+
+    config = build(PickConfig, arm.config, source=f"arm {arm.name}")
+    kinds = {a.name: a.kind for a in earlier}
+    bad = [n for n in config.among if kinds.get(n) not in ("train", "merge_sweep")]
+    if bad:
+        raise ValueError(f"pick arm {arm.name} picks among {bad}: name earlier training or merge-sweep arms")
+
+
 def arm_config(study: Study, arm: StudyArm, resolve: Any) -> Any:
     """The typed config of ``arm`` (``resolve`` maps its values, e.g. ``@ARM`` to that arm's output)."""
     from deploy.studies.data_mixing import DataMixConfig
@@ -211,6 +225,10 @@ def arm_config(study: Study, arm: StudyArm, resolve: Any) -> Any:
     source = f"study {study.name}, arm {arm.name}"
     if arm.kind == "train":
         return build(TrainConfig, _deep_merge(base, own), source=source)
+    if arm.kind == "pick":
+        from deploy.studies.pick import PickConfig
+
+        return build(PickConfig, own, source=source)
     own.setdefault("env", base.get("env", {}))
     # the study's engine settings (max_model_len within the model's positions, dtype) by default
     own.setdefault("engine", (base.get("rollout") or {}).get("engine", {}))

@@ -24,6 +24,7 @@ from deploy.studies.frontier import frontier_section
 from deploy.studies.intervals import mean_interval
 from deploy.studies.level_report import level_section
 from deploy.studies.outcomes import OUTCOMES_FILE, with_outcomes, without_outcomes, write_outcomes
+from deploy.studies.pick import PICKED_FILE
 from deploy.studies.stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
 from deploy.train.metrics import read_metrics
 
@@ -104,6 +105,8 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
         run["levels"] = json.loads((folder / "levels.json").read_text())
         if (folder.parent / LEVEL_FILL_FILE).exists():  # how the seed's levels were filled
             run["level_fill"] = json.loads((folder.parent / LEVEL_FILL_FILE).read_text())
+    if (folder / PICKED_FILE).exists():  # a pick arm: which arm or merge it chose, and by what
+        run["picked"] = json.loads((folder / PICKED_FILE).read_text())
     if (folder / "sweep.json").exists():
         run["sweep"] = json.loads((folder / "sweep.json").read_text())
     if (folder / "counts.json").exists():

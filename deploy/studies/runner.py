@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from deploy.studies.pick import Candidate
 from deploy.studies.recipe import Study, StudyArm, arm_config
 from sftrl.config import ConfigError
 
@@ -212,12 +213,13 @@ class StudyRunner:
         return str(arm_dir / "sweep.json")
 
     def _sweep_end_points(self, arm: StudyArm, config: Any) -> dict[float, dict[str, Any]]:
-        """A linear sweep's ratio 0 and 1 are its two models unchanged: where a model is a training
-        arm's final checkpoint evaluated the same way, that evaluation is the row (not played again)."""
+        """A sweep's ratio 0 and 1 are its two models, bitwise (tests/test_merge.py), except TIES below
+        density 1 (it trims the task vectors): where a model is a training arm's final checkpoint
+        evaluated the same way, that evaluation is the row (not played again)."""
         from deploy.studies.reuse import evaluated_alike, final_evaluation
 
         known: dict[float, dict[str, Any]] = {}
-        if config.method != "linear":  # SLERP's end points are not bitwise its models
+        if config.method == "ties" and config.density < 1:
             return known
         for ratio, ref in zip((0.0, 1.0), arm.config.get("models", []), strict=False):
             found = self._train_parent(ref)
@@ -231,6 +233,48 @@ class StudyRunner:
             if metrics is not None:
                 known[ratio] = {**metrics, "evaluated_by": found[0]}
         return known
+
+    def _run_pick(self, arm: StudyArm, arm_dir: Path) -> str:
+        """The best candidate of this seed by success on the choosing suite; its accuracy per level on
+        the tagged items (a training arm's own levels are taken as played; a merge is made again)."""
+        import shutil
+
+        from deploy.studies.merge_sweep import MergeSweepConfig
+        from deploy.studies.pick import PickConfig, best, sweep_candidates, write_picked
+        from deploy.studies.reuse import final_evaluation
+        from sftrl.models.merge import merge_models
+
+        config = arm_config(self.study, arm, self._resolve)
+        assert isinstance(config, PickConfig)
+        arms = {a.name: a for a in self.study.arms}
+        found, folder = [], self.seed_dir(self.seed)
+        for name in config.among:
+            if arms[name].kind == "merge_sweep":
+                sweep = json.loads((folder / name / "sweep.json").read_text(encoding="utf-8"))
+                found += sweep_candidates(name, sweep, config.suite, config.interior_only)
+            else:
+                metrics = final_evaluation(folder / name, self.outputs[name], [config.suite]) or {}
+                if isinstance(metrics.get(f"success/{config.suite}"), int | float):
+                    found.append(Candidate(name, None, float(metrics[f"success/{config.suite}"])))
+        choice = best(found)
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        write_picked(arm_dir, choice, found, config.suite)
+        self.console.print(f"picked {choice.describe()} (success/{config.suite} {choice.value:.1%})")
+        if choice.ratio is None:
+            model = self.outputs[choice.arm]
+            if self.study.levels is not None:  # the same weights, played the same way: taken as played
+                shutil.copyfile(folder / choice.arm / "levels.json", arm_dir / "levels.json")
+            return model
+        sweep_config = arm_config(self.study, arms[choice.arm], self._resolve)
+        assert isinstance(sweep_config, MergeSweepConfig)
+        model = str(merge_models(sweep_config.merge_spec(choice.ratio), arm_dir / "model", overwrite=True))
+        if self.study.levels is not None:
+            rollout = self._rollout(model)
+            try:
+                self._levels_report(arm, arm_dir, rollout)
+            finally:
+                rollout.shutdown()
+        return model
 
     def _levels_report(self, arm: StudyArm, arm_dir: Path, rollout: Rollout) -> None:
         """Accuracy per level of the arm's final weights (held by ``rollout``) on the study's tagged items."""
