@@ -97,6 +97,32 @@ def test_a_copy_of_an_earlier_shipped_base_is_outdated(tmp_path):
     retrained = earlier.model_copy(update={"source": "made here: SFT from scratch"})
     assert not scratch.outdated_copy("gp-base", retrained)  # made here on purpose: kept
     assert not scratch.outdated_copy("tiny-llama", earlier)
+    shorter = copied.model_copy(update={"max_position_embeddings": 1024})  # the same weights, less context
+    assert scratch.outdated_copy("gp-base", shorter)
+
+
+def test_a_longer_context_changes_no_weight_and_no_output_within_the_old_one(tmp_path):
+    """RoPE has no position weights: the base made with 2,048 positions is the one made with 1,024,
+    and the shipped weights give the same logits under either (so growing it cost nothing)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gp_base.SHIPPED)
+    config = GPBaseConfig(steps=1)
+    made = [scratch.initial_llama(config.shape(n), tokenizer, 0).state_dict() for n in (1024, 2048)]
+    assert made[0].keys() == made[1].keys() and all(torch.equal(made[0][k], made[1][k]) for k in made[0])
+    assert (
+        gp_base.POSITIONS == 2048
+        and json.loads((gp_base.SHIPPED / "config.json").read_text())["max_position_embeddings"]
+        == gp_base.POSITIONS
+    )
+    ids = torch.randint(4, len(tokenizer), (1, 1000), generator=torch.Generator().manual_seed(0))
+    logits = []
+    for positions in (1024, 2048):
+        model = AutoModelForCausalLM.from_pretrained(gp_base.SHIPPED, max_position_embeddings=positions)
+        with torch.no_grad():
+            logits.append(model(ids).logits)
+    assert torch.equal(logits[0], logits[1])
 
 
 @pytest.mark.slow

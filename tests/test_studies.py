@@ -39,9 +39,9 @@ def test_every_recipe_loads_and_validates_at_every_size(recipe, size):
     else:
         assert study.base["rollout"]["engine"]["device"] == "cpu"
     # arms that start their own engines (data mixing, merge sweeps) take the study's engine settings:
-    # a default max_model_len beyond the model's positions stops vLLM
+    # a default max_model_len beyond the model's positions stops vLLM (pick arms: the study's own)
     engine = study.base["rollout"]["engine"]
-    for arm in [a for a in study.arms if a.kind != "train"]:
+    for arm in [a for a in study.arms if a.kind not in ("train", "pick")]:
         own = arm_config(study, arm, lambda value: value).engine
         assert (own.max_model_len, own.device) == (engine["max_model_len"], engine["device"]), arm.name
 
@@ -49,7 +49,11 @@ def test_every_recipe_loads_and_validates_at_every_size(recipe, size):
 def test_recipes_state_what_each_arm_does():
     combos = load_study("combinations")
     kinds = {a.name: a.kind for a in combos.arms}
-    assert kinds["mix-data"] == "data_mix" and kinds["merge"] == "merge_sweep" and combos.levels is not None
+    assert kinds["mix-data"] == "data_mix" and combos.levels is not None and combos.levels.per_level == 64
+    assert [kinds[f"merge-{m}"] for m in ("linear", "slerp", "ties")] == ["merge_sweep"] * 3
+    assert kinds["best-single"] == kinds["best-merge"] == "pick"
+    reasoning = next(a for a in combos.arms if a.name == "sft-reasoning").config
+    assert reasoning["model"] == "@init" and reasoning["env"]["options"]["reasoning"] == "long"
     stages = {a.name: a.config.get("stages", [{}])[0] for a in combos.arms if a.kind == "train"}
     assert stages["interleaved"]["mix"]["strategy"] == "interleaved"
     assert stages["progressive"]["mix"]["strategy"] == "progressive"
@@ -476,8 +480,9 @@ def test_arms_that_continue_an_arm_evaluated_the_same_way_skip_their_start_evalu
     runner.outputs = {a.name: str(tmp_path / a.name) for a in runner.study.arms}
     skips = {a.name: runner._evaluated_by_parent(a, arm_config(runner.study, a, runner._resolve))
              for a in runner.study.arms if a.kind == "train"}  # fmt: skip
+    # SFT with reasoning asks its start for reasoning: not the init's evaluation, so it plays its own
     assert skips == {"init": False, "sft": True, "rl": True, "two-stage": True, "interleaved": True,
-                     "progressive": True, "data-mixing": True}  # fmt: skip
+                     "progressive": True, "data-mixing": True, "sft-reasoning": False}  # fmt: skip
     # evaluated differently from its parent (fewer episodes, another precision): it evaluates its start
     for override in ("arms.1.config.eval.episodes=8", "arms.1.config.rollout.engine.dtype=bfloat16"):
         runner = StudyRunner(load_study("combinations", "tiny", [override]), tmp_path)

@@ -64,21 +64,27 @@ def _sweep(runner: StudyRunner):
     return arm, arm_config(runner.study, arm, runner._resolve)
 
 
-def test_a_linear_sweep_takes_its_end_points_from_the_arms_that_made_them(tmp_path):
+def test_a_sweep_takes_its_end_points_from_the_arms_that_made_them(tmp_path):
     runner = _runner(tmp_path)
     arm, config = _sweep(runner)
+    assert list(config.suites) == ["id"]  # one of the suites the arms evaluated, defined as theirs
     known = runner._sweep_end_points(arm, config)
     assert sorted(known) == [0.0, 1.0]
     assert known[0.0]["success/id"] == 0.5 and known[0.0]["evaluated_by"] == "sft"
-    assert known[1.0]["success/ood_rule"] == 0.4 and known[1.0]["evaluated_by"] == "rl"
+    assert known[1.0]["success/id"] == 0.4 and known[1.0]["evaluated_by"] == "rl"
+    assert "success/ood_rule" not in known[1.0]  # only the sweep's own suites
     merge = next(i for i, a in enumerate(runner.study.arms) if a.kind == "merge_sweep")
-    # evaluated otherwise than its arms (fewer episodes, greedy vs sampled, another precision), SLERP
-    # (whose end points are not bitwise its models) or without the end ratios: every ratio is played
-    for override in (f"arms.{merge}.config.episodes=8", f"arms.{merge}.config.sampling.temperature=1.0",
-                     f"arms.{merge}.config.engine.dtype=bfloat16", f"arms.{merge}.config.method=slerp",
-                     f"arms.{merge}.config.ratios=[0.5]"):  # fmt: skip
-        runner = _runner(tmp_path / override.replace("/", "_"), [override])
-        assert runner._sweep_end_points(*_sweep(runner)) == {}, override
+    slerp = _runner(tmp_path / "slerp", [f"arms.{merge}.config.method=slerp"])
+    assert sorted(runner._sweep_end_points(*_sweep(slerp))) == [0.0, 1.0]  # bitwise its models too
+    # evaluated otherwise than its arms (fewer episodes, greedy vs sampled, another precision, a suite
+    # defined otherwise), TIES below density 1 (its end points are trimmed task vectors) or without
+    # the end ratios: every ratio is played
+    at = f"arms.{merge}.config"
+    for overrides in ([f"{at}.episodes=8"], [f"{at}.sampling.temperature=1.0"], [f"{at}.engine.dtype=bfloat16"],
+                      [f"{at}.suites.id.verify_iter=1"], [f"{at}.method=ties", f"{at}.base=@init"],
+                      [f"{at}.ratios=[0.5]"]):  # fmt: skip
+        runner = _runner(tmp_path / "_".join(overrides).replace("/", "_"), overrides)
+        assert runner._sweep_end_points(*_sweep(runner)) == {}, overrides
 
 
 def test_a_sweep_writes_known_rows_without_merging_or_playing_them(tmp_path):

@@ -154,13 +154,16 @@ def accuracy_by_level(
     sampling: SamplingConfig,
     chunk: int = 64,
     on_progress: Callable[[int], None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Episode success of ``rollout`` on the tagged items: overall and per level (``accuracy/L3``...)."""
+    """Episode success of ``rollout`` on the tagged items: overall and per level (``accuracy/L3``...).
+    ``options`` go over each item's (how the model is asked to answer, e.g. with reasoning; never the
+    task: the items' own seeds and rules stay)."""
     specs = [
         EpisodeSpec(
             f"level-{t.env_id.split('/')[-1]}-s{t.seed}-0",
             t.env_id,
-            dict(t.options),
+            {**t.options, **(options or {})},
             t.seed,
             f"level-s{t.seed}",
         )  # fmt: skip

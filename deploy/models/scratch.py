@@ -273,10 +273,16 @@ def ships(options: Any, shipped: Path) -> bool:
 
 def outdated_copy(name: str, record: Any) -> bool:
     """Whether a prepared ``name`` is a copy of a base shipped by an earlier sftrl (a new release
-    ships a retrained base: a study started from the old copy would not measure the recipe shipped)."""
+    ships a retrained base, or a longer context: a study started from the old copy would not measure
+    the recipe shipped)."""
     if not record.source.endswith("(shipped copy)") or not (SHIPPED_ROOT / name / "config.json").exists():
         return False
     from sftrl.models.store import read_record
 
     shipped = read_record(SHIPPED_ROOT / name)
-    return shipped is not None and shipped.weights_sha256 != record.weights_sha256
+    if shipped is None:
+        return False
+    return (shipped.weights_sha256, shipped.max_position_embeddings) != (
+        record.weights_sha256,
+        record.max_position_embeddings,
+    )

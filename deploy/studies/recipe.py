@@ -54,7 +54,10 @@ class LevelsSpec(StrictModel):
     batch: int = Field(256, ge=1, description="items tagged at a time while filling")
     samples: int = Field(16, ge=1)
     seed: int = 40_000
-    max_tokens: int = Field(256, ge=1)
+    max_tokens: int = Field(256, ge=1, description="answer length when tagging (arms: their evaluation's)")
+    arm_options: list[str] = Field(
+        ["reasoning"], description="environment options each arm plays the items with from its own config"
+    )
 
 
 class StudyQuestion(StrictModel):

@@ -3,7 +3,7 @@
 An evaluation is greedy or seeded, over fixed tasks, so the same weights evaluated the same way (env,
 suites, episodes, task seed, sampling, engine precision) give the same numbers. Two cases use that:
 an arm continuing another arm's final checkpoint starts where that arm's final evaluation ended, and
-a linear merge sweep's end points (ratio 0 and 1) are its two models unchanged. And seeds never change
+a merge sweep's end points (ratio 0 and 1) are its two models unchanged (linear, SLERP, TIES at density 1). And seeds never change
 the evaluation, so an arm that starts from the same model in every seed (not another arm's output)
 has its start evaluated once, by seed 0.
 """
@@ -21,12 +21,17 @@ from sftrl.config import EnvSpec
 _DECIDING = ("episodes", "seed", "sampling", "suites")
 
 
-def evaluated_alike(theirs: Any, evaluation: Any, env: EnvSpec, dtype: str) -> bool:
+def evaluated_alike(
+    theirs: Any, evaluation: Any, env: EnvSpec, dtype: str, some_suites: bool = False
+) -> bool:
     """Whether training config ``theirs`` evaluates as ``evaluation`` does (an EvalConfig or a
     MergeSweepConfig: both hold episodes, seed, sampling and suites), in ``env`` on an engine of
-    precision ``dtype``."""
+    precision ``dtype``; with ``some_suites``, ``evaluation``'s suites need only be among theirs."""
+    ours, their_suites = evaluation.suites, theirs.eval.suites
+    suites = ours == their_suites or (some_suites and all(their_suites.get(n) == o for n, o in ours.items()))
     return (
-        all(getattr(theirs.eval, k) == getattr(evaluation, k) for k in _DECIDING)
+        suites
+        and all(getattr(theirs.eval, k) == getattr(evaluation, k) for k in _DECIDING if k != "suites")
         and theirs.env == env
         and theirs.rollout.engine.dtype == dtype
     )

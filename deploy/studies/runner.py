@@ -225,7 +225,7 @@ class StudyRunner:
             found = self._train_parent(ref)
             if ratio not in config.ratios or found is None:
                 continue
-            if not evaluated_alike(found[1], config, config.env, config.engine.dtype):
+            if not evaluated_alike(found[1], config, config.env, config.engine.dtype, some_suites=True):
                 continue
             metrics = final_evaluation(
                 self.seed_dir(self.seed) / found[0], self.outputs[found[0]], list(config.suites)
@@ -271,21 +271,28 @@ class StudyRunner:
         if self.study.levels is not None:
             rollout = self._rollout(model)
             try:
-                self._levels_report(arm, arm_dir, rollout)
+                self._levels_report(arm, arm_dir, rollout, played_as=arms[choice.arm])
             finally:
                 rollout.shutdown()
         return model
 
-    def _levels_report(self, arm: StudyArm, arm_dir: Path, rollout: Rollout) -> None:
-        """Accuracy per level of the arm's final weights (held by ``rollout``) on the study's tagged items."""
+    def _levels_report(
+        self, arm: StudyArm, arm_dir: Path, rollout: Rollout, played_as: StudyArm | None = None
+    ) -> None:
+        """Accuracy per level of the arm's final weights (held by ``rollout``) on the study's tagged items,
+        asked as ``played_as`` (default: the arm itself) asks its own episodes: its ``levels.arm_options``
+        (e.g. reasoning) over the items' and its evaluation's answer length."""
         from deploy.evaluate.levels import accuracy_by_level, read_tagged
         from services.rollout.config import SamplingConfig
 
         spec = self.study.levels
         assert spec is not None
+        own = arm_config(self.study, played_as or arm, self._resolve)
+        options = {k: v for k, v in own.env.options.items() if k in spec.arm_options}
+        max_tokens = own.eval.sampling.max_tokens if hasattr(own, "eval") else own.sampling.max_tokens
         tagged = read_tagged(self._tagged_items(arm, rollout))
-        sampling = SamplingConfig(temperature=0.0, max_tokens=spec.max_tokens, seed=spec.seed)
-        metrics = accuracy_by_level(rollout, tagged, sampling)
+        sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens or spec.max_tokens, seed=spec.seed)
+        metrics = accuracy_by_level(rollout, tagged, sampling, options=options)
         (arm_dir / "levels.json").write_text(json.dumps(metrics, indent=1))
 
     def _tagged_items(self, arm: StudyArm, rollout: Rollout) -> Path:

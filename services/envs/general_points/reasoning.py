@@ -19,8 +19,8 @@ from services.verifier.general_points import GPTask
 from services.verifier.points_solver import random_formula
 
 Reasoning = Literal["none", "short", "long"]
-CANDIDATES: dict[str, int] = {"none": 0, "short": 2, "long": 8}  # formulas tried before the answer
-REQUEST = f"First reason inside {THINK_OPEN} {THINK_CLOSE}: try formulas and their values; then answer."
+CANDIDATES: dict[str, int] = {"none": 0, "short": 2, "long": 6}  # formulas tried before the answer
+REQUEST = f"Reason in {THINK_OPEN}{THINK_CLOSE} first: try formulas, then answer."
 
 
 def _shown(value: Fraction) -> str:
