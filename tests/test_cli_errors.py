@@ -131,6 +131,7 @@ CASES: dict[str, list[tuple[str, str, str, int]]] = {
         ("short context", "--models {short} {short} --out {tmp}/sweep engine.max_model_len=4096",
          "max_model_len 4096 is longer than the context", USAGE),
         ("bad option", "--models {short} {short} --out {tmp}/sweep --ratios 2", "ratios", USAGE),
+        ("bad option", "--method ties --models {short} {short} --out {tmp}/sweep", "ties needs base", USAGE),
     ],
     "study": [
         ("unknown name", "nope", "unknown study 'nope'; known:", USAGE),

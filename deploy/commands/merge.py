@@ -80,8 +80,10 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="a YAML sweep config (deploy.studies.merge_sweep.MergeSweepConfig)"
     )
-    p.add_argument("--method", choices=["linear", "slerp"])
+    p.add_argument("--method", choices=["linear", "slerp", "ties"])
     p.add_argument("--models", nargs=2, metavar=("A", "B"))
+    p.add_argument("--base", help="ties: the model both task vectors are taken from")
+    p.add_argument("--density", type=float, help="ties: share of each task vector kept (default 0.5)")
     p.add_argument("--ratios", nargs="+", type=float, help="B's share: 0 gives A, 1 gives B")
     p.add_argument("--out", required=True, type=Path, help="folder for sweep.json and sweep.png")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -95,8 +97,8 @@ def sweep_command(console: Console, argv: list[str]) -> dict[str, Any]:
 
     args = sweep_parser().parse_args(argv)
     data = read_yaml(args.config) if args.config else {}
-    data.update({k: v for k, v in (("method", args.method), ("models", args.models),
-                                   ("ratios", args.ratios)) if v is not None})  # fmt: skip
+    data.update({k: v for k, v in (("method", args.method), ("models", args.models), ("ratios", args.ratios),
+                                   ("base", args.base), ("density", args.density)) if v is not None})  # fmt: skip
     config = build(MergeSweepConfig, apply_overrides(data, args.overrides), source="merge sweep")
     # both models exist and fit the context asked for; the precision is said once and recorded in the
     # sweep's resolved config (each merge's engine takes the merged model's own context when unset)
