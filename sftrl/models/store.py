@@ -68,6 +68,13 @@ CATALOG: dict[str, CatalogEntry] = {
         "deploy.models.virl_base:build_virl_base",
         ("seed", "steps", "retrain"),
     ),
+    "gp-vl-base": CatalogEntry(
+        "vision",
+        "Idefics3, gp-base as its language side and a vision tower trained here to read GeneralPoints tables "
+        "(black and red cards; the rules gp-base holds out never in its data); 128-pixel pictures",
+        "deploy.models.gp_vl_base:build_gp_vl_base",
+        ("seed", "steps"),
+    ),
     "tiny-vl": CatalogEntry(
         "vision",
         "Idefics3 (SmolVLM architecture) vision-language model, 1.0M parameters, 64-pixel images",
