@@ -18,7 +18,7 @@ from services.envs.virl.city import generated_route
 from services.envs.virl.env import CITY_SEED
 from services.envs.virl.routes import Route
 from services.verifier.general_points import GPTask, card_value
-from services.verifier.gp_fields import answer_fields
+from services.verifier.gp_fields import answer_fields, cards_named
 from services.verifier.virl import VIRLStepTask, allowed_actions, verify_virl
 from services.verifier.virl import answer_fields as virl_fields
 from sftrl.trajectory import Trajectory, Turn
@@ -78,6 +78,47 @@ def test_answer_fields_on_hand_made_answers():
     # On the training rule itself, "follows the training rule instead" does not apply.
     id_task = GPTask(("5", "K", "2", "A"), (5, 10, 2, 1), training_numbers=(5, 10, 2, 1))
     assert answer_fields(id_task, right)["numbers_training_rule"] is None
+
+
+def test_recognition_per_card_and_per_suit_colour_on_hand_made_answers():
+    task = GPTask(("K", "3", "J", "9"), (10, 3, 10, 9), suits=("hearts", "spades", "diamonds", "clubs"))
+    answer = lambda cards: json.dumps({"cards": cards, "number": [10, 3, 10, 9], "formula": "1+1=24"})  # noqa: E731
+    right = answer(["K", "3", "J", "9"])
+    one_black_wrong = answer(["K", "4", "J", "9"])
+    reds_swapped = answer(["J", "3", "K", "9"])  # the same cards in another order: still all named
+    cases = [(right, True, True, True, 4), (one_black_wrong, False, False, True, 3),
+             (reds_swapped, True, True, True, 4), ("no json", False, False, False, 0),
+             (answer(["Q", "Q", "Q", "Q"]), False, False, False, 0)]  # fmt: skip
+    for text, cards, black, red, named in cases:
+        fields = answer_fields(task, text)
+        assert (fields["cards"], fields["cards_black"], fields["cards_red"]) == (cards, black, red), text
+        assert cards_named(task, text) == named, text
+    black_hand = GPTask(("2", "3", "4", "5"), (2, 3, 4, 5), suits=("spades",) * 4)
+    assert answer_fields(black_hand, right)["cards_red"] is None and "cards_red" in answer_fields(
+        black_hand, right
+    )
+    assert "cards_black" not in answer_fields(GPTask(("2",), (2,)), right)  # suits unknown: no colour fields
+
+    # through real image episodes: first answers name 4, 3 and 0 of their hands' 4 cards
+    def naming(k: int) -> Callable[[dict[str, Any]], str]:
+        return lambda info: json.dumps(
+            {"cards": info["cards"][:k] + ["Q"] * (4 - k), "number": [], "formula": "1=24"}
+        )
+
+    trajs = []
+    for seed, k in ((0, 4), (1, 3), (2, 0)):
+        env = gym.make(GP, mode="image", image_size=64, suits="mixed", verify_iter=1)
+        _, info = env.reset(seed=seed)
+        traj = play(
+            GP, {"mode": "image", "image_size": 64, "suits": "mixed", "verify_iter": 1}, seed, naming(k)
+        )
+        traj.meta["reset_info"] = info
+        trajs.append(traj)
+    m = suite_metrics(trajs)
+    assert m["recognition_per_card"] == pytest.approx(7 / 12)
+    assert m["field/cards"] == pytest.approx(1 / 3)
+    colours = [t.turns[0].info["fields"] for t in trajs]
+    assert all(f.get("cards_black") is not None or f.get("cards_red") is not None for f in colours)
 
 
 def test_adherence_counts_first_answers_only():

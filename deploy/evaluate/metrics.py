@@ -95,7 +95,9 @@ def field_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
 
 def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     """Episode success, mean reward, per-attempt error rates, (image modes) recognition accuracy,
-    (V-IRL) valid actions over every attempt, and the field, adherence and pass@k metrics above."""
+    (GeneralPoints) the share of the hands' cards first answers name, (V-IRL) valid actions over every
+    attempt, and the field, adherence and pass@k metrics above (``field/cards``: all four cards right;
+    ``field/cards_black``, ``field/cards_red``: every card of that suit colour)."""
     n = max(1, len(trajectories))
     turns = [t for traj in trajectories for t in traj.turns]
     steps = max(1, len(turns))
@@ -114,6 +116,11 @@ def suite_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
     recog = [t.info["recognized_correctly"] for t in turns if "recognized_correctly" in t.info]
     if recog:
         out["recognition_accuracy"] = sum(map(bool, recog)) / len(recog)
+    # recognition per card: of the hands' cards, the share their first answers name (GeneralPoints)
+    named = [(t.info["cards_named"], len(traj.meta.get("reset_info", {}).get("cards") or ()))
+             for traj in trajectories for t in first_answers(traj) if "cards_named" in t.info]  # fmt: skip
+    if named and sum(n for _, n in named):
+        out["recognition_per_card"] = sum(k for k, _ in named) / sum(n for _, n in named)
     valid = [t.info["valid_action"] for t in turns if "valid_action" in t.info]
     if valid:
         out["valid_action"] = sum(map(bool, valid)) / len(valid)

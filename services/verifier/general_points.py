@@ -80,6 +80,7 @@ class GPTask:
     # control, where answers are scored by another rule) and under the training rule.
     stated_numbers: tuple[int, ...] | None = None
     training_numbers: tuple[int, ...] | None = None
+    suits: tuple[str, ...] = ()  # per card, in order (spades, clubs, hearts, diamonds); () unknown
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 

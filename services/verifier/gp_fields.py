@@ -15,6 +15,7 @@ from services.verifier.formula import FormulaError, illegal_characters, parse_fo
 from services.verifier.general_points import GPTask, normalise_card_name
 
 MAX_LIST = 16  # longer "cards"/"number" lists are not read
+COLOURS = {"spades": "black", "clubs": "black", "hearts": "red", "diamonds": "red"}
 
 
 def _number_list(obj: dict[str, Any]) -> list[int] | None:
@@ -48,6 +49,23 @@ def _same(a: list[int] | list[str] | None, b: tuple[Any, ...] | None) -> bool:
     return a is not None and b is not None and Counter(a) == Counter(b)
 
 
+def _cards_by_colour(task: GPTask) -> dict[str, list[str]]:
+    """The hand's cards by suit colour (colours the hand has; none when its suits are unknown)."""
+    if len(task.suits) != len(task.cards):
+        return {}
+    found: dict[str, list[str]] = {}
+    for card, suit in zip(task.cards, task.suits, strict=True):
+        found.setdefault(COLOURS.get(suit, suit), []).append(card)
+    return found
+
+
+def cards_named(task: GPTask, answer: object) -> int:
+    """How many of the hand's cards the answer's "cards" field names (each card once; 0 unreadable)."""
+    obj, _ = extract_json_object(answer)
+    named = _card_list(obj) if obj is not None else None
+    return 0 if named is None else sum((Counter(named) & Counter(task.cards)).values())
+
+
 def answer_fields(task: GPTask, answer: object) -> dict[str, bool | None]:
     """Which fields of ``answer`` are right; ``None`` where a field does not apply to the task.
 
@@ -57,6 +75,8 @@ def answer_fields(task: GPTask, answer: object) -> dict[str, bool | None]:
       the two rules give different numbers; else ``None``)
     - ``formula_wellformed``: the formula parses completely, with allowed characters only
     - ``formula_correct``: it uses each scored number once and reaches the target
+    - ``cards_black`` / ``cards_red``: the "cards" field names every card of that suit colour in the
+      hand (``None`` where the hand has none, or its suits are unknown)
     """
     stated = task.stated_numbers or task.numbers
     differs = task.training_numbers is not None and Counter(task.training_numbers) != Counter(stated)
@@ -67,11 +87,19 @@ def answer_fields(task: GPTask, answer: object) -> dict[str, bool | None]:
         "formula_wellformed": False,
         "formula_correct": False,
     }
+    by_colour = _cards_by_colour(task)
+    if by_colour:  # suits known: both colours, None for one the hand lacks
+        fields.update(
+            {f"cards_{colour}": False if colour in by_colour else None for colour in ("black", "red")}
+        )
     obj, _ = extract_json_object(answer)
     if obj is None:
         return fields
     numbers = _number_list(obj)
-    fields["cards"] = _same(_card_list(obj), task.cards)
+    named = _card_list(obj)
+    fields["cards"] = _same(named, task.cards)
+    for colour, cards in by_colour.items():
+        fields[f"cards_{colour}"] = named is not None and not Counter(cards) - Counter(named)
     fields["numbers"] = _same(numbers, stated)
     if differs:
         fields["numbers_training_rule"] = _same(numbers, task.training_numbers)

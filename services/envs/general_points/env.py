@@ -37,7 +37,7 @@ from services.verifier.face_rules import (
     parse_face_rule,
 )
 from services.verifier.general_points import REWARD_EXHAUSTED, GPTask, card_value, verify_general_points
-from services.verifier.gp_fields import answer_fields
+from services.verifier.gp_fields import answer_fields, cards_named
 from services.verifier.points_solver import solve
 
 RuleSpec = str | list[int]
@@ -149,6 +149,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             names, numbers, o.target, check_recognition=o.mode == "image",
             stated_numbers=tuple(card_value(r, stated) for r in names),
             training_numbers=tuple(card_value(r, training) for r in names),
+            suits=tuple(c.suit for c in self._cards),
         )  # fmt: skip
         self._reset_attempts()
         self._done = False
@@ -188,6 +189,7 @@ class GeneralPointsEnv(SftrlEnv[GeneralPointsOptions]):
             **attempt.info(),
             "details": verdict.details,
             "fields": answer_fields(self._task, action),
+            "cards_named": cards_named(self._task, action),  # of the hand's 4: recognition per card
         }
         if self._task.check_recognition:  # an unreadable answer names no cards: not a recognition
             info["recognized_correctly"] = not {"wrong_recognition", "malformed_answer"} & set(attempt.errors)
