@@ -23,7 +23,7 @@ from pydantic import Field
 from deploy.models.scratch import (
     SHIPPED_ROOT,
     ScratchRecipe,
-    bar_intervals,
+    bar_summary,
     built,
     copy_shipped,
     greedy_bar,
@@ -32,7 +32,6 @@ from deploy.models.scratch import (
     ships,
     word_tokenizer,
 )
-from sftrl.hardware import cpu_facts, resolve_precision
 
 GP = "sftrl/GeneralPoints-v0"
 # The rules the bar is measured on; none of them is ever drawn for training.
@@ -152,15 +151,10 @@ def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) ->
     train_s = time.perf_counter() - start - data_s
     report("measuring the bar (greedy episodes on every bar rule)")
     bar = measure_bar(out_dir, config)
-    summary = {
-        "config": config.model_dump(), "bar_rules": BAR_RULES, "machine": cpu_facts(),
-        "precision": "{} ({})".format(*resolve_precision("auto", "cpu")),  # the value and why
-        "episodes": len(demos), "rows": len(rows), "row_tokens_mean": sum(map(len, rows)) / len(rows),
-        "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
-        "final_loss": log[-1]["loss"], "loss_every_25": [r["loss"] for r in log[24::25]],
-        "episodes_per_rule": bar["episodes_per_rule"], "bar": bar["metrics"],
-        "intervals_95": bar_intervals(bar["metrics"], BAR_RULES),
-    }  # fmt: skip
+    seconds = {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start}
+    summary = bar_summary(config, BAR_RULES, bar, log, seconds, bar_rules=BAR_RULES, episodes=len(demos),
+                          rows=len(rows), row_tokens_mean=sum(map(len, rows)) / len(rows),
+                          episodes_per_rule=bar["episodes_per_rule"])  # fmt: skip
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return built(
         model, tokenizer, f"made here: SFT from scratch on {len(demos)} rule-diverse GeneralPoints episodes "

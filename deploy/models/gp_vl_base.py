@@ -26,13 +26,12 @@ from deploy.models.gp_base import BAR_RULES
 from deploy.models.scratch import (
     DataPhase,
     ScratchRecipe,
-    bar_intervals,
+    bar_summary,
     built,
     greedy_bar,
     sft_phases,
 )
 from deploy.models.tiny_vl import IMAGE_SPECIAL_TOKENS
-from sftrl.hardware import cpu_facts, resolve_precision
 
 GP = "sftrl/GeneralPoints-v0"
 SUIT_SETS = ("black", "red", "mixed")  # a third of the hands each
@@ -248,15 +247,10 @@ def build_gp_vl_base(out_dir: Path, options: Any, report: Callable[[str], None])
     train_s = time.perf_counter() - start - data_s
     report("measuring the bar (greedy episodes: black and red hands, the ID and OOD rules)")
     bar = measure_bar(out_dir, config)
-    summary = {
-        "config": config.model_dump(), "bar_suites": BAR_SUITES, "machine": cpu_facts(),
-        "precision": "{} ({})".format(*resolve_precision("auto", "cpu")), "episodes": len(demos),
-        "image_tokens": config.image_seq_len, "rows": {"recognition": len(recognise), "episodes": len(episodes)},
-        "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
-        "final_loss": log[-1]["loss"], "loss_every_25": [r["loss"] for r in log[24::25]],
-        "episodes_per_suite": bar["episodes_per_suite"], "bar": bar["metrics"],
-        "intervals_95": bar_intervals(bar["metrics"], BAR_SUITES),
-    }  # fmt: skip
+    seconds = {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start}
+    summary = bar_summary(config, BAR_SUITES, bar, log, seconds, bar_suites=BAR_SUITES, episodes=len(demos),
+                          image_tokens=config.image_seq_len, episodes_per_suite=bar["episodes_per_suite"],
+                          rows={"recognition": len(recognise), "episodes": len(episodes)})  # fmt: skip
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return built(
         model, tokenizer, f"made here: gp-base with a vision tower trained on {len(demos)} GeneralPoints tables "

@@ -229,6 +229,21 @@ def bar_intervals(metrics: dict[str, float], suites: Iterable[str]) -> dict[str,
     return out
 
 
+def bar_summary(config: Any, suites: Iterable[str], bar: dict[str, Any], log: list[dict[str, float]],
+                seconds: dict[str, float], **facts: Any) -> dict[str, Any]:  # fmt: skip
+    """What a base's JSON beside its weights says: its recipe, the machine and precision, ``facts``
+    (data sizes, the bar's suites), the seconds, the loss curve, and the bar with its 95% intervals."""
+    from sftrl.hardware import cpu_facts, resolve_precision
+
+    return {
+        "config": config.model_dump(), "machine": cpu_facts(),
+        "precision": "{} ({})".format(*resolve_precision("auto", "cpu")),  # the value and why
+        **facts, "seconds": seconds, "final_loss": log[-1]["loss"],
+        "loss_every_25": [r["loss"] for r in log[24::25]], "bar": bar["metrics"],
+        "intervals_95": bar_intervals(bar["metrics"], suites),
+    }  # fmt: skip
+
+
 def built(model: Any, tokenizer: Any, source: str, max_positions: int) -> Any:
     """The catalogue's record of a base made here: its source sentence and the model's shape."""
     from sftrl.models.prepare import BuildResult

@@ -28,7 +28,7 @@ from deploy.models.scratch import (
     DataPhase,
     ScratchRecipe,
     SFTSchedule,
-    bar_intervals,
+    bar_summary,
     built,
     copy_shipped,
     greedy_bar,
@@ -37,7 +37,6 @@ from deploy.models.scratch import (
     ships,
     word_tokenizer,
 )
-from sftrl.hardware import cpu_facts, resolve_precision
 
 VIRL = "sftrl/VIRL-v0"
 # Cities the product's suites and recipes play (and the tokenizer corpus's): never in the base's data.
@@ -334,17 +333,21 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
     train_s = time.perf_counter() - start - data_s
     report("measuring the bar (greedy episodes on held-out routes, both action spaces)")
     bar = measure_bar(out_dir, config)
-    summary = {
-        "config": config.model_dump(), "bar_suites": BAR_SUITES, "held_out_cities": HELD_OUT_CITIES,
-        "machine": cpu_facts(), "precision": "{} ({})".format(*resolve_precision("auto", "cpu")),
-        "episodes": len(demos), "rows": {k: len(v) for k, v in rows.items()},
-        "row_tokens_mean": {k: sum(map(len, v)) / max(1, len(v)) for k, v in rows.items()},
-        "seconds": {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start},
-        "first_loss": log[0]["loss"], "final_loss": log[-1]["loss"],
-        "loss_every_25": [r["loss"] for r in log[24::25]],
-        "episodes_per_suite": bar["episodes_per_suite"], "bar": bar["metrics"],
-        "intervals_95": bar_intervals(bar["metrics"], BAR_SUITES),
-    }  # fmt: skip
+    seconds = {"data": data_s, "train": train_s, "bar": bar["seconds"], "total": time.perf_counter() - start}
+    summary = bar_summary(
+        config,
+        BAR_SUITES,
+        bar,
+        log,
+        seconds,
+        bar_suites=BAR_SUITES,
+        held_out_cities=HELD_OUT_CITIES,
+        episodes=len(demos),
+        rows={k: len(v) for k, v in rows.items()},
+        row_tokens_mean={k: sum(map(len, v)) / max(1, len(v)) for k, v in rows.items()},
+        first_loss=log[0]["loss"],
+        episodes_per_suite=bar["episodes_per_suite"],
+    )
     (out_dir / BAR_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return built(
         model, tokenizer, f"made here: SFT from scratch on {len(demos)} route-following episodes in "
