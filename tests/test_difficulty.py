@@ -124,29 +124,24 @@ def test_difficulty_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) 
 
     levels = tmp_path / "levels.jsonl"
     runner = CliRunner()
+    # drawing until every level holds one item, at most 3 drawn: the levels it could not fill are said
+    # (plain tagging of a fixed number of items runs in the study end-to-end test)
     result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--suite", "gp-l/id", "--items", "3",
-                                  "--samples", "4", "--max-tokens", "16", "--out", str(levels),
+                                  "--per-level", "1", "--samples", "4", "--max-tokens", "16", "--out", str(levels),
                                   "--verify-iter", "1"])  # fmt: skip
     assert result.exit_code == 0, result.output
     tagged = read_tagged(levels)
-    assert [t.seed for t in tagged] == [20_000, 20_001, 20_002]
+    assert {t.seed for t in tagged} <= {20_000, 20_001, 20_002} and tagged
     assert all(t.samples == 4 and 0 <= t.passes <= 4 and t.level == level_of(t.passes, 4) for t in tagged)
-    assert tagged[0].options["verify_iter"] == 1 and tagged[0].options["face_cards"] == "as_10"
-    # drawing until every level holds one item, at most 3 drawn: the levels it could not fill are said
-    filled = tmp_path / "filled.jsonl"
-    result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--suite", "gp-l/id", "--items", "3",
-                                  "--per-level", "1", "--samples", "2", "--max-tokens", "16", "--out", str(filled),
-                                  "--verify-iter", "1"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    counts = level_counts(read_tagged(filled))
-    assert all(n <= 1 for n in counts.values()) and sum(counts.values()) >= 1
+    assert all(n <= 1 for n in level_counts(tagged).values())
     assert "hold fewer than the 1 items asked" in result.output and "--items" in result.output
+    assert tagged[0].options["verify_iter"] == 1 and tagged[0].options["face_cards"] == "as_10"
     report = tmp_path / "report.json"
     result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--levels", str(levels),
                                   "--max-tokens", "16", "--out", str(report)])  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads(report.read_text())["metrics"]
     assert 0 <= metrics["accuracy"] <= 1
-    assert sum(v for k, v in metrics.items() if k.startswith("items/")) == 3
+    assert sum(v for k, v in metrics.items() if k.startswith("items/")) == len(tagged)
     bad = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--suite", "gp-l/nothing"])
     assert bad.exit_code == 2 and "unknown suite" in bad.output
