@@ -149,3 +149,27 @@ def test_questions_per_level_take_t_over_the_seeds_and_the_report_says_how_level
     assert "Accuracy on L5, SFT minus RL (3 seeds; t over the seeds' differences)" in text
     assert "- seed 1: 901 items drawn and tagged (L1 500 L2 200 L3 64 L4 70 L5 67), 14416 episodes" in text
     assert (tmp_path / "out" / "levels.png").stat().st_size > 1000
+
+
+def test_first_answer_questions_read_the_first_answers_formula_with_t_over_the_seeds(tmp_path):
+    rng = np.random.default_rng(7)
+    study = _study(
+        tmp_path / "study", {"rl": [_wins(rng, 0.5) for _ in range(3)], "sft": [_wins(rng, 0.5)] * 3}
+    )
+    spec = json.loads((study / "study.yaml").read_text())
+    spec["questions"] = [
+        {"text": "First answers?", "a": "rl", "b": "sft", "metric": "first_answer", "suite": "ood_rule"}
+    ]
+    (study / "study.yaml").write_text(json.dumps(spec))
+    right = {"rl": [20, 22, 25], "sft": [10, 12, 9]}  # of 64 first answers per seed
+    for arm, per_seed in right.items():
+        for seed, k in enumerate(per_seed):
+            path = study / f"seed-{seed}" / arm / "metrics.jsonl"
+            records = [json.loads(line) for line in path.read_text().splitlines()]
+            records[-2] |= {"field/ood_rule/formula_correct": k / 64, "answers/ood_rule": 64}
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report([study], tmp_path / "out").read_text()
+    want = seed_difference([k / 64 for k in right["rl"]], [k / 64 for k in right["sft"]])
+    got = json.loads((tmp_path / "out" / "report.json").read_text())["answers"][0]["difference"]
+    assert (got["estimate"], got["low"], got["high"]) == pytest.approx((want.estimate, want.low, want.high))
+    assert "First-answer success on ood_rule, RL minus SFT (3 seeds; t over the seeds' differences)" in text

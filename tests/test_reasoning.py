@@ -37,7 +37,11 @@ def test_an_answer_after_its_reasoning_scores_as_the_answer_alone(length: str) -
         for answer in (expert.expert_answer(), expert.wrong_answer(rng)):
             assert answer.startswith(THINK_OPEN) == (length != "none")
             with_it, alone = verify_general_points(task, answer), verify_general_points(task, _alone(answer))
-            assert (with_it.reward, with_it.success, with_it.errors) == (alone.reward, alone.success, alone.errors)
+            assert (with_it.reward, with_it.success, with_it.errors) == (
+                alone.reward,
+                alone.success,
+                alone.errors,
+            )
             assert answer_fields(task, answer) == answer_fields(task, _alone(answer))
         assert verify_general_points(task, expert.expert_answer()).success
 
@@ -63,6 +67,13 @@ def test_the_reasoning_tries_true_near_misses_then_the_answers_formula() -> None
         assert f"{steps[-1][0]}={steps[-1][1]}" == json.loads(_alone(answer))["formula"]
         again = env.unwrapped.expert_answer()
         assert again == answer  # the same hand, the same reasoning
+        # a revision's wrong first attempt reasons alike and ends in its own (wrong) formula, never
+        # listed among the misses before it
+        wrong = env.unwrapped.wrong_answer(np.random.default_rng(seed))
+        tried = re.findall(r"(\S+)=(-?\d+(?:/\d+)?) (no|yes)\.", wrong[: wrong.index(THINK_CLOSE)])
+        formula = json.loads(_alone(wrong))["formula"].rsplit("=", 1)[0]
+        assert tried[-1][0] == formula and tried[-1][2] == "yes"
+        assert formula not in [t[0] for t in tried[:-1]]
 
 
 def test_the_verifier_reads_only_what_follows_the_reasoning() -> None:

@@ -75,7 +75,7 @@ def test_a_sweep_takes_its_end_points_from_the_arms_that_made_them(tmp_path):
     assert "success/ood_rule" not in known[1.0]  # only the sweep's own suites
     merge = next(i for i, a in enumerate(runner.study.arms) if a.kind == "merge_sweep")
     slerp = _runner(tmp_path / "slerp", [f"arms.{merge}.config.method=slerp"])
-    assert sorted(runner._sweep_end_points(*_sweep(slerp))) == [0.0, 1.0]  # bitwise its models too
+    assert sorted(slerp._sweep_end_points(*_sweep(slerp))) == [0.0, 1.0]  # bitwise its models too
     # evaluated otherwise than its arms (fewer episodes, greedy vs sampled, another precision, a suite
     # defined otherwise), TIES below density 1 (its end points are trimmed task vectors) or without
     # the end ratios: every ratio is played

@@ -230,8 +230,8 @@ def report_cmd(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
 )
 @click.option("--levels", "levels_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A tagged set: report MODEL's accuracy per level on it instead of tagging.")  # fmt: skip
-@click.option("--items", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Items to tag (with --per-level: the most to draw).")  # fmt: skip
+@click.option("--items", type=click.IntRange(min=1), default=None,
+              help="Items to tag (default 64); with --per-level, the most to draw (default 4096).")  # fmt: skip
 @click.option("--per-level", type=click.IntRange(min=1), default=None,
               help="Draw items until every level holds this many; keep that many of each.")  # fmt: skip
 @click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
@@ -244,7 +244,7 @@ def report_cmd(runs: tuple[Path, ...], out: Path, title: str | None) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.pass_context
 def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: str | None, levels_file: Path | None,
-                   items: int, per_level: int | None, samples: int, seed: int, temperature: float | None,
+                   items: int | None, per_level: int | None, samples: int, seed: int, temperature: float | None,
                    max_tokens: int, out: Path | None, device: str) -> None:  # fmt: skip
     """Tag a suite's items L1 (easy) .. L5 (hard) by MODEL's pass rate, or report accuracy per level."""
     from deploy.commands.difficulty import levels_command, tag_command
@@ -268,4 +268,5 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
     temp = 1.0 if temperature is None else temperature
     sampling = SamplingConfig(temperature=temp, max_tokens=max_tokens, seed=seed)
     target = out or Path(f"levels-{(suite or env_id or 'suite').replace('/', '-')}.jsonl")
+    items = items or (64 if per_level is None else 4096)
     tag_command(console, model, env_id, options, items, samples, seed, sampling, target, engine, per_level)

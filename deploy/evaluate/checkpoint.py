@@ -27,6 +27,7 @@ from deploy.evaluate.suites import play_suite
 from services.rollout.config import EngineConfig, RolloutConfig, SamplingConfig
 from sftrl.config import ConfigError, StrictModel
 from sftrl.registry.records import (
+    MAX_OUTCOMES,
     CheckpointRecord,
     EpisodeOutcomes,
     EvaluationRecord,
@@ -187,12 +188,17 @@ def run_evaluation(
     sampling: SamplingConfig,
     on_progress: Callable[[int], None] | None = None,
     samples: int = 1,
-) -> tuple[dict[str, float], EpisodeOutcomes]:
+) -> tuple[dict[str, float], EpisodeOutcomes | None]:
     """Play ``episodes`` tasks of ``suite`` (``samples`` times each) with ``rollout.play(specs, sampling)``;
-    returns suite metrics (with pass@k when ``samples`` > 1) and the per-episode outcomes."""
+    returns suite metrics (with pass@k when ``samples`` > 1) and the per-episode outcomes (None beyond
+    :data:`~sftrl.registry.records.MAX_OUTCOMES` episodes)."""
     played = play_suite(rollout, suite.name, suite.env, suite.options, episodes, seed, sampling, samples,
                         CHUNK_EPISODES, on_progress)  # fmt: skip
-    return suite_metrics(played), EpisodeOutcomes.model_validate(episode_outcomes(played))
+    # outcomes of more episodes than a record may list are left out; the metrics stand alone
+    outcomes = (
+        EpisodeOutcomes.model_validate(episode_outcomes(played)) if len(played) <= MAX_OUTCOMES else None
+    )
+    return suite_metrics(played), outcomes
 
 
 # -- evaluations recorded in the registry (shared by `sftrl evaluate` and the Serve replicas) ----------

@@ -11,7 +11,7 @@ A recipe holds
   earlier arms or merges by success on one suite). A value ``"@ARM"`` names an earlier arm's output: the last
   checkpoint of a training arm, the data file of a data-mixing arm;
 - ``levels`` (optional): tag the ID items with a model's pass rate (paper 2's L1..L5), then report
-  each training arm's final accuracy per level;
+  the final accuracy per level of each training arm and pick arm;
 - ``questions``: what the study asks, each as a difference between two arms on one suite (``a``
   minus ``b``); the report answers each with a 95% interval and says whether it excludes zero.
 
@@ -62,13 +62,14 @@ class LevelsSpec(StrictModel):
 
 class StudyQuestion(StrictModel):
     """One question of a study: does ``metric`` on ``suite`` differ between arms ``a`` and ``b``?
-    ``accuracy`` is accuracy on the study's tagged items, ``suite`` a level (L1..L5) or ``all``."""
+    ``accuracy`` is accuracy on the study's tagged items, ``suite`` a level (L1..L5) or ``all``;
+    ``first_answer`` the share of episodes whose first answer is right (before any feedback)."""
 
     text: str
     a: str
     b: str
     suite: str = "id"
-    metric: Literal["success", "adherence", "accuracy"] = "success"
+    metric: Literal["success", "adherence", "accuracy", "first_answer"] = "success"
 
     @model_validator(mode="after")
     def _levels_name_a_level(self) -> StudyQuestion:

@@ -260,15 +260,16 @@ class StudyRunner:
         arm_dir.mkdir(parents=True, exist_ok=True)
         write_picked(arm_dir, choice, found, config.suite)
         self.console.print(f"picked {choice.describe()} (success/{config.suite} {choice.value:.1%})")
+        played = folder / choice.arm / "levels.json"
         if choice.ratio is None:
             model = self.outputs[choice.arm]
-            if self.study.levels is not None:  # the same weights, played the same way: taken as played
-                shutil.copyfile(folder / choice.arm / "levels.json", arm_dir / "levels.json")
-            return model
-        sweep_config = arm_config(self.study, arms[choice.arm], self._resolve)
-        assert isinstance(sweep_config, MergeSweepConfig)
-        model = str(merge_models(sweep_config.merge_spec(choice.ratio), arm_dir / "model", overwrite=True))
-        if self.study.levels is not None:
+        else:
+            sweep_config = arm_config(self.study, arms[choice.arm], self._resolve)
+            assert isinstance(sweep_config, MergeSweepConfig)
+            model = str(merge_models(sweep_config.merge_spec(choice.ratio), arm_dir / "model", overwrite=True))
+        if self.study.levels is not None and choice.ratio is None and played.exists():
+            shutil.copyfile(played, arm_dir / "levels.json")  # the same weights, played the same way
+        elif self.study.levels is not None:
             rollout = self._rollout(model)
             try:
                 self._levels_report(arm, arm_dir, rollout, played_as=arms[choice.arm])
@@ -303,10 +304,18 @@ class StudyRunner:
         from services.rollout.config import SamplingConfig
 
         path = self.seed_dir(self.seed) / "levels.jsonl"
-        if path.exists():
-            return path
         spec = self.study.levels
         assert spec is not None
+        made_by = path.with_name("levels-spec.json")  # the settings the items were tagged with
+        wanted = spec.model_dump(mode="json", exclude={"arm_options", "max_tokens"})
+        if path.exists():
+            found = json.loads(made_by.read_text()) if made_by.exists() else None
+            if found != wanted:
+                raise ConfigError(
+                    f"the tagged items in {path} were made with other level settings ({found or 'unrecorded'}) "
+                    f"than this recipe's ({wanted}): give the study another --output-dir, or move that folder"
+                )
+            return path
         env = self.study.base.get("env", {})
         suites = (self.study.base.get("eval") or {}).get("suites") or {"id": {}}
         env_id = env.get("id", "sftrl/GeneralPoints-v0")
@@ -322,6 +331,7 @@ class StudyRunner:
         finally:
             if not own:
                 tagger.shutdown()
+        made_by.write_text(json.dumps(wanted), encoding="utf-8")
         return write_tagged(tagged, path)
 
     def _fill_levels(self, tagger: Rollout, env_id: str, options: dict[str, Any], sampling: Any,

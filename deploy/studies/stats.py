@@ -22,6 +22,8 @@ from deploy.studies.intervals import (
     wilson,
 )
 
+METRIC_WORDS = {"first_answer": "first-answer success"}  # how answers name a metric, where not its key
+
 # the count each rate is a share of, as evaluation records write it
 DENOMINATORS = {
     "success": "episodes",
@@ -67,10 +69,14 @@ def group_arms(runs: list[dict[str, Any]]) -> list[Arm]:
 def counts(record: dict[str, Any], metric: str, suite: str) -> tuple[int, int] | None:
     """``(successes, n)`` behind ``metric/suite`` of one evaluation record; None when it lacks the count
     or the metric is not a rate."""
-    if metric not in DENOMINATORS:
+    if (
+        metric == "first_answer"
+    ):  # the first answer alone right (GeneralPoints: its formula reaches the target)
+        value, n = record.get(f"field/{suite}/formula_correct"), record.get(f"answers/{suite}")
+    elif metric in DENOMINATORS:
+        value, n = record.get(f"{metric}/{suite}"), record.get(f"{DENOMINATORS[metric]}/{suite}")
+    else:
         return None
-    value = record.get(f"{metric}/{suite}")
-    n = record.get(f"{DENOMINATORS.get(metric, 'episodes')}/{suite}")
     if not isinstance(value, (int, float)) or not isinstance(n, (int, float)) or n <= 0:
         return None
     return round(value * n), int(n)
@@ -175,7 +181,7 @@ def answer(question: dict[str, Any], arms: list[Arm]) -> tuple[str, Interval | N
             f"{question['text']} Not answered: arm {question['a'] if a is None else question['b']} has no runs.",
             None,
         )
-    what = f"{metric} on {suite}, {a.label} minus {b.label}"
+    what = f"{METRIC_WORDS.get(metric, metric)} on {suite}, {a.label} minus {b.label}"
     found = difference(a, b, metric, suite)
     if found is None:
         return f"{question['text']} Not answered: the evaluations of {what} carry no episode counts.", None

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from services.learner.config import RLConfig
-from services.verifier.answer_text import find_json_object
+from services.verifier.answer_text import answer_after_reasoning, find_json_object
 from sftrl.trajectory import Trajectory
 
 _ROW_TENSORS = ("input_ids", "attention_mask", "action_mask", "token_weights", "rollout_logprobs")
@@ -112,9 +112,14 @@ _DECODER = json.JSONDecoder()
 
 
 def _first_json_object(text: str) -> tuple[int, int] | None:
-    """(start, end) of the first decodable JSON object in ``text``, as the verifiers read it."""
-    found = find_json_object(text)
-    return None if found is None else (found[1], found[2])
+    """(start, end) of the answer's JSON object in ``text``, as the verifiers read it: the first after
+    any reasoning in ``<think></think>`` (an object inside the reasoning is not the answer)."""
+    answer = answer_after_reasoning(text)
+    if answer is None:
+        return None
+    offset = len(text) - len(answer)
+    found = find_json_object(answer)
+    return None if found is None else (offset + found[1], offset + found[2])
 
 
 def _value_end(text: str, pos: int) -> int:
@@ -144,12 +149,13 @@ def find_answer_span(text: str, keys: Sequence[str]) -> tuple[int, int] | None:
     """Character span [start, end) of the answer value in ``text``, or None.
 
     The first key of ``keys`` that occurs (case-insensitively, as ``"key":``) wins; it is looked up
-    inside the first JSON object of the text, else anywhere (a truncated object). String values keep
-    their quotes.
+    inside the answer's JSON object (the first after any ``<think></think>`` reasoning), else anywhere
+    after the reasoning (a truncated object). String values keep their quotes.
     """
     bounds = _first_json_object(text)
     regions = [bounds] if bounds is not None else []
-    regions.append((0, len(text)))
+    answer = answer_after_reasoning(text)  # a truncated object is looked for after any reasoning
+    regions.append((0 if answer is None else len(text) - len(answer), len(text)))
     for key in keys:
         pattern = re.compile(r'"' + re.escape(key) + r'"\s*:\s*', re.IGNORECASE)
         for lo, hi in regions:

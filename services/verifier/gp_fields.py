@@ -76,7 +76,8 @@ def answer_fields(task: GPTask, answer: object) -> dict[str, bool | None]:
     - ``formula_wellformed``: the formula parses completely, with allowed characters only
     - ``formula_correct``: it uses each scored number once and reaches the target
     - ``cards_black`` / ``cards_red``: the "cards" field names every card of that suit colour in the
-      hand (``None`` where the hand has none, or its suits are unknown)
+      hand (``None`` where the hand has none, or its suits are unknown). Answers name ranks only, so
+      in a hand holding a rank in both colours one name counts for either colour
     """
     stated = task.stated_numbers or task.numbers
     differs = task.training_numbers is not None and Counter(task.training_numbers) != Counter(stated)
