@@ -147,6 +147,7 @@ CASES: dict[str, list[tuple[str, str, str, int]]] = {
         ("unknown env", "--model {short} --env sftrl/Nope-v0", "unknown environment", USAGE),
         ("bad option", "--model {short} --suite nope", "unknown suite 'nope'", USAGE),
         ("missing file", "--model {short} --levels {tmp}/nope.jsonl", "cannot read tagged set {tmp}/nope.jsonl", USAGE),
+        ("bad option", "--model {short} --levels {tmp}/nope.jsonl --per-level 4", "it takes no --suite/--env", USAGE),
         ("short context", "--model {short} --suite gp-l/id",
          "answers of up to 256 tokens leave no room for a prompt in the 256-token context", USAGE),
     ],

@@ -252,8 +252,10 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
 
     engine = {"device": device}  # the context: the model's own
     if levels_file is not None:
-        if suite or env_id or ctx.args:
-            raise click.UsageError("--levels reports on a tagged set; it takes no --suite/--env")
+        if suite or env_id or ctx.args or per_level or items:
+            raise click.UsageError(
+                "--levels reports on a tagged set; it takes no --suite/--env/--items/--per-level"
+            )
         sampling = SamplingConfig(temperature=temperature or 0.0, max_tokens=max_tokens, seed=seed)
         levels_command(console, model, levels_file, sampling, out, engine)
         return
