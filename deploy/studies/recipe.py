@@ -63,13 +63,14 @@ class LevelsSpec(StrictModel):
 class StudyQuestion(StrictModel):
     """One question of a study: does ``metric`` on ``suite`` differ between arms ``a`` and ``b``?
     ``accuracy`` is accuracy on the study's tagged items, ``suite`` a level (L1..L5) or ``all``;
-    ``first_answer`` the share of episodes whose first answer is right (before any feedback)."""
+    ``first_answer`` the share of episodes whose first answer is right (before any feedback);
+    ``recognition`` the share of first answers naming all four cards."""
 
     text: str
     a: str
     b: str
     suite: str = "id"
-    metric: Literal["success", "adherence", "accuracy", "first_answer"] = "success"
+    metric: Literal["success", "adherence", "accuracy", "first_answer", "recognition"] = "success"
 
     @model_validator(mode="after")
     def _levels_name_a_level(self) -> StudyQuestion:

@@ -22,7 +22,10 @@ from deploy.studies.intervals import (
     wilson,
 )
 
-METRIC_WORDS = {"first_answer": "first-answer success"}  # how answers name a metric, where not its key
+METRIC_WORDS = {"first_answer": "first-answer success", "recognition": "recognition (all four cards)"}
+# question metrics that are a field of first answers (GeneralPoints): the first answer alone right
+# (its formula reaches the target), and all four cards named
+FIELD_METRICS = {"first_answer": "formula_correct", "recognition": "cards"}
 
 # the count each rate is a share of, as evaluation records write it
 DENOMINATORS = {
@@ -69,10 +72,8 @@ def group_arms(runs: list[dict[str, Any]]) -> list[Arm]:
 def counts(record: dict[str, Any], metric: str, suite: str) -> tuple[int, int] | None:
     """``(successes, n)`` behind ``metric/suite`` of one evaluation record; None when it lacks the count
     or the metric is not a rate."""
-    if (
-        metric == "first_answer"
-    ):  # the first answer alone right (GeneralPoints: its formula reaches the target)
-        value, n = record.get(f"field/{suite}/formula_correct"), record.get(f"answers/{suite}")
+    if metric in FIELD_METRICS:  # a share of first answers, read from their field
+        value, n = record.get(f"field/{suite}/{FIELD_METRICS[metric]}"), record.get(f"answers/{suite}")
     elif metric in DENOMINATORS:
         value, n = record.get(f"{metric}/{suite}"), record.get(f"{DENOMINATORS[metric]}/{suite}")
     else:
