@@ -333,7 +333,7 @@ def test_the_installed_command_prints_one_clean_line(tmp_path):
 
 @pytest.mark.slow
 def test_rollout_runs_with_the_models_own_context(tmp_path, monkeypatch):
-    """The new user's command: gp-base (1024 positions) with every default, 4 episodes in process."""
+    """The new user's command: gp-base (2048 positions) with every default, 4 episodes in process."""
     from sftrl.models import prepare_model
     from sftrl.trajectory import read_trajectories
 
@@ -345,6 +345,6 @@ def test_rollout_runs_with_the_models_own_context(tmp_path, monkeypatch):
                                        "--episodes", "4", "--in-process", "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert len(read_trajectories(out)) == 4
-    assert "precision: " in result.output and "context 1024 tokens (the model's)" in result.output
+    assert "precision: " in result.output and "context 2048 tokens (the model's)" in result.output
     resolved = (tmp_path / "t.resolved_config.yaml").read_text()
-    assert "max_model_len: 1024" in resolved and "# rollout.engine.dtype: " in resolved
+    assert "max_model_len: 2048" in resolved and "# rollout.engine.dtype: " in resolved
