@@ -248,7 +248,11 @@ def test_ppo_token_weights_find_the_formula_tokens(tokenizer):
         ('{"answer": 42}', ("formula", "action", "answer"), "42"),
         ('{"cards": ["日本", "🂡"], "formula": "8*3=24 ✓"}', ("formula",), '"8*3=24 ✓"'),
         # reasoning first: an object inside it is not the answer, whole or truncated
-        ('<think>{"formula": "1+1=2"} no.</think>{"cards": [], "formula": "8*3=24"}', ("formula",), '"8*3=24"'),
+        (
+            '<think>{"formula": "1+1=2"} no.</think>{"cards": [], "formula": "8*3=24"}',
+            ("formula",),
+            '"8*3=24"',
+        ),
         ('<think>"formula": "1+1=2" no.</think>{"formula": "8*3=24"', ("formula",), '"8*3=24"'),
     ],
 )

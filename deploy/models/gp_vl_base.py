@@ -88,8 +88,10 @@ def demonstrations(config: GPVLBaseConfig) -> list[Any]:
     share = config.episodes // len(SUIT_SETS)
     demos: list[Any] = []
     for i, suits in enumerate(SUIT_SETS):
-        demos += generate_demonstrations(GP, training_options(config, suits), share,
-                                         seed=config.seed + 1_000_000 * i, revision_fraction=config.revision_fraction)  # fmt: skip
+        seed = config.seed + 1_000_000 * i
+        demos += generate_demonstrations(
+            GP, training_options(config, suits), share, seed=seed, revision_fraction=config.revision_fraction
+        )
     return demos
 
 

@@ -266,7 +266,9 @@ class StudyRunner:
         else:
             sweep_config = arm_config(self.study, arms[choice.arm], self._resolve)
             assert isinstance(sweep_config, MergeSweepConfig)
-            model = str(merge_models(sweep_config.merge_spec(choice.ratio), arm_dir / "model", overwrite=True))
+            model = str(
+                merge_models(sweep_config.merge_spec(choice.ratio), arm_dir / "model", overwrite=True)
+            )
         if self.study.levels is not None and choice.ratio is None and played.exists():
             shutil.copyfile(played, arm_dir / "levels.json")  # the same weights, played the same way
         elif self.study.levels is not None:
