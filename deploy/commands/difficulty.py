@@ -75,9 +75,7 @@ def tag_command(
     table.add_row(*map(str, level_counts(tagged).values()))
     console.print(table)
     if per_level is not None and fill.short:
-        said = (
-            fill.shortfall().replace("levels.max_items", "--items").replace("levels.per_level", "--per-level")
-        )
+        said = fill.shortfall(most="--items", asked="--per-level")
         console.print(f"[yellow]{said}[/]", highlight=False)
     console.print(f"tagged set: {out}", highlight=False)
     return out

@@ -105,14 +105,15 @@ class LevelFill(StrictModel):
     kept: dict[str, int]
     short: list[str] = []
 
-    def shortfall(self) -> str:
-        """Why a level is short, in words ("" when every level is filled)."""
+    def shortfall(self, most: str = "levels.max_items", asked: str = "levels.per_level") -> str:
+        """Why a level is short, in words ("" when every level is filled); ``most`` and ``asked`` name
+        the two settings as the caller's user knows them (a recipe's keys, a command's options)."""
         if not self.short:
             return ""
         have = ", ".join(f"{name} {self.kept[name]}" for name in self.short)
         return (f"after tagging {self.drawn} items ({self.episodes} episodes, {self.seconds:.0f} s) "
                 f"{', '.join(self.short)} hold fewer than the {self.per_level} items asked ({have}): the "
-                "model's pass rates rarely fall there. Raise levels.max_items or lower levels.per_level.")  # fmt: skip
+                f"model's pass rates rarely fall there. Raise {most} or lower {asked}.")  # fmt: skip
 
 
 def fill_levels(
