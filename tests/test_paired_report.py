@@ -138,6 +138,7 @@ def test_questions_per_level_take_t_over_the_seeds_and_the_report_says_how_level
                 "drawn_levels": {"L1": 500, "L2": 200, "L3": 64, "L4": 70, "L5": 66 + seed},
                 "kept": {f"L{k}": 64 for k in range(1, 6)}, "short": []}  # fmt: skip
         (study / f"seed-{seed}" / "levels-fill.json").write_text(json.dumps(fill))
+        (study / f"seed-{seed}" / "levels-spec.json").write_text(json.dumps({"options": {"verify_iter": 2}}))
         for arm, wins in l5.items():
             levels = {"accuracy": 0.5, "accuracy/L5": wins[seed] / 64, "items/L5": 64,
                       "accuracy/L1": 0.9, "items/L1": 64}  # fmt: skip
@@ -148,6 +149,7 @@ def test_questions_per_level_take_t_over_the_seeds_and_the_report_says_how_level
     assert (got["estimate"], got["low"], got["high"]) == pytest.approx((want.estimate, want.low, want.high))
     assert "Accuracy on L5, SFT minus RL (3 seeds; t over the seeds' differences)" in text
     assert "- seed 1: 901 items drawn and tagged (L1 500 L2 200 L3 64 L4 70 L5 67), 14416 episodes" in text
+    assert "with verify_iter=2 over the suite's environment options." in text
     assert (tmp_path / "out" / "levels.png").stat().st_size > 1000
 
 

@@ -50,6 +50,7 @@ def test_recipes_state_what_each_arm_does():
     combos = load_study("combinations")
     kinds = {a.name: a.kind for a in combos.arms}
     assert kinds["mix-data"] == "data_mix" and combos.levels is not None and combos.levels.per_level == 64
+    assert combos.levels.options == {"verify_iter": 2}  # tagged and played with 2 attempts
     assert [kinds[f"merge-{m}"] for m in ("linear", "slerp", "ties")] == ["merge_sweep"] * 3
     assert kinds["best-single"] == kinds["best-merge"] == "pick"
     reasoning = next(a for a in combos.arms if a.name == "sft-reasoning").config
@@ -253,6 +254,7 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
         *REDUCED,
         # difficulty levels (combinations' recipe has them): 4 items tagged by each seed's init
         *["levels.model=@init", "levels.items=4", "levels.samples=2", "levels.max_tokens=64"],
+        "levels.options.verify_iter=2",
     ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -299,7 +301,7 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
 
     for seed in (0, 1):
         tagged = read_tagged(folder / f"seed-{seed}" / "levels.jsonl")
-        assert len(tagged) == 4 and all(t.samples == 2 for t in tagged)
+        assert len(tagged) == 4 and all(t.samples == 2 and t.options["verify_iter"] == 2 for t in tagged)
         for arm in ("init", "sft", "rl"):
             levels = json.loads((folder / f"seed-{seed}" / arm / "levels.json").read_text())
             assert sum(v for k, v in levels.items() if k.startswith("items/")) == 4

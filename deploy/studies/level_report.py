@@ -54,7 +54,10 @@ def _fill_lines(arms: list[Arm]) -> list[str]:
                 f"; short: {', '.join(short)} ({', '.join(str(fill['kept'][k]) for k in short)} kept)"
             )
     head = ("Items are tagged by the start model's pass rate over its samples (paper 2's thresholds), "
-            "drawn until every level holds the number asked; every arm of a seed plays the same items.")  # fmt: skip
+            "drawn until every level holds the number asked; every arm of a seed plays the same items")  # fmt: skip
+    options = {k: v for fill in fills.values() for k, v in (fill.get("options") or {}).items()}
+    said = ", ".join(f"{k}={v}" for k, v in options.items())
+    head += f", with {said} over the suite's environment options." if options else "."
     return [head, "", *lines, ""]
 
 

@@ -46,6 +46,7 @@ class StudyArm(StrictModel):
 class LevelsSpec(StrictModel):
     model: str = Field(description="the model whose pass rates define the levels (a name, folder or @ARM)")
     suite: str = "id"
+    options: dict[str, Any] = Field({}, description="environment options over the suite's (tagging and play)")
     items: int = Field(64, ge=1, description="items tagged (when per_level is not set)")
     per_level: int | None = Field(
         None, ge=1, description="draw items until every level holds this many, and keep that many of each"

@@ -103,8 +103,12 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
         run["attempts"] = _attempts_allowed(folder)
     if (folder / "levels.json").exists():
         run["levels"] = json.loads((folder / "levels.json").read_text())
-        if (folder.parent / LEVEL_FILL_FILE).exists():  # how the seed's levels were filled
+        if (folder.parent / LEVEL_FILL_FILE).exists():  # how the seed's levels were filled, and with what
             run["level_fill"] = json.loads((folder.parent / LEVEL_FILL_FILE).read_text())
+            spec = folder.parent / "levels-spec.json"
+            run["level_fill"]["options"] = (
+                json.loads(spec.read_text()).get("options") if spec.exists() else None
+            )
     if (folder / PICKED_FILE).exists():  # a pick arm: which arm or merge it chose, and by what
         run["picked"] = json.loads((folder / PICKED_FILE).read_text())
     if (folder / "sweep.json").exists():

@@ -321,7 +321,8 @@ class StudyRunner:
         env = self.study.base.get("env", {})
         suites = (self.study.base.get("eval") or {}).get("suites") or {"id": {}}
         env_id = env.get("id", "sftrl/GeneralPoints-v0")
-        options = resolve_options(env_id, {**env.get("options", {}), **suites.get(spec.suite, {})})
+        options = {**env.get("options", {}), **suites.get(spec.suite, {}), **spec.options}
+        options = resolve_options(env_id, options)
         sampling = SamplingConfig(temperature=1.0, max_tokens=spec.max_tokens, seed=spec.seed)
         own = spec.model == f"@{arm.name}"
         tagger = rollout if own else self._rollout(self._resolve(spec.model))
