@@ -27,6 +27,14 @@ def test_seeds_that_differ_by_a_constant_give_students_t_on_the_seeds():
     assert (got.low, got.high) == pytest.approx((0.2 - half, 0.2 + half))
     seeds = seed_difference([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
     assert (seeds.estimate, seeds.low, seeds.high) == pytest.approx((got.estimate, got.low, got.high))
+    assert not seeds.no_spread and seeds.high > seeds.low
+
+
+def test_seeds_whose_differences_are_equal_give_no_interval():
+    # 2 seeds of 64 items each, both 1 item apart: t has zero spread, which is no evidence of precision
+    same = seed_difference([50 / 64, 40 / 64], [51 / 64, 41 / 64])
+    assert same.no_spread and not same.excludes_zero()
+    assert "gives no interval (nothing shown)" in same.verdict("Accuracy on L2, A minus B")
 
 
 def test_tasks_are_matched_by_id_and_a_single_seed_arm_stands_for_every_seed():

@@ -26,13 +26,18 @@ class Interval:
     estimate: float
     low: float
     high: float
+    # t over a few seeds whose differences happen to be equal has zero width: that is no interval
+    no_spread: bool = False
 
     def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
+        return not self.no_spread and (self.low > 0 or self.high < 0)
 
     def verdict(self, what: str) -> str:
         """One sentence on what the interval supports (``what``: "ID success of RL minus SFT")."""
         shown = f"{self.estimate:+.1%} (95% interval {self.low:+.1%} to {self.high:+.1%})"
+        if self.no_spread:
+            return (f"{what}: {self.estimate:+.1%}; every seed's difference is the same, so t over the seeds "
+                    "has no spread and gives no interval (nothing shown).")  # fmt: skip
         if self.excludes_zero():
             side = "above" if self.low > 0 else "below"
             return f"{what}: {shown}; the interval excludes zero (the difference is {side} zero)."
@@ -157,8 +162,11 @@ def seed_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95)
 
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"need the same seeds in both arms, at least 2 (got {len(a)} and {len(b)})")
-    got = mean_interval(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), level)
-    return Interval(got.estimate, max(-1.0, got.low), min(1.0, got.high))
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    got = mean_interval(diffs, level)
+    return Interval(
+        got.estimate, max(-1.0, got.low), min(1.0, got.high), no_spread=bool(np.ptp(diffs) < 1e-12)
+    )
 
 
 def paired_table(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]]) -> np.ndarray:
