@@ -34,6 +34,7 @@ LEVELS = (1, 2, 3, 4, 5)
 LEVEL_FLOORS: tuple[tuple[int, float], ...] = ((1, 12 / 16), (2, 8 / 16), (3, 5 / 16), (4, 2 / 16))
 FORMAT = 1
 LEVEL_FILL_FILE = "levels-fill.json"  # beside a study seed's levels.jsonl: what filling the levels took
+LEVEL_SPEC_FILE = "levels-spec.json"  # beside it: the settings the items were tagged with
 
 
 def level_of(passes: int, samples: int) -> int:

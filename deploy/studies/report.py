@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from deploy.evaluate.levels import LEVEL_FILL_FILE
+from deploy.evaluate.levels import LEVEL_FILL_FILE, LEVEL_SPEC_FILE
 from deploy.studies import figures
 from deploy.studies.frontier import frontier_section
 from deploy.studies.intervals import mean_interval
@@ -105,7 +105,7 @@ def _run(folder: Path, label: str, kind: str) -> dict[str, Any]:
         run["levels"] = json.loads((folder / "levels.json").read_text())
         if (folder.parent / LEVEL_FILL_FILE).exists():  # how the seed's levels were filled, and with what
             run["level_fill"] = json.loads((folder.parent / LEVEL_FILL_FILE).read_text())
-            spec = folder.parent / "levels-spec.json"
+            spec = folder.parent / LEVEL_SPEC_FILE
             run["level_fill"]["options"] = (
                 json.loads(spec.read_text()).get("options") if spec.exists() else None
             )

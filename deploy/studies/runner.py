@@ -301,14 +301,14 @@ class StudyRunner:
     def _tagged_items(self, arm: StudyArm, rollout: Rollout) -> Path:
         """This seed's tagged items; tagged now if missing, by ``rollout`` when ``arm`` is the model
         that defines the levels, else by an engine of its own on that model."""
-        from deploy.evaluate.levels import tag_items, write_tagged
+        from deploy.evaluate.levels import LEVEL_SPEC_FILE, tag_items, write_tagged
         from services.envs import resolve_options
         from services.rollout.config import SamplingConfig
 
         path = self.seed_dir(self.seed) / "levels.jsonl"
         spec = self.study.levels
         assert spec is not None
-        made_by = path.with_name("levels-spec.json")  # the settings the items were tagged with
+        made_by = path.with_name(LEVEL_SPEC_FILE)  # the settings the items were tagged with
         wanted = spec.model_dump(mode="json", exclude={"arm_options", "max_tokens"})
         if path.exists():
             found = json.loads(made_by.read_text()) if made_by.exists() else None
