@@ -490,6 +490,20 @@ def test_token_secret_is_referenced_by_the_serve_pods(chart: Chart, case: str) -
                 assert "SFTRL_API_TOKEN" not in _env(_ray_container(group)), (doc["kind"], name)
 
 
+def test_serve_pods_put_the_gate_in_front_of_the_http_proxy(chart: Chart) -> None:
+    """Serve's HTTP proxy runs the endpoint's token and body-size gate (it reads $SFTRL_API_TOKEN), with
+    the app's body limit, so an anonymous or oversized body is refused before it is forwarded."""
+    from ray.serve._private.utils import import_attr
+
+    from deploy.evaluate.serve.guard import PROXY_CALLBACK, PROXY_LIMIT_ENV, proxy_middlewares
+
+    for extra, limit in (((), "65536"), (("--set", "serve.appArgs.max_body_bytes=8192"), "8192")):
+        for name, group in _groups(_one(chart.render("defaults", *extra), "RayService")):
+            env = _env(_ray_container(group))
+            assert import_attr(env[PROXY_CALLBACK]) is proxy_middlewares, name
+            assert env[PROXY_LIMIT_ENV] == limit, name
+
+
 def test_redis_statefulset_keeps_its_data(chart: Chart) -> None:
     docs = chart.render("defaults")
     sts = _one(docs, "StatefulSet")

@@ -5,23 +5,25 @@ tested against the real Serve deployment in test_serve.py."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from deploy.evaluate.serve.guard import RequestGuard
+from deploy.evaluate.serve.guard import PROXY_CALLBACK, PROXY_TOKEN_ENV, RequestGuard, proxy_guard_env
 from deploy.evaluate.serve.settings import set_guard
 
 TOKEN = "s3cret-token"
 LIMIT = 1024
 
 
-@pytest.fixture
-def client():
+@pytest.fixture(params=["replica", "proxy", "proxy-from-api-token"])
+def client(request, monkeypatch):
     """A FastAPI app like the endpoint's: it parses JSON bodies itself (and turns errors while reading
-    one into a 400), behind the gate."""
+    one into a 400), behind the gate: the replica's (its settings), or the one Serve's HTTP proxy
+    builds from its environment (as `sftrl serve` sets it, or from $SFTRL_API_TOKEN as in Helm's pods)."""
     from fastapi import FastAPI
 
     seen: list[int] = []
@@ -36,8 +38,26 @@ def client():
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_middleware(RequestGuard)
-    set_guard(LIMIT, TOKEN.encode())
+    if request.param == "replica":
+        app.add_middleware(RequestGuard)
+        set_guard(LIMIT, TOKEN.encode())
+    else:
+        env = proxy_guard_env(LIMIT, TOKEN)
+        assert TOKEN not in json.dumps(env)  # the proxy is given a digest, never the token
+        if request.param == "proxy-from-api-token":
+            del env[PROXY_TOKEN_ENV]
+            monkeypatch.setenv("SFTRL_API_TOKEN", f"{TOKEN}\n")
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        from ray.serve.config import HTTPOptions
+
+        # what Serve's proxy runs at start (Ray reads the import path from its environment at import)
+        http_util = importlib.import_module("ray.serve._private.http_util")
+        monkeypatch.setattr(http_util, PROXY_CALLBACK, env[PROXY_CALLBACK])
+        http_options = http_util.configure_http_middlewares(HTTPOptions())
+        (gate,) = http_options.middlewares
+        app.add_middleware(gate.cls, *gate.args, **gate.kwargs)
+        set_guard(LIMIT, b"")  # the replica's settings hold no token here: the proxy's gate decides
     with TestClient(app) as c:
         c.seen = seen  # type: ignore[attr-defined]
         yield c
@@ -83,6 +103,24 @@ def test_bodies_are_measured_while_they_stream(client):
 def test_an_unset_token_lets_nothing_through(client):
     set_guard(LIMIT, b"")
     assert client.post("/v1/echo", content=b"{}", headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_a_proxy_without_a_token_lets_only_the_open_paths_through(monkeypatch):
+    from fastapi import FastAPI
+
+    from deploy.evaluate.serve.guard import proxy_middlewares
+
+    for key in ("SFTRL_API_TOKEN", PROXY_TOKEN_ENV):
+        monkeypatch.delenv(key, raising=False)
+    app = FastAPI()
+    app.get("/healthz")(lambda: {"status": "ok"})
+    app.get("/v1/checkpoints")(lambda: [])
+    (gate,) = proxy_middlewares()
+    app.add_middleware(gate.cls, *gate.args, **gate.kwargs)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        for auth in ("Bearer ", "Bearer x", f"Bearer {TOKEN}"):
+            assert c.get("/v1/checkpoints", headers={"Authorization": auth}).status_code == 401
 
 
 def test_tokens_are_stripped_wherever_they_come_from(monkeypatch, tmp_path):

@@ -326,7 +326,9 @@ def test_cheapest_tiny_recipe_runs_two_seeds_end_to_end_and_pools_them(tmp_path,
     assert all(json.loads((folder / f"seed-{s}" / a / "DONE").read_text())["seconds"] > 0
                for s in (0, 1) for a in ("init", "sft", "rl"))  # fmt: skip
     assert "## Run time" in text and "| SFT init |" in text.split("## Run time")[1]
-    assert text.count("the interval excludes zero") + text.count("the interval does not exclude zero") == 5
+    # one verdict per question; two seeds whose differences are equal (both 0 on 8 episodes) give none
+    verdicts = ("the interval excludes zero", "the interval does not exclude zero", "gives no interval")
+    assert sum(text.count(v) for v in verdicts) == 5
     # every evaluation logged its episodes; the report keeps the finals' beside it and pairs by task
     records = read_metrics(folder / "seed-1" / "sft" / "metrics.jsonl")
     kinds = [r["kind"] for r in records if r["kind"] in ("eval", "episodes")]
@@ -513,8 +515,9 @@ def test_recipes_ship_as_package_data():
 
 def test_two_studies_in_one_report_keep_their_arms_apart(tmp_path):
     q = [{"text": "RL vs SFT?", "a": "rl", "b": "sft", "suite": "ood_rule"}]
-    _seeded_study(tmp_path / "a-tiny", {"sft": [(128, 20)] * 3, "rl": [(128, 90)] * 3}, q)
-    _seeded_study(tmp_path / "b-tiny", {"sft": [(10, 10)] * 3, "rl": [(10, 10)] * 3}, q)
+    # each study's seeds differ, so t over them has a spread (equal differences give no interval)
+    _seeded_study(tmp_path / "a-tiny", {"sft": [(128, 20)] * 3, "rl": [(128, 90), (128, 80), (128, 95)]}, q)
+    _seeded_study(tmp_path / "b-tiny", {"sft": [(10, 10)] * 3, "rl": [(10, 12), (10, 8), (10, 11)]}, q)
     text = write_report([tmp_path / "a-tiny", tmp_path / "b-tiny"], tmp_path / "out").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| SFT | 3 | ")]
     assert len(rows) == 2 and "| SFT | 6 | " not in text  # 3 seeds each, never pooled into 6

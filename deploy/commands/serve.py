@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from deploy.evaluate.serve.guard import PROXY_CALLBACK, proxy_guard_env
 from deploy.evaluate.serve.settings import ServeSettings, local_token_file
 from sftrl.config import build
 from sftrl.hardware import describe_precision, resolve_precision
@@ -28,7 +29,7 @@ def serve_command(
         console.print(f"API token: {args['token_file']} (or set SFTRL_API_TOKEN)", soft_wrap=True)
     # the settings and the token are checked before anything starts (a bad one leaves nothing running)
     valid = build(ServeSettings, args, source="serve settings")
-    valid.resolved_token()
+    token = valid.resolved_token()
     value, reason = resolve_precision("auto", valid.device)
     console.print(f"[dim]{describe_precision(value, reason)}, for runs whose config says auto[/]", highlight=False,
                   soft_wrap=True)  # fmt: skip
@@ -36,6 +37,12 @@ def serve_command(
     if not (args.get("redis_url") or os.environ.get("REDIS_URL")):
         server = LocalRedis()
         args["redis_url"] = server.start()
+    if address or os.environ.get("RAY_ADDRESS"):
+        console.print("[dim]joining a cluster: its HTTP proxies check the token and body size only where its nodes "
+                      f"set {PROXY_CALLBACK} (the Helm chart does); the API replicas check them anyway[/]",
+                      soft_wrap=True)  # fmt: skip
+    else:  # the local Ray's processes inherit this: its HTTP proxy refuses before it streams a body on
+        os.environ.update(proxy_guard_env(valid.max_body_bytes, token))
     try:
         init_ray(address)
     except BaseException:

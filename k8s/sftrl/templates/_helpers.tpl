@@ -165,6 +165,11 @@ Environment of every sftrl container. Call with (dict "ctx" $ "token" bool).
     secretKeyRef:
       name: {{ include "sftrl.apiSecretName" $ctx }}
       key: {{ $ctx.Values.api.secretKey }}
+{{- /* the token and body-size gate in front of Serve's HTTP proxy too (it reads SFTRL_API_TOKEN) */}}
+- name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
+  value: deploy.evaluate.serve.guard:proxy_middlewares
+- name: SFTRL_PROXY_BODY_LIMIT
+  value: {{ $ctx.Values.serve.appArgs.max_body_bytes | default 65536 | int | quote }}
 {{- end }}
 - name: RAY_JOB_STOP_WAIT_TIME_S
   value: {{ $ctx.Values.stopGraceSeconds | int | quote }}
