@@ -102,6 +102,24 @@ def test_a_level_left_short_is_said_with_what_it_took() -> None:
         fill_levels(ScriptedRollout(wins), "sftrl/GeneralPoints-v0", {}, per_level=0)
 
 
+def test_a_runs_checkpoint_is_asked_as_its_run_asked(tmp_path: Path) -> None:
+    from deploy.commands.difficulty import run_prompt_options
+
+    step = tmp_path / "run" / "checkpoints" / "step-000010"
+    step.mkdir(parents=True)
+    (tmp_path / "run" / "resolved_config.yaml").write_text(
+        "env: {id: sftrl/GeneralPoints-v0, options: {prompt_style: compact, reasoning: long, face_cards: as_10}}\n"
+    )
+    assert run_prompt_options(str(step), "sftrl/GeneralPoints-v0") == {}  # not a complete checkpoint
+    (step / "COMPLETE").write_text("{}")
+    gp = "sftrl/GeneralPoints-v0"
+    assert run_prompt_options(str(step), gp) == {"prompt_style": "compact", "reasoning": "long"}
+    assert run_prompt_options(str(step), "sftrl/VIRL-v0") == {}  # another environment's: nothing carried
+    assert run_prompt_options("gp-base", "sftrl/GeneralPoints-v0") == {}  # a prepared model's name
+    (tmp_path / "run" / "resolved_config.yaml").write_text("env: [not, a, mapping\n")
+    assert run_prompt_options(str(step), "sftrl/GeneralPoints-v0") == {}  # unreadable: the suite's defaults
+
+
 def test_tagged_sets_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
     items = [TaggedItem(env_id="sftrl/GeneralPoints-v0", options={"target": 24}, seed=s, samples=4, passes=s % 5,
                         level=level_of(s % 5, 4)) for s in range(5)]  # fmt: skip
@@ -121,12 +139,16 @@ def test_difficulty_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) 
     from click.testing import CliRunner
 
     from deploy.cli import main
+    from tests.run_folders import make_run_folder
 
     levels = tmp_path / "levels.jsonl"
     runner = CliRunner()
+    # a checkpoint of a run that asked its tasks in the compact style is asked them so here too
+    env = {"id": "sftrl/GeneralPoints-v0", "options": {"prompt_style": "compact", "target": 24}}
+    (checkpoint,) = make_run_folder(tmp_path / "run", tiny_model, [1], env=env)
     # drawing until every level holds one item, at most 3 drawn: the levels it could not fill are said
     # (plain tagging of a fixed number of items runs in the study end-to-end test)
-    result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--suite", "gp-l/id", "--items", "3",
+    result = runner.invoke(main, ["difficulty", "--model", str(checkpoint), "--suite", "gp-l/id", "--items", "3",
                                   "--per-level", "1", "--samples", "4", "--max-tokens", "16", "--out", str(levels),
                                   "--verify-iter", "1"])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -137,6 +159,7 @@ def test_difficulty_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) 
     said = " ".join(result.output.split())  # the console wraps long lines
     assert "hold fewer than the 1 items asked" in said and "--items" in said
     assert tagged[0].options["verify_iter"] == 1 and tagged[0].options["face_cards"] == "as_10"
+    assert tagged[0].options["prompt_style"] == "compact" and "--prompt_style compact" in said
     report = tmp_path / "report.json"
     result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--levels", str(levels),
                                   "--max-tokens", "16", "--out", str(report)])  # fmt: skip
