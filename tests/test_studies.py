@@ -55,6 +55,11 @@ def test_recipes_state_what_each_arm_does():
     assert kinds["best-single"] == kinds["best-merge"] == "pick"
     reasoning = next(a for a in combos.arms if a.name == "sft-reasoning").config
     assert reasoning["model"] == "@init" and reasoning["env"]["options"]["reasoning"] == "long"
+    # trained longer, and in nothing else
+    more = next(a for a in combos.arms if a.name == "sft-reasoning-more").config
+    assert {**more, "stages": None} == {**reasoning, "stages": None}
+    (stage,) = more["stages"]
+    assert {**stage, "steps": 0} == {**reasoning["stages"][0], "steps": 0} and stage["steps"] > 50
     stages = {a.name: a.config.get("stages", [{}])[0] for a in combos.arms if a.kind == "train"}
     assert stages["interleaved"]["mix"]["strategy"] == "interleaved"
     assert stages["progressive"]["mix"]["strategy"] == "progressive"
@@ -486,7 +491,8 @@ def test_arms_that_continue_an_arm_evaluated_the_same_way_skip_their_start_evalu
              for a in runner.study.arms if a.kind == "train"}  # fmt: skip
     # SFT with reasoning asks its start for reasoning: not the init's evaluation, so it plays its own
     assert skips == {"init": False, "sft": True, "rl": True, "two-stage": True, "interleaved": True,
-                     "progressive": True, "data-mixing": True, "sft-reasoning": False}  # fmt: skip
+                     "progressive": True, "data-mixing": True, "sft-reasoning": False,
+                     "sft-reasoning-more": False}  # fmt: skip
     # evaluated differently from its parent (fewer episodes, another precision): it evaluates its start
     for override in ("arms.1.config.eval.episodes=8", "arms.1.config.rollout.engine.dtype=bfloat16"):
         runner = StudyRunner(load_study("combinations", "tiny", [override]), tmp_path)
