@@ -57,7 +57,8 @@ def test_recipes_state_what_each_arm_does():
     assert reasoning["model"] == "@init" and reasoning["env"]["options"]["reasoning"] == "long"
     # trained longer, and in nothing else
     more = next(a for a in combos.arms if a.name == "sft-reasoning-more").config
-    assert {**more, "stages": None} == {**reasoning, "stages": None}
+    assert {**more, "stages": None, "eval": None} == {**reasoning, "stages": None, "eval": None}
+    assert more["eval"] == {**reasoning["eval"], "every": more["stages"][0]["steps"]}  # start and end only
     (stage,) = more["stages"]
     assert {**stage, "steps": 0} == {**reasoning["stages"][0], "steps": 0} and stage["steps"] > 50
     stages = {a.name: a.config.get("stages", [{}])[0] for a in combos.arms if a.kind == "train"}
