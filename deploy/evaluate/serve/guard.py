@@ -32,34 +32,31 @@ PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_LIMIT_ENV, PROXY_TOKEN_ENV = "SFTRL_PROXY_BODY_LIMIT", "SFTRL_PROXY_TOKEN_SHA256"
 
 
-def token_ok(authorization: str) -> bool:
-    """``Bearer <token>`` with this replica's token, compared in constant time."""
-    scheme, _, value = authorization.partition(" ")
-    token = guard_token()
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token)
+def token_digest(token: str | bytes) -> str:
+    """SHA-256 (hex) of a token, stripped; empty for no token (then nothing matches it)."""
+    raw = token.encode() if isinstance(token, str) else token
+    return hashlib.sha256(raw.strip()).hexdigest() if raw.strip() else ""
 
 
-def token_digest_ok(authorization: str, digest: str) -> bool:
-    """``Bearer <token>`` whose SHA-256 is ``digest`` (hex), compared in constant time."""
+def token_ok(authorization: str, digest: str) -> bool:
+    """``Bearer <token>`` whose :func:`token_digest` is ``digest``, compared in constant time."""
     scheme, _, value = authorization.partition(" ")
-    seen = hashlib.sha256(value.strip().encode()).hexdigest()
-    return bool(digest) and scheme.lower() == "bearer" and hmac.compare_digest(seen, digest)
+    return bool(digest) and scheme.lower() == "bearer" and hmac.compare_digest(token_digest(value), digest)
 
 
 def proxy_guard_env(limit: int, token: str) -> dict[str, str]:
     """The environment that puts the gate in front of Serve's HTTP proxy: set it before the Ray
     processes start (the proxy reads it once, when it starts)."""
     return {PROXY_CALLBACK: f"{__name__}:proxy_middlewares", PROXY_LIMIT_ENV: str(limit),
-            PROXY_TOKEN_ENV: hashlib.sha256(token.strip().encode()).hexdigest()}  # fmt: skip
+            PROXY_TOKEN_ENV: token_digest(token)}  # fmt: skip
 
 
 def proxy_middlewares() -> list[Middleware]:
     """Called by Serve's HTTP proxy at start: the gate with this environment's limit and token digest
     (``$SFTRL_API_TOKEN``'s when no digest is set, as in the Helm chart's pods). No token: every route
     but the open ones is refused, as the replica would."""
-    digest = os.environ.get(PROXY_TOKEN_ENV, "").strip()
-    if not digest and os.environ.get("SFTRL_API_TOKEN", "").strip():
-        digest = hashlib.sha256(os.environ["SFTRL_API_TOKEN"].strip().encode()).hexdigest()
+    api_token = os.environ.get("SFTRL_API_TOKEN", "")
+    digest = os.environ.get(PROXY_TOKEN_ENV, "").strip() or token_digest(api_token)
     raw = os.environ.get(PROXY_LIMIT_ENV, "")
     limit = int(raw) if raw.isdigit() else body_limit()
     open_paths = OPEN_PATHS + PROXY_OPEN_PATHS
@@ -75,7 +72,7 @@ class RequestGuard:
         self.app, self.limit, self.digest, self.open_paths = app, limit, token_sha256, open_paths
 
     def _authorized(self, authorization: str) -> bool:
-        return token_ok(authorization) if self.digest is None else token_digest_ok(authorization, self.digest)
+        return token_ok(authorization, token_digest(guard_token()) if self.digest is None else self.digest)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
