@@ -346,5 +346,7 @@ def test_rollout_runs_with_the_models_own_context(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert len(read_trajectories(out)) == 4
     assert "precision: " in result.output and "context 2048 tokens (the model's)" in result.output
+    assert "asked as gp-base learned: --prompt-style compact" in " ".join(result.output.split())
     resolved = (tmp_path / "t.resolved_config.yaml").read_text()
     assert "max_model_len: 2048" in resolved and "# rollout.engine.dtype: " in resolved
+    assert "prompt_style: compact" in resolved

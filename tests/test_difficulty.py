@@ -103,7 +103,7 @@ def test_a_level_left_short_is_said_with_what_it_took() -> None:
 
 
 def test_a_runs_checkpoint_is_asked_as_its_run_asked(tmp_path: Path) -> None:
-    from deploy.commands.difficulty import run_prompt_options
+    from deploy.commands.asking import run_prompt_options
 
     step = tmp_path / "run" / "checkpoints" / "step-000010"
     step.mkdir(parents=True)
@@ -118,6 +118,43 @@ def test_a_runs_checkpoint_is_asked_as_its_run_asked(tmp_path: Path) -> None:
     assert run_prompt_options("gp-base", "sftrl/GeneralPoints-v0") == {}  # a prepared model's name
     (tmp_path / "run" / "resolved_config.yaml").write_text("env: [not, a, mapping\n")
     assert run_prompt_options(str(step), "sftrl/GeneralPoints-v0") == {}  # unreadable: the suite's defaults
+
+
+def test_a_prepared_base_is_asked_as_its_data_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by name or by folder; the record's name picks the catalogue entry; an option given wins."""
+    from rich.console import Console
+
+    from deploy.commands.asking import ask_as_trained, trained_prompt_options
+    from sftrl.models.store import ModelRecord, write_record
+
+    monkeypatch.setenv("SFTRL_MODELS_DIR", str(tmp_path))
+    gp, virl = "sftrl/GeneralPoints-v0", "sftrl/VIRL-v0"
+    assert trained_prompt_options("gp-base", gp) == {}  # not prepared here: nothing known
+    folder = tmp_path / "gp-base"
+    folder.mkdir()
+    write_record(folder, ModelRecord(name="gp-base", kind="text", source="test", created="2026-12-07T00:00:00+00:00",
+                                     parameters=1, weights_sha256="0" * 64, architecture="LlamaForCausalLM",
+                                     dtype="float32", vocab_size=8, max_position_embeddings=64))  # fmt: skip
+    assert trained_prompt_options("gp-base", gp) == {"prompt_style": "compact"}
+    assert trained_prompt_options(str(folder), gp) == {"prompt_style": "compact"}
+    assert trained_prompt_options("gp-base", virl) == {}  # another environment: its defaults
+    console = Console(record=True, width=200)
+    assert ask_as_trained(console, "gp-base", gp, {"target": 24}) == {"prompt_style": "compact", "target": 24}
+    assert "asked as gp-base learned: --prompt-style compact" in console.export_text()
+    assert ask_as_trained(console, "gp-base", gp, {"prompt_style": "diverse"}) == {"prompt_style": "diverse"}
+
+
+def test_the_catalogue_asks_as_each_base_was_built() -> None:
+    """The catalogue's prompt style is the builders' own default (one would drift from the other)."""
+    from deploy.models.gp_base import GPBaseConfig
+    from deploy.models.gp_vl_base import GPVLBaseConfig
+    from deploy.models.virl_base import VIRLBaseConfig
+    from sftrl.models import CATALOG
+
+    for name, config in (("gp-base", GPBaseConfig()), ("virl-base", VIRLBaseConfig()),
+                         ("gp-vl-base", GPVLBaseConfig())):  # fmt: skip
+        (options,) = CATALOG[name].asks.values()
+        assert options == {"prompt_style": config.prompt_style}, name
 
 
 def test_tagged_sets_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
@@ -159,7 +196,7 @@ def test_difficulty_command_on_the_real_stack(tiny_model: Path, tmp_path: Path) 
     said = " ".join(result.output.split())  # the console wraps long lines
     assert "hold fewer than the 1 items asked" in said and "--items" in said
     assert tagged[0].options["verify_iter"] == 1 and tagged[0].options["face_cards"] == "as_10"
-    assert tagged[0].options["prompt_style"] == "compact" and "--prompt_style compact" in said
+    assert tagged[0].options["prompt_style"] == "compact" and "--prompt-style compact" in said
     report = tmp_path / "report.json"
     result = runner.invoke(main, ["difficulty", "--model", str(tiny_model), "--levels", str(levels),
                                   "--max-tokens", "16", "--out", str(report)])  # fmt: skip

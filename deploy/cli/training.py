@@ -247,7 +247,8 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
                    items: int | None, per_level: int | None, samples: int, seed: int, temperature: float | None,
                    max_tokens: int, out: Path | None, device: str) -> None:  # fmt: skip
     """Tag a suite's items L1 (easy) .. L5 (hard) by MODEL's pass rate, or report accuracy per level."""
-    from deploy.commands.difficulty import levels_command, run_prompt_options, tag_command
+    from deploy.commands.asking import ask_as_trained
+    from deploy.commands.difficulty import levels_command, tag_command
     from services.rollout.config import SamplingConfig
 
     engine = {"device": device}  # the context: the model's own
@@ -266,15 +267,11 @@ def difficulty_cmd(ctx: click.Context, model: str, suite: str | None, env_id: st
         from services.envs.suites import named_suite
 
         env_id = named_suite(suite)[0]
-    trained = {k: v for k, v in run_prompt_options(model, env_id).items() if k not in given}
-    if trained:
-        shown = ", ".join(f"--{k} {v}" for k, v in trained.items())
-        console.print(f"[dim]asked as the checkpoint's run asked: {shown} (an option given here wins)[/]",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+    asked = ask_as_trained(console, model, env_id, given)
     if suite is not None:
-        env_id, options = named_suite(suite, **trained, **given)
+        env_id, options = named_suite(suite, **asked)
     else:
-        options = {**trained, **given}
+        options = asked
     temp = 1.0 if temperature is None else temperature
     sampling = SamplingConfig(temperature=temp, max_tokens=max_tokens, seed=seed)
     target = out or Path(f"levels-{(suite or env_id or 'suite').replace('/', '-')}.jsonl")

@@ -36,28 +36,6 @@ def _engine(console: Console, model: str, engine: dict[str, Any], sampling: Samp
     return prepare_engine(config, console, sampling.max_tokens)[0]
 
 
-# options that shape how a task is asked, not which task: a model asked in another style than it trained
-# on copies the prompt's examples or rambles, and scores ~0% without any error
-PROMPT_OPTIONS = ("prompt_style", "reasoning")
-
-
-def run_prompt_options(model: str, env_id: str) -> dict[str, Any]:
-    """How the run that wrote checkpoint folder ``model`` asked ``env_id``'s tasks (its resolved config's
-    prompt options); empty for anything else (a prepared model, another environment's run)."""
-    from sftrl.config import ConfigError, read_yaml
-
-    folder = Path(model)
-    config_file = folder.parent.parent / "resolved_config.yaml"  # <run>/checkpoints/step-N
-    if not (folder / "COMPLETE").is_file() or not config_file.is_file():
-        return {}
-    try:
-        env = read_yaml(config_file).get("env") or {}
-    except ConfigError:
-        return {}
-    options = env.get("options") if isinstance(env, dict) and env.get("id") == env_id else None
-    return {k: options[k] for k in PROMPT_OPTIONS if k in options} if isinstance(options, dict) else {}
-
-
 def _rollout(model: str, engine: EngineConfig) -> RolloutWorker:
     from services.rollout.worker import RolloutWorker
 

@@ -43,11 +43,13 @@ def summarize(trajectories: list[Trajectory], seconds: float) -> dict[str, float
 
 
 def run_rollout(config: RolloutRunConfig, console: Console) -> dict[str, float]:
+    from deploy.commands.asking import ask_as_trained
     from deploy.commands.engine import prepare_engine
     from services.rollout.group import episode_specs
 
     # every mistake in the input fails here, before an engine starts: options, model, context
-    config.env_options = resolve_options(config.env_id, config.env_options)
+    asked = ask_as_trained(console, config.rollout.engine.model, config.env_id, config.env_options)
+    config.env_options = resolve_options(config.env_id, asked)
     engine, notes = prepare_engine(config.rollout.engine, console, config.rollout.sampling.max_tokens,
                                    prefix="rollout.engine")  # fmt: skip
     config.rollout = config.rollout.model_copy(update={"engine": engine})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,9 @@ class CatalogEntry:
     # tasks' text live in deploy/ (this floor names them, never imports them at load)
     builder: str
     options: tuple[str, ...] = ()  # the PrepareOptions fields this model takes
+    # how the base's training data asked each environment's tasks: a base asked in another prompt style
+    # copies the prompt's examples and scores ~0% without any error, so commands ask as it learned
+    asks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -60,6 +63,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "prompt (rules drawn per episode; J,Q,K = 10, = 11,12,13 and two more held out); a token per number",
         "deploy.models.gp_base:build_gp_base",
         ("seed", "steps", "retrain"),
+        asks={"sftrl/GeneralPoints-v0": {"prompt_style": "compact"}},
     ),
     "virl-base": CatalogEntry(
         "text",
@@ -67,6 +71,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "space stated in the prompt (compass directions or turns, drawn per episode); evaluation cities held out",
         "deploy.models.virl_base:build_virl_base",
         ("seed", "steps", "retrain"),
+        asks={"sftrl/VIRL-v0": {"prompt_style": "compact"}},
     ),
     "gp-vl-base": CatalogEntry(
         "vision",
@@ -74,6 +79,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "(black and red cards; the rules gp-base holds out never in its data); 128-pixel pictures",
         "deploy.models.gp_vl_base:build_gp_vl_base",
         ("seed", "steps"),
+        asks={"sftrl/GeneralPoints-v0": {"prompt_style": "compact"}},
     ),
     "tiny-vl": CatalogEntry(
         "vision",
