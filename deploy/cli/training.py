@@ -175,14 +175,16 @@ _argparse_command(
 @click.option("--seeds", type=click.IntRange(1, 64), default=None,
               help="Replicates of every arm (seeds 0..N-1; default: the recipe's, usually 1).")  # fmt: skip
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
+@click.option("--skip", "skip", multiple=True, metavar="ARM",
+              help="Leave an arm out of this run (repeatable); its questions are reported as not answered.")  # fmt: skip
 @click.argument("overrides", nargs=-1)
 def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, seeds: int | None, report: bool,
-              overrides: tuple[str, ...]) -> None:  # fmt: skip
+              skip: tuple[str, ...], overrides: tuple[str, ...]) -> None:  # fmt: skip
     """Run every arm of a study RECIPE (configs/studies/NAME.yaml or a path), then write its report."""
     from rich.table import Table
 
     from deploy.commands.engine import check_study_models
-    from deploy.studies.recipe import list_recipes, load_study
+    from deploy.studies.recipe import arms_left_out, list_recipes, load_study
     from deploy.studies.runner import StudyRunner
 
     if list_only or recipe is None:
@@ -194,8 +196,9 @@ def study_cmd(recipe: str | None, size: str, output_dir: str, list_only: bool, s
         console.print(table)
         return
     study = load_study(recipe, size, list(overrides), seeds)  # type: ignore[arg-type]
+    left_out = arms_left_out(study, skip)
     check_study_models(study)  # every arm's model and context, before hours of work
-    folder = StudyRunner(study, output_dir, console).run()
+    folder = StudyRunner(study, output_dir, console, skip=left_out).run()
     console.print(f"study folder: {folder}", highlight=False)
     if report:
         from deploy.studies.report import write_report

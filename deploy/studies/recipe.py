@@ -221,6 +221,43 @@ def _check_pick(arm: StudyArm, earlier: list[StudyArm]) -> None:
         raise ValueError(f"pick arm {arm.name} picks among {bad}: name earlier training or merge-sweep arms")
 
 
+def _named_arms(value: Any) -> set[str]:
+    """Every ``@ARM`` a config value names, at any depth."""
+    if isinstance(value, dict):
+        return set().union(*map(_named_arms, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_named_arms, value)) if value else set()
+    if isinstance(value, str) and value.startswith("@"):
+        return {value[1:]}
+    return set()
+
+
+def arms_left_out(study: Study, names: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """``names`` checked as arms a run may leave out (``sftrl study --skip``): each an arm of ``study``,
+    none that a kept arm, the levels or the frontier's start take a model or data from. A question about
+    a left-out arm is reported as not answered; a later run without ``--skip`` fills the arm in."""
+    skip, arms = frozenset(names), [a.name for a in study.arms]
+    unknown = sorted(skip - set(arms))
+    if unknown:
+        raise ConfigError(
+            f"--skip {', '.join(unknown)}: no such arm in {study.name}; arms: {', '.join(arms)}"
+        )
+    needs: dict[str, set[str]] = {
+        f"arm {a.name}": _named_arms(a.config) | (set(a.config.get("among") or []) if a.kind == "pick" else set())
+        for a in study.arms
+        if a.name not in skip
+    }  # fmt: skip
+    needs["the levels"] = _named_arms(study.levels.model) if study.levels else set()
+    needs["the frontier"] = {study.frontier.start} if study.frontier else set()
+    for user, needed in needs.items():
+        if needed & skip:
+            left = ", ".join(sorted(needed & skip))
+            raise ConfigError(
+                f"--skip {left}: {user} starts from or chooses among it; keep it or skip that too"
+            )
+    return skip
+
+
 def arm_config(study: Study, arm: StudyArm, resolve: Any) -> Any:
     """The typed config of ``arm`` (``resolve`` maps its values, e.g. ``@ARM`` to that arm's output)."""
     from deploy.studies.data_mixing import DataMixConfig

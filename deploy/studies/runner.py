@@ -34,8 +34,12 @@ class StudyRunner:
     """Runs a :class:`Study`'s arms, seed after seed, into ``<out_root>/<name>-<size>/``; an arm with
     a ``DONE`` marker is skipped (its output taken from the marker)."""
 
-    def __init__(self, study: Study, out_root: str | Path = "runs/studies", console: Console | None = None):
+    def __init__(
+        self, study: Study, out_root: str | Path = "runs/studies", console: Console | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
         self.study = study
+        self.skip = skip  # arms this run leaves out (checked by recipe.arms_left_out)
         self.dir = Path(out_root) / f"{study.name}-{study.size}"
         self.console = console or Console()
         self.outputs: dict[str, str] = {}
@@ -67,6 +71,9 @@ class StudyRunner:
         for seed in range(self.study.seeds):
             self.seed, self.outputs = seed, {}
             for arm in self.study.arms:
+                if arm.name in self.skip and not (self.seed_dir(seed) / arm.name / DONE).exists():
+                    self.console.print(f"[dim]seed {seed}, {arm.name}: left out (--skip)[/]")
+                    continue
                 self._run_arm(arm, self.seed_dir(seed) / arm.name)
         return self.dir
 
