@@ -11,7 +11,7 @@ from sftrl.ports import is_loopback
 def listening_sockets(root_pid: int) -> list[tuple[str, str, int]]:
     """(process name, address, port) of every TCP socket listening in ``root_pid``'s process tree."""
     root = psutil.Process(root_pid)
-    names = {p.pid: _name(p) for p in [root, *root.children(recursive=True)]}
+    names = {p.pid: process_name(p) for p in [root, *root.children(recursive=True)]}
     return sorted(
         {(names[c.pid], c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
          if c.status == psutil.CONN_LISTEN and c.pid in names}
@@ -23,7 +23,7 @@ def beyond_loopback(sockets: list[tuple[str, str, int]]) -> list[tuple[str, str,
     return [s for s in sockets if not is_loopback(s[1])]
 
 
-def _name(process: psutil.Process) -> str:
+def process_name(process: psutil.Process) -> str:
     try:
         return process.name()
     except psutil.Error:

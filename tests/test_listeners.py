@@ -12,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from sftrl.ports import free_loopback_port
-from tests.listeners import beyond_loopback, listening_sockets
+from tests.listeners import beyond_loopback, listening_sockets, process_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,9 +46,11 @@ def test_sftrl_serve_listens_on_loopback_only(tmp_path: Path) -> None:
     env.update(SFTRL_HOME=str(tmp_path / "home"), SFTRL_API_TOKEN="listeners-test-token", PYTHONUNBUFFERED="1",
                COLUMNS="200")  # fmt: skip
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # what sftrl sets by itself
+    # started as a shell without job control starts a background command: SIGINT ignored, inherited
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "serve", "--port", str(port), "--checkpoint-root", str(tmp_path)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         out = _wait_for_line(proc, "serving on", timeout=300)
@@ -60,10 +63,12 @@ def test_sftrl_serve_listens_on_loopback_only(tmp_path: Path) -> None:
         assert {"redis-server", "gcs_server", "raylet"} <= names, sockets
         assert port in {p for _, _, p in sockets}, sockets
         assert not beyond_loopback(sockets), sockets
+        started = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C stops it all: the server, its Redis, its Ray
+        assert proc.wait(timeout=90) == 0
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [process_name(p) for p in alive]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

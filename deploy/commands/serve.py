@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -49,6 +50,9 @@ def serve_command(
         if server is not None:
             server.release()
         raise
+    # a shell without job control starts background commands with SIGINT ignored, and Python keeps that:
+    # Ctrl-C (or a supervisor's SIGINT) must still stop the server through the clean-up below
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(args), name="sftrl", route_prefix="/")
