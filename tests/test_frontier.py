@@ -92,6 +92,13 @@ def test_a_frontier_study_reports_the_matched_difference_and_the_kl_line(tmp_pat
     assert found["kl"]["points"] == 16 and found["kl"]["slope"] < 0 and 0 <= found["kl"]["r2"] <= 1
     for png in ("frontier.png", "kl_vs_ood.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000 and f"]({png})" in text
+    (study / "study.yaml").write_text(json.dumps({"name": "frontier", "title": "F", "seeds": 1, "arms": arms,
+                                                  "questions": [], "frontier": spec}))  # fmt: skip
+    text = write_report([study], tmp_path / "one").read_text()  # the first seed alone: no interval, said
+    assert (
+        "Rule-OOD success at ID success 80.0%, PPO minus SFT (1 seed): +10.0% (one seed: no interval)."
+        in text
+    )
 
 
 def test_a_frontier_naming_unknown_arms_or_methods_is_refused(tmp_path):

@@ -162,8 +162,8 @@ def frontier_section(spec: dict[str, Any], arms: list[Arm], study: str | None,
         lines.append(f"- {a} minus {b} at matched ID success: not answered ({exc}).")
     else:
         numbers["matched"] = {"id_success": x, "per_seed": diffs}
-        seeds = f"{len(diffs)} seed{'s' if len(diffs) > 1 else ''}"
-        what = f"Rule-OOD success at ID success {x:.1%}, {a} minus {b} ({seeds}; t over the seeds)"
+        seeds = f"{len(diffs)} seeds; t over the seeds" if len(diffs) > 1 else "1 seed"
+        what = f"Rule-OOD success at ID success {x:.1%}, {a} minus {b} ({seeds})"
         if len(diffs) > 1:
             found = mean_interval(diffs)
             numbers["matched"]["interval"] = vars(found)

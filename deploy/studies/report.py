@@ -242,14 +242,16 @@ def _kl_table(arms: list[Arm]) -> list[str]:
             return "-"
         values = [f[f"kl/{name}"] for f in found]
         if len(values) == 1:
-            return f"{values[0]:.3f} ({found[0][f'kl_low/{name}']:.3f} to {found[0][f'kl_high/{name}']:.3f})"
+            low, high = found[0].get(f"kl_low/{name}"), found[0].get(f"kl_high/{name}")
+            both = isinstance(low, int | float) and isinstance(high, int | float)
+            return f"{values[0]:.3f} ({low:.3f} to {high:.3f})" if both else f"{values[0]:.3f}"
         got = mean_interval(values)
         return f"{got.estimate:.3f} ({got.low:.3f} to {got.high:.3f})"
 
     lines = ["## KL from the start", "",
              "Forward KL(start || final) in nats per token, on ID answers the start sampled at temperature 1 "
              "(`deploy/train/kl_probe.py`); `start` is the arm's own starting model, `base` the study's base. "
-             "Mean over seeds with its 95% interval (t over the seeds).", "",
+             "Mean over seeds with its 95% interval (t over the seeds; one seed: a bootstrap over its answers).", "",
              "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
     lines += [f"| {arm.label} | " + " | ".join(shown(arm, n) for n in names) + " |" for arm in arms]
     return lines + [""]
