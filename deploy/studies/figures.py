@@ -178,7 +178,9 @@ def frontier_plot(spec: dict[str, Any], arms: list[Arm], study: str | None,
             ax.errorbar(xv, yv, xerr=_errors([p[2] for p in xs], xv), yerr=_errors([p[2] for p in ys], yv),
                         fmt="o", color=colour, alpha=0.45, markersize=4, capsize=2)  # fmt: skip
         front = frontiers.get(method) or []
-        ax.plot([p[0] for p in front], [p[1] for p in front], "-", color=colour, linewidth=2, label=method)
+        # diamonds: a frontier of one point (one evaluation ahead of the method's others) still shows
+        ax.plot([p[0] for p in front], [p[1] for p in front], "-D", color=colour, linewidth=2, markersize=7,
+                label=method)  # fmt: skip
     ax.set_xlabel(f"ID success ({ident})")
     ax.set_ylabel(f"rule-OOD success ({ood})")
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
