@@ -62,6 +62,7 @@ def test_sft_outputs_only_where_rl_failed(tmp_path: Path) -> None:
         "from_rl": 2,
         "from_sft": 1,
         "skipped": 1,
+        "own": False,  # two models; one model twice is rejection-sampling data (its own successes)
     }
     assert rollouts["sft"].asked == [102, 103]  # the SFT model only plays what the RL model failed
     assert rollouts["rl"].closed and rollouts["sft"].closed

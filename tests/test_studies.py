@@ -231,6 +231,11 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     assert "| 0.00 | 25.0% |" in text and "| 1.00 | 75.0% |" in text
     assert "Ratio 1.00 is arm rl's final evaluation (the same weights, evaluated the same way)." in text
     assert "3 episodes from the RL model, 2 from the SFT model, 5 of 10 tasks failed by both" in text
+    # one model for both (rejection-sampling SFT data): its own successes, and the second round said
+    (study / "mix" / "counts.json").write_text(json.dumps(counts | {"own": True}))
+    text = write_report([study], tmp_path / "own").read_text()
+    assert ("5 of the model's own successful episodes (3 in its first samples, 2 in a second round on the tasks "
+            "it failed), 5 of 10 tasks without one.") in text  # fmt: skip
 
 
 # the cheapest recipe at a reduced size: a few steps per arm, 8 evaluation episodes per suite

@@ -108,4 +108,15 @@ def mix_datasets(
             writer.add(demonstration_from(from_sft[seed], "sft"))
     writer.close()
     return {"path": str(out), "tasks": len(seeds), "from_rl": len(from_rl), "from_sft": len(from_sft),
-            "skipped": len(seeds) - len(from_rl) - len(from_sft)}  # fmt: skip
+            "skipped": len(seeds) - len(from_rl) - len(from_sft), "own": config.rl_model == config.sft_model}  # fmt: skip
+
+
+def mixed_counts(counts: list[dict[str, Any]]) -> str:
+    """Where a data-mixing arm's demonstrations came from, summed over its seeds (``counts.json``s)."""
+    c = {k: sum(x[k] for x in counts) for k in ("from_rl", "from_sft", "skipped", "tasks")}
+    if all(x.get("own") for x in counts):  # one model twice: a second round on the tasks it failed
+        return (f"{c['from_rl'] + c['from_sft']} of the model's own successful episodes ({c['from_rl']} in its "
+                f"first samples, {c['from_sft']} in a second round on the tasks it failed), {c['skipped']} of "
+                f"{c['tasks']} tasks without one.")  # fmt: skip
+    return (f"{c['from_rl']} episodes from the RL model, {c['from_sft']} from the SFT model, "
+            f"{c['skipped']} of {c['tasks']} tasks failed by both.")  # fmt: skip

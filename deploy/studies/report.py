@@ -20,6 +20,7 @@ import yaml
 
 from deploy.evaluate.levels import LEVEL_FILL_FILE, LEVEL_SPEC_FILE
 from deploy.studies import figures
+from deploy.studies.data_mixing import mixed_counts
 from deploy.studies.frontier import frontier_section
 from deploy.studies.intervals import mean_interval
 from deploy.studies.level_report import level_section
@@ -422,9 +423,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
         section, drawn = _merge_section(arm, out)
         lines, shown = lines + section, shown + drawn
     for arm in [a for a in arms if all("counts" in r for r in a.runs)]:
-        c = {k: sum(r["counts"][k] for r in arm.runs) for k in ("from_rl", "from_sft", "skipped", "tasks")}
-        lines += [f"Data mixing ({arm.label}, {len(arm.runs)} seed(s)): {c['from_rl']} episodes from the RL model, "
-                  f"{c['from_sft']} from the SFT model, {c['skipped']} of {c['tasks']} tasks failed by both.", ""]  # fmt: skip
+        lines += [
+            f"Data mixing ({arm.label}, {len(arm.runs)} seed(s)): {mixed_counts([r['counts'] for r in arm.runs])}",
+            "",
+        ]
     lines += _run_time(arms)
     lines += ["## Figures", ""] + [f"### {caption}\n\n![{caption}]({name})\n" for caption, name in shown]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

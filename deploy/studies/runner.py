@@ -20,7 +20,7 @@ from rich.console import Console
 
 from deploy.studies.pick import Candidate
 from deploy.studies.recipe import Study, StudyArm, arm_config
-from sftrl.config import ConfigError
+from sftrl.config import ConfigError, write_resolved_config
 
 if TYPE_CHECKING:
     from services.rollout.protocol import Rollout
@@ -63,8 +63,6 @@ class StudyRunner:
         return value
 
     def run(self) -> Path:
-        from sftrl.config import write_resolved_config
-
         self.dir.mkdir(parents=True, exist_ok=True)
         write_resolved_config(self.study, self.dir, "study.yaml")
         self._prepare_models()
@@ -208,6 +206,7 @@ class StudyRunner:
         config = self._seeded(arm_config(self.study, arm, self._resolve)).model_copy(
             update={"out": str(arm_dir / "mixed.jsonl")}
         )
+        write_resolved_config(config, arm_dir)
         counts = mix_datasets(config, on_progress=lambda text: self.console.print(text, highlight=False))
         (arm_dir / "counts.json").write_text(json.dumps(counts, indent=1))
         return counts["path"]
