@@ -23,6 +23,7 @@ checked when the recipe loads, not hours later when the arm starts.
 from __future__ import annotations
 
 import json
+import re
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from sftrl.config import ConfigError, StrictModel, apply_overrides, build
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"  # package data: in a wheel too
 Size = Literal["tiny", "small", "paper"]
+ARM_REF = re.compile(r"@([A-Za-z0-9_.-]+)")  # a whole config value "@ARM": that arm's output in the seed
 
 
 class StudyArm(StrictModel):
@@ -227,9 +229,8 @@ def _named_arms(value: Any) -> set[str]:
         return set().union(*map(_named_arms, value.values())) if value else set()
     if isinstance(value, list):
         return set().union(*map(_named_arms, value)) if value else set()
-    if isinstance(value, str) and value.startswith("@"):
-        return {value[1:]}
-    return set()
+    found = ARM_REF.fullmatch(value) if isinstance(value, str) else None
+    return {found.group(1)} if found else set()
 
 
 def arms_left_out(study: Study, names: list[str] | tuple[str, ...]) -> frozenset[str]:

@@ -10,7 +10,6 @@ the new ones. A value ``"@ARM"`` in an arm's config is replaced by that arm's ou
 from __future__ import annotations
 
 import json
-import re
 import time
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from deploy.studies.pick import Candidate
-from deploy.studies.recipe import Study, StudyArm, arm_config
+from deploy.studies.recipe import ARM_REF, Study, StudyArm, arm_config
 from sftrl.config import ConfigError, write_resolved_config
 
 if TYPE_CHECKING:
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from services.rollout.worker import RolloutWorker
 
 DONE = "DONE"
-_REF = re.compile(r"@([A-Za-z0-9_.-]+)")
 
 
 class StudyRunner:
@@ -55,7 +53,7 @@ class StudyRunner:
             return {k: self._resolve(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._resolve(v) for v in value]
-        if isinstance(value, str) and (m := _REF.fullmatch(value)):
+        if isinstance(value, str) and (m := ARM_REF.fullmatch(value)):
             arm = m.group(1)
             if arm not in self.outputs:
                 raise ConfigError(f"study {self.study.name}: @{arm} is used before arm {arm!r} has run")
@@ -160,13 +158,13 @@ class StudyRunner:
         evaluation, so its numbers would repeat. None for an arm that starts from another arm's output."""
         from deploy.studies.reuse import start_played_in, trained_alike
 
-        if _REF.fullmatch(str(arm.config.get("model", ""))):
+        if ARM_REF.fullmatch(str(arm.config.get("model", ""))):
             return None
         others = [a for a in self.study.arms if a.name != arm.name]
         if self.seed == 0:  # only the arms run before it
             others = others[: self.study.arms.index(arm)]
         for other in ([arm] if self.seed else []) + others:
-            if other.kind != "train" or _REF.fullmatch(str(other.config.get("model", ""))):
+            if other.kind != "train" or ARM_REF.fullmatch(str(other.config.get("model", ""))):
                 continue
             theirs = arm_config(self.study, other, self._resolve)
             alike = theirs.model == own.model and trained_alike(theirs, own)
@@ -185,7 +183,7 @@ class StudyRunner:
 
     def _train_parent(self, value: Any) -> tuple[str, Any] | None:
         """``"@ARM"`` naming a training arm of this study: its name and config, else None."""
-        ref = _REF.fullmatch(str(value))
+        ref = ARM_REF.fullmatch(str(value))
         parent = next((a for a in self.study.arms if ref and a.name == ref.group(1)), None)
         if parent is None or parent.kind != "train":
             return None
