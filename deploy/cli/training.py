@@ -21,7 +21,13 @@ def models_group() -> None:
 @models_group.command("prepare")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Rebuild even if a complete folder exists.")
-@click.option("--seed", type=int, default=None, help="Seed of the random weights (tiny, tiny-vl; default 0).")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the random weights (and of a trained base's data; default 0). "
+    "Another seed of a base goes in its own models folder ($SFTRL_MODELS_DIR).",
+)
 @click.option(
     "--arch", type=click.Choice(["llama", "qwen2"]), default=None, help="tiny only (default llama)."
 )
@@ -56,7 +62,7 @@ def models_prepare(
     steps: int | None,
     retrain: bool | None,
 ) -> None:
-    """Make model NAME (tiny, smollm2-135m, gp-base, virl-base, tiny-vl) once in the models folder."""
+    """Make model NAME (tiny, smollm2-135m, gp-base, virl-base, gp-vl-base, tiny-vl) once in the models folder."""
     from deploy.commands.models import prepare
 
     given = {

@@ -26,6 +26,7 @@ from deploy.studies.intervals import mean_interval
 from deploy.studies.level_report import level_section
 from deploy.studies.outcomes import OUTCOMES_FILE, with_outcomes, without_outcomes, write_outcomes
 from deploy.studies.pick import PICKED_FILE
+from deploy.studies.provenance import started_from
 from deploy.studies.stats import Arm, answer, cell, curve, group_arms, mean_value, pooled
 from deploy.train.metrics import read_metrics
 
@@ -391,6 +392,8 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
     lines = [f"# {title or default_title(paths)}", "", f"Runs: {', '.join(a.label for a in arms)}",
              f"Seeds per arm: {'/'.join(map(str, seeds))}. Every figure is given with its 95% interval where the "
              "runs counted their episodes.", ""]  # fmt: skip
+    base_lines, models = started_from(paths)
+    lines += base_lines
     shown: list[tuple[str, str]] = []
     if trained and suites:  # paper 1: success (and, telling at small scale, reward) against compute
         shown.append(("Episode success against training compute (95% intervals)",
@@ -435,7 +438,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, title: str | None
     raw = [r | {"final": without_outcomes(r.get("final") or {})} if "final" in r else r for r in raw]
     raw = [r | {"sweep": r["sweep"] | {"rows": [without_outcomes(x) for x in r["sweep"].get("rows", [])]}}
            if isinstance(r.get("sweep"), dict) else r for r in raw]  # fmt: skip
-    (out / "report.json").write_text(json.dumps({"runs": raw, "answers": answers}, indent=1, default=float),
-                                     encoding="utf-8")  # fmt: skip
+    body = {"runs": raw, "answers": answers} | ({"models": models} if models else {})
+    (out / "report.json").write_text(json.dumps(body, indent=1, default=float), encoding="utf-8")
     write_outcomes(runs, out / OUTCOMES_FILE)
     return out / "report.md"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from deploy.studies.pick import Candidate
+from deploy.studies.provenance import record_models
 from deploy.studies.recipe import ARM_REF, Study, StudyArm, arm_config
 from sftrl.config import ConfigError, write_resolved_config
 
@@ -83,16 +84,19 @@ class StudyRunner:
         named = [self.study.base.get("model")] + [
             a.config.get("model") for a in self.study.arms if a.kind == "train"
         ]
+        records = {}
         for name in dict.fromkeys(n for n in named if isinstance(n, str) and n in CATALOG):
             found = find_prepared(name)
             if found is None:
                 self.console.print(f"preparing model {name} (sftrl models prepare {name})", highlight=False)
-                prepare_model(name)
+                found = prepare_model(name).model
             elif outdated_copy(name, found.record):
                 self.console.print(
                     f"replacing model {name}: a copy of the base an earlier sftrl shipped", highlight=False
                 )
-                prepare_model(name, force=True)
+                found = prepare_model(name, force=True).model
+            records[name] = found.record
+        record_models(self.dir, records)
 
     def _run_arm(self, arm: StudyArm, arm_dir: Path) -> None:
         done = arm_dir / DONE
