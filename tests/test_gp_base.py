@@ -101,6 +101,25 @@ def test_a_copy_of_an_earlier_shipped_base_is_outdated(tmp_path):
     assert scratch.outdated_copy("gp-base", shorter)
 
 
+def test_each_seed_of_the_base_ships_in_its_own_folder(tmp_path, monkeypatch):
+    root = tmp_path / "shipped"
+    shutil.copytree(gp_base.SHIPPED, root / "gp-base")
+    monkeypatch.setattr(gp_base, "SHIPPED", root / "gp-base")
+    monkeypatch.setattr(scratch, "SHIPPED_ROOT", root)
+    assert not scratch.ships(PrepareOptions(seed=1), gp_base.SHIPPED)  # not shipped: --retrain makes it
+    shutil.copytree(root / "gp-base", root / "gp-base-seed1")  # stands in for the seed-1 base
+    assert scratch.ships(PrepareOptions(seed=1), gp_base.SHIPPED)
+    one = prepare_model("gp-base", PrepareOptions(seed=1), directory=tmp_path / "models-1").model.record
+    assert one.options["seed"] == 1 and one.source.endswith("(shipped copy)")
+    record = json.loads((root / "gp-base" / "sftrl_model.json").read_text())
+    record["weights_sha256"] = "0" * 64  # seed 0's shipped base changes; seed 1's copy stays current
+    (root / "gp-base" / "sftrl_model.json").write_text(json.dumps(record))
+    assert not scratch.outdated_copy("gp-base", one)
+    assert scratch.outdated_copy("gp-base", one.model_copy(update={"options": {"seed": 0, "steps": None}}))
+    with pytest.raises(ValueError, match="another seed goes in its own models folder"):
+        prepare_model("gp-base", directory=tmp_path / "models-1")  # seed 0 asked where seed 1 lives
+
+
 def test_a_longer_context_changes_no_weight_and_no_output_within_the_old_one(tmp_path):
     """RoPE has no position weights: the base made with 2,048 positions is the one made with 1,024,
     and the shipped weights give the same logits under either (so growing it cost nothing)."""

@@ -29,6 +29,7 @@ from deploy.models.scratch import (
     greedy_bar,
     initial_llama,
     sft_from_scratch,
+    shipped_folder,
     ships,
     word_tokenizer,
 )
@@ -130,7 +131,7 @@ def build_gp_base(out_dir: Path, options: Any, report: Callable[[str], None]) ->
     from services.learner.sft_data import SFTConversation, tokenize_sft
 
     if ships(options, SHIPPED):
-        return copy_shipped(SHIPPED, out_dir, report)
+        return copy_shipped(shipped_folder(SHIPPED, options.seed), out_dir, report)
     config = GPBaseConfig(seed=options.seed, **({"steps": options.steps} if options.steps else {}))
     start = time.perf_counter()
     report("writing rule-diverse GeneralPoints demonstrations")

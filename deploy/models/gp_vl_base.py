@@ -201,11 +201,13 @@ def language_side(report: Callable[[str], None]) -> Any:
     """The prepared gp-base (made, or replaced when it is a copy of an earlier shipped one, first)."""
     from deploy.models.scratch import outdated_copy
     from sftrl.models import find_prepared, prepare_model
+    from sftrl.models.prepare import PrepareOptions
 
     found = find_prepared("gp-base")
     if found is None or outdated_copy("gp-base", found.record):
         report("preparing gp-base, the language side")
-        found = prepare_model("gp-base", force=found is not None).model
+        same = PrepareOptions.model_validate(found.record.options) if found else None  # its seed
+        found = prepare_model("gp-base", same, force=found is not None).model
     return found
 
 

@@ -276,13 +276,18 @@ def copy_shipped(shipped: Path, out_dir: Path, report: Callable[[str], None]) ->
     )  # fmt: skip
 
 
+def shipped_folder(shipped: Path, seed: int) -> Path:
+    """Where the base made with ``seed`` ships: ``gp-base/`` for seed 0, ``gp-base-seed1/`` for seed 1."""
+    return shipped if seed == 0 else shipped.with_name(f"{shipped.name}-seed{seed}")
+
+
 def ships(options: Any, shipped: Path) -> bool:
-    """Whether ``prepare`` copies the shipped base: default options, and the base is there."""
+    """Whether ``prepare`` copies a shipped base: the recipe's steps, not retrained, and the base of
+    the options' seed is there."""
     return (
         not options.retrain
         and options.steps is None
-        and options.seed == 0
-        and (shipped / "config.json").exists()
+        and (shipped_folder(shipped, options.seed) / "config.json").exists()
     )
 
 
@@ -290,11 +295,13 @@ def outdated_copy(name: str, record: Any) -> bool:
     """Whether a prepared ``name`` is a copy of a base shipped by an earlier sftrl (a new release
     ships a retrained base, or a longer context: a study started from the old copy would not measure
     the recipe shipped)."""
-    if not record.source.endswith("(shipped copy)") or not (SHIPPED_ROOT / name / "config.json").exists():
+    seed = record.options.get("seed") or 0
+    folder = shipped_folder(SHIPPED_ROOT / name, seed)
+    if not record.source.endswith("(shipped copy)") or not (folder / "config.json").exists():
         return False
     from sftrl.models.store import read_record
 
-    shipped = read_record(SHIPPED_ROOT / name)
+    shipped = read_record(folder)
     if shipped is None:
         return False
     return (shipped.weights_sha256, shipped.max_position_embeddings) != (

@@ -34,6 +34,7 @@ from deploy.models.scratch import (
     greedy_bar,
     initial_llama,
     sft_phases,
+    shipped_folder,
     ships,
     word_tokenizer,
 )
@@ -312,7 +313,7 @@ def build_virl_base(out_dir: Path, options: Any, report: Callable[[str], None]) 
     towns' episodes, tokenizer, random init, the SFT curriculum, and the bar measured and saved beside
     the weights. ``options.steps`` sets the curriculum's size, its phases in proportion."""
     if ships(options, SHIPPED):
-        return copy_shipped(SHIPPED, out_dir, report)
+        return copy_shipped(shipped_folder(SHIPPED, options.seed), out_dir, report)
     config = VIRLBaseConfig(seed=options.seed)
     config = config.scaled(options.steps) if options.steps else config
     start = time.perf_counter()

@@ -79,6 +79,7 @@ class StudyRunner:
         of the shipped one, seconds)."""
         from deploy.models.scratch import outdated_copy
         from sftrl.models import find_prepared, prepare_model
+        from sftrl.models.prepare import PrepareOptions
         from sftrl.models.store import CATALOG
 
         named = [self.study.base.get("model")] + [
@@ -94,7 +95,10 @@ class StudyRunner:
                 self.console.print(
                     f"replacing model {name}: a copy of the base an earlier sftrl shipped", highlight=False
                 )
-                found = prepare_model(name, force=True).model
+                same = PrepareOptions.model_validate(
+                    found.record.options
+                )  # the same seed, this release's copy
+                found = prepare_model(name, same, force=True).model
             records[name] = found.record
         record_models(self.dir, records)
 

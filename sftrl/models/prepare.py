@@ -94,9 +94,15 @@ def check_options(name: str, options: PrepareOptions) -> dict[str, Any]:
 
 def _reuse(existing: PreparedModel, identity: dict[str, Any]) -> PrepareOutcome:
     if existing.record.options != identity:
+        other_seed = existing.record.options.get("seed", 0) != identity.get("seed", 0)
         raise ValueError(
             f"{existing.name} in {existing.path} was made with {existing.record.options}, not {identity}; "
-            "add --force to rebuild it"
+            + (
+                "keep both: another seed goes in its own models folder (SFTRL_MODELS_DIR=FOLDER), "
+                "or add --force to replace this one"
+                if other_seed
+                else "add --force to rebuild it"
+            )
         )
     return PrepareOutcome(existing, built=False)
 
