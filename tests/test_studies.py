@@ -236,6 +236,11 @@ def test_report_of_a_study_names_merge_figures_by_arm_and_counts_mixed_data(tmp_
     text = write_report([study], tmp_path / "own").read_text()
     assert ("5 of the model's own successful episodes (3 in its first samples, 2 in a second round on the tasks "
             "it failed), 5 of 10 tasks without one.") in text  # fmt: skip
+    # counts written before they said so: the recipe's one model for both rounds says it
+    (study / "mix" / "counts.json").write_text(json.dumps(counts))
+    arms[1]["config"] = {"rl_model": "@init", "sft_model": "@init"}
+    (study / "study.yaml").write_text(json.dumps({"name": "combo", "title": "t", "arms": arms}))
+    assert "5 of the model's own successful episodes" in write_report([study], tmp_path / "old").read_text()
 
 
 # the cheapest recipe at a reduced size: a few steps per arm, 8 evaluation episodes per suite

@@ -111,6 +111,13 @@ def mix_datasets(
             "skipped": len(seeds) - len(from_rl) - len(from_sft), "own": config.rl_model == config.sft_model}  # fmt: skip
 
 
+def recipe_counts(counts: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """An arm's ``counts.json`` with ``own`` set where its recipe names one model for both rounds
+    (counts written before they said so)."""
+    same = bool(config.get("rl_model")) and config.get("rl_model") == config.get("sft_model")
+    return counts | {"own": True} if same else counts
+
+
 def mixed_counts(counts: list[dict[str, Any]]) -> str:
     """Where a data-mixing arm's demonstrations came from, summed over its seeds (``counts.json``s)."""
     c = {k: sum(x[k] for x in counts) for k in ("from_rl", "from_sft", "skipped", "tasks")}

@@ -20,7 +20,7 @@ import yaml
 
 from deploy.evaluate.levels import LEVEL_FILL_FILE, LEVEL_SPEC_FILE
 from deploy.studies import figures
-from deploy.studies.data_mixing import mixed_counts
+from deploy.studies.data_mixing import mixed_counts, recipe_counts
 from deploy.studies.frontier import frontier_section
 from deploy.studies.intervals import mean_interval
 from deploy.studies.level_report import level_section
@@ -69,7 +69,10 @@ def _study_runs(path: Path, study: dict[str, Any]) -> list[dict[str, Any]]:
                 marker = {}
             if isinstance(marker.get("seconds"), int | float):
                 run["seconds"] = float(marker["seconds"])
-            parent = str((arm.get("config") or {}).get("model", ""))
+            config = arm.get("config") or {}
+            if "counts" in run:
+                run["counts"] = recipe_counts(run["counts"], config)
+            parent = str(config.get("model", ""))
             if parent.startswith("@") and parent[1:] in done:  # compute counts from the start
                 _offset_compute(run, done[parent[1:]].get("gflops", 0.0))
                 _start_at_parent(run, done[parent[1:]])
