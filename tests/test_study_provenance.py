@@ -28,14 +28,7 @@ def _study() -> Study:
 
 def _finished_arm(folder: Path) -> None:
     folder.mkdir(parents=True)
-    record = {
-        "kind": "eval",
-        "stage": "s",
-        "stage_step": 0,
-        "global_step": 0,
-        "success/id": 0.5,
-        "episodes/id": 8,
-    }
+    record = {"kind": "eval", "stage": "s", "global_step": 0, "success/id": 0.5, "episodes/id": 8}
     (folder / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     (folder / "DONE").write_text("{}")
 
