@@ -56,8 +56,15 @@ def test_a_study_names_its_base_and_will_not_resume_from_another(tmp_path, monke
     text = write_report([runner.dir], tmp_path / "out").read_text()
     assert f"Started from: tiny (seed 0, arch llama; weights sha256 {sha0[:12]})." in text
     assert json.loads((tmp_path / "out" / "report.json").read_text())["models"] == {
-        runner.dir.name: {"tiny": recorded}
+        str(runner.dir): {"tiny": recorded}
     }
+
+    other = StudyRunner(_study(), tmp_path / "runs-seed1", quiet)  # the same study from the seed-1 base
+    other._prepare_models()
+    _finished_arm(other.dir / "seed-0" / "a")
+    (other.dir / "study.yaml").write_text((runner.dir / "study.yaml").read_text())
+    text = " ".join(write_report([runner.dir, other.dir], tmp_path / "both").read_text().split())
+    assert f"tiny in {runner.dir} (seed 0," in text and f"tiny in {other.dir} (seed 1," in text
 
 
 def test_an_unreadable_record_reads_as_none(tmp_path):

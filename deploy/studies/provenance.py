@@ -64,7 +64,7 @@ def _seed(identity: dict[str, Any]) -> Any:
 
 def started_from(paths: list[str | Path]) -> tuple[list[str], dict[str, Any]]:
     """The report's line naming each study's models (seed, steps, weights), and the same for report.json."""
-    models = {str(Path(p).name): read_models(Path(p)) for p in paths}
+    models = {str(p): read_models(Path(p)) for p in paths}  # by folder: two bases' studies share a name
     models = {study: found for study, found in models.items() if found}
     if not models:
         return [], {}
