@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deploy.studies.intervals import mean_interval
-from deploy.studies.stats import Arm, arms_of
+from deploy.studies.stats import Arm, arms_of, curve
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,24 @@ def frontier_points(spec: dict[str, Any], arms: list[Arm], study: str | None) ->
     return points
 
 
+def pooled_frontiers(
+    spec: dict[str, Any], arms: list[Arm], study: str | None
+) -> dict[str, list[tuple[float, float]]]:
+    """Each method's frontier over its arms' evaluations pooled over seeds (what the figure draws: the
+    envelope of every seed's points would follow the luckiest seed)."""
+    by_name = arms_of(arms, study)
+    ident, ood = spec.get("id_suite", "id"), spec.get("ood_suite", "ood_rule")
+    out = {}
+    for method, names in spec["methods"].items():
+        pooled = []
+        for arm in (by_name[n] for n in names if n in by_name):
+            xs, ys = curve(arm, "success", ident), curve(arm, "success", ood)
+            if xs and len(xs) == len(ys):
+                pooled += [(x[1], y[1]) for x, y in zip(xs, ys, strict=True)]
+        out[method] = pareto_frontier(pooled)
+    return out
+
+
 def frontier_section(spec: dict[str, Any], arms: list[Arm], study: str | None,
                      out: Path) -> tuple[list[str], list[tuple[str, str]], dict[str, Any]]:  # fmt: skip
     """The report's frontier section: its figures, the two answers in words, and their numbers."""
@@ -187,7 +205,7 @@ def frontier_section(spec: dict[str, Any], arms: list[Arm], study: str | None,
                      f"against {by_method:.2f} for the methods' means.")  # fmt: skip
     lines.append("")
     drawn = [("Rule-OOD success against ID success, one frontier per method (95% intervals)",
-              figures.frontier_plot(spec, arms, study, out, "frontier.png"))]  # fmt: skip
+              figures.frontier_plot(spec, arms, study, pooled_frontiers(spec, arms, study), out, "frontier.png"))]  # fmt: skip
     if fit is not None:
         drawn.append(
             (
