@@ -199,16 +199,9 @@ def episode_rows(demos: list[Any], folder: Path) -> list[Any]:
 
 def language_side(report: Callable[[str], None]) -> Any:
     """The prepared gp-base (made, or replaced when it is a copy of an earlier shipped one, first)."""
-    from deploy.models.scratch import outdated_copy
-    from sftrl.models import find_prepared, prepare_model
-    from sftrl.models.prepare import PrepareOptions
+    from deploy.models.scratch import current_model
 
-    found = find_prepared("gp-base")
-    if found is None or outdated_copy("gp-base", found.record):
-        report("preparing gp-base, the language side")
-        same = PrepareOptions.model_validate(found.record.options) if found else None  # its seed
-        found = prepare_model("gp-base", same, force=found is not None).model
-    return found
+    return current_model("gp-base", report)
 
 
 def measure_bar(model_dir: Path, config: GPVLBaseConfig) -> dict[str, Any]:

@@ -308,3 +308,20 @@ def outdated_copy(name: str, record: Any) -> bool:
         record.weights_sha256,
         record.max_position_embeddings,
     )
+
+
+def current_model(name: str, say: Callable[[str], None]) -> Any:
+    """The prepared ``name``: made when missing, and replaced by this release's copy (same seed)
+    when it is a copy of a base an earlier sftrl shipped."""
+    from sftrl.models import find_prepared, prepare_model
+    from sftrl.models.prepare import PrepareOptions
+
+    found = find_prepared(name)
+    if found is None:
+        say(f"preparing model {name} (sftrl models prepare {name})")
+        return prepare_model(name).model
+    if outdated_copy(name, found.record):
+        say(f"replacing model {name}: a copy of the base an earlier sftrl shipped")
+        same = PrepareOptions.model_validate(found.record.options)
+        return prepare_model(name, same, force=True).model
+    return found

@@ -161,20 +161,15 @@ def merge_curve(ratios: list[float], rows: dict[str, list[Interval | None]], val
     return _save(fig, out, name)
 
 
-def frontier_plot(spec: dict[str, Any], arms: list[Arm], study: str | None,
+def frontier_plot(spec: dict[str, Any], curves: dict[str, list[tuple[Any, Any]]],
                   frontiers: dict[str, list[tuple[float, float]]], out: Path, name: str) -> str:  # fmt: skip
     """Rule-OOD success against ID success: each arm's evaluations pooled over seeds (95% intervals
-    both ways), coloured by method, and each method's frontier over those pooled points (the envelope
-    of every seed's points would follow the luckiest seed)."""
+    both ways), coloured by method, and each method's frontier over those pooled points."""
     ident, ood = spec.get("id_suite", "id"), spec.get("ood_suite", "ood_rule")
-    by_name = {a.name: a for a in arms if study is None or a.key == f"{study}/{a.name}"}
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for i, (method, names) in enumerate(spec["methods"].items()):
+    for i, (method, pairs) in enumerate(curves.items()):
         colour = f"C{i}"
-        for arm in (by_name[n] for n in names if n in by_name):
-            xs, ys = curve(arm, "success", ident), curve(arm, "success", ood)
-            if not xs or len(xs) != len(ys):
-                continue
+        for xs, ys in pairs:
             xv, yv = [p[1] for p in xs], [p[1] for p in ys]
             ax.errorbar(xv, yv, xerr=_errors([p[2] for p in xs], xv), yerr=_errors([p[2] for p in ys], yv),
                         fmt="o", color=colour, alpha=0.45, markersize=4, capsize=2)  # fmt: skip

@@ -143,22 +143,32 @@ def frontier_points(spec: dict[str, Any], arms: list[Arm], study: str | None) ->
     return points
 
 
-def pooled_frontiers(
+Curve = list[tuple[float, float, Any]]  # (GFLOPs, rate, interval) per evaluation, pooled over seeds
+
+
+def pooled_curves(
     spec: dict[str, Any], arms: list[Arm], study: str | None
-) -> dict[str, list[tuple[float, float]]]:
-    """Each method's frontier over its arms' evaluations pooled over seeds (what the figure draws: the
-    envelope of every seed's points would follow the luckiest seed)."""
+) -> dict[str, list[tuple[Curve, Curve]]]:
+    """Each method's arms as (ID curve, rule-OOD curve) pairs, their evaluations pooled over seeds."""
     by_name = arms_of(arms, study)
     ident, ood = spec.get("id_suite", "id"), spec.get("ood_suite", "ood_rule")
-    out = {}
+    out: dict[str, list[tuple[Curve, Curve]]] = {}
     for method, names in spec["methods"].items():
-        pooled = []
-        for arm in (by_name[n] for n in names if n in by_name):
-            xs, ys = curve(arm, "success", ident), curve(arm, "success", ood)
-            if xs and len(xs) == len(ys):
-                pooled += [(x[1], y[1]) for x, y in zip(xs, ys, strict=True)]
-        out[method] = pareto_frontier(pooled)
+        pairs = [
+            (curve(a, "success", ident), curve(a, "success", ood))
+            for a in (by_name[n] for n in names if n in by_name)
+        ]
+        out[method] = [(xs, ys) for xs, ys in pairs if xs and len(xs) == len(ys)]
     return out
+
+
+def pooled_frontiers(curves: dict[str, list[tuple[Curve, Curve]]]) -> dict[str, list[tuple[float, float]]]:
+    """Each method's frontier over its pooled evaluations (what the figure draws: the envelope of
+    every seed's points would follow the luckiest seed)."""
+    return {
+        method: pareto_frontier([(x[1], y[1]) for xs, ys in pairs for x, y in zip(xs, ys, strict=True)])
+        for method, pairs in curves.items()
+    }
 
 
 def frontier_section(spec: dict[str, Any], arms: list[Arm], study: str | None,
@@ -204,8 +214,9 @@ def frontier_section(spec: dict[str, Any], arms: list[Arm], study: str | None,
                      f"method does: R^2 {fit[2]:.2f} for the line (slope {fit[0]:+.3f} per nat per token) "
                      f"against {by_method:.2f} for the methods' means.")  # fmt: skip
     lines.append("")
+    curves = pooled_curves(spec, arms, study)
     drawn = [("Rule-OOD success against ID success, one frontier per method (95% intervals)",
-              figures.frontier_plot(spec, arms, study, pooled_frontiers(spec, arms, study), out, "frontier.png"))]  # fmt: skip
+              figures.frontier_plot(spec, curves, pooled_frontiers(curves), out, "frontier.png"))]  # fmt: skip
     if fit is not None:
         drawn.append(
             (

@@ -77,29 +77,17 @@ class StudyRunner:
     def _prepare_models(self) -> None:
         """Catalogue models the study starts from are made here first when missing (gp-base: a copy
         of the shipped one, seconds)."""
-        from deploy.models.scratch import outdated_copy
-        from sftrl.models import find_prepared, prepare_model
-        from sftrl.models.prepare import PrepareOptions
+        from deploy.models.scratch import current_model
         from sftrl.models.store import CATALOG
 
         named = [self.study.base.get("model")] + [
             a.config.get("model") for a in self.study.arms if a.kind == "train"
         ]
-        records = {}
-        for name in dict.fromkeys(n for n in named if isinstance(n, str) and n in CATALOG):
-            found = find_prepared(name)
-            if found is None:
-                self.console.print(f"preparing model {name} (sftrl models prepare {name})", highlight=False)
-                found = prepare_model(name).model
-            elif outdated_copy(name, found.record):
-                self.console.print(
-                    f"replacing model {name}: a copy of the base an earlier sftrl shipped", highlight=False
-                )
-                same = PrepareOptions.model_validate(
-                    found.record.options
-                )  # the same seed, this release's copy
-                found = prepare_model(name, same, force=True).model
-            records[name] = found.record
+        say = partial(self.console.print, highlight=False)
+        records = {
+            name: current_model(name, say).record
+            for name in dict.fromkeys(n for n in named if isinstance(n, str) and n in CATALOG)
+        }
         record_models(self.dir, records)
 
     def _run_arm(self, arm: StudyArm, arm_dir: Path) -> None:
