@@ -187,7 +187,7 @@ def test_checkpoints_load_only_from_their_roots(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero_stage", [0, 2])
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])  # each stage's state, through the weights-only loader
 def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
     from transformers import AutoModelForCausalLM
 
@@ -258,3 +258,30 @@ def test_resume_is_exact(tiny_model, tmp_path, zero_stage):
             broken.load_checkpoint(path)
     finally:
         broken.shutdown()
+
+
+class _Payload:
+    """What a planted shard would hold: an object whose unpickling calls a function."""
+
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_deepspeed_state_is_read_without_unpickling_code(tmp_path, capsys):
+    import pickle
+
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from services.learner.safe_state import load_state
+
+    honest, planted = tmp_path / "honest.pt", tmp_path / "planted.pt"
+    torch.save({"zero_stage": ZeroStageEnum.gradients, "loss_scaler": DynamicLossScaler(8.0, 1000, 1.0, 2, True),
+                "state": {0: {"exp_avg": torch.ones(3)}}}, honest)  # fmt: skip
+    torch.save({"optimizer": _Payload()}, planted)
+    read = load_state(str(honest))
+    assert read["zero_stage"] is ZeroStageEnum.gradients and read["loss_scaler"].cur_scale == 8.0
+    assert torch.equal(read["state"][0]["exp_avg"], torch.ones(3))
+    with pytest.raises(pickle.UnpicklingError):
+        load_state(str(planted))
+    assert "unpickled" not in capsys.readouterr().out

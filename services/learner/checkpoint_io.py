@@ -21,6 +21,7 @@ from torch import nn
 
 from services.learner.collectives import Collectives
 from services.learner.policy import checkpoint_naming
+from services.learner.safe_state import read_state_safely
 from services.learner.sft_update import OptimizerSteps
 from services.learner.value_head import save_value_head
 from sftrl import checkpoint as ckpt
@@ -158,6 +159,7 @@ class CheckpointIO:
                 f"checkpoint {folder} was saved {'with' if state.get('value_head') else 'without'} a value head; "
                 "this learner differs"
             )
+        read_state_safely(self.engine)
         load_path, _ = self.engine.load_checkpoint(
             str(folder / ckpt.DEEPSPEED_DIR),
             tag="state",
