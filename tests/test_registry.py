@@ -161,6 +161,23 @@ def test_resync_drops_what_is_gone_or_corrupt(registry: Registry, run_dir: Path)
     assert report.dropped == ["gp-sft"] and registry.list_runs() == []
 
 
+def test_resync_opens_no_folder_a_record_names_outside_the_roots(
+    registry: Registry, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resync(registry, [run_dir])
+    # a Redis writer points the record elsewhere; the run folder there is real, but no root allows it
+    monkeypatch.setenv("SFTRL_CHECKPOINT_ROOTS", str(tmp_path / "roots"))
+    (tmp_path / "roots").mkdir()
+    shutil.rmtree(run_dir / "checkpoints" / "step-000010")
+    report = resync(registry, [])
+    assert report.outside == [f"gp-sft ({run_dir.resolve()})"] and not report.runs and not report.dropped
+    assert [c.step for c in registry.list_checkpoints("gp-sft")] == [10, 20, 30]  # not re-read
+    report = resync(registry, [], prune=True)
+    assert registry.get_run("gp-sft") and not report.dropped  # nor dropped: it was never looked at
+    report = resync(registry, [run_dir.parent])  # named by the operator: read
+    assert report.runs and [c.step for c in registry.list_checkpoints("gp-sft")] == [20, 30]
+
+
 @pytest.mark.fault
 def test_run_writer_survives_losing_redis_and_catches_up(tmp_path: Path, run_dir: Path) -> None:
     server = LocalRedis(tmp_path / "redis-down")

@@ -54,6 +54,7 @@ def print_checkpoints(console: Console, run_id: str, checkpoints: list[Checkpoin
 
 def resync_command(console: Console, registry: Registry, roots: list[Path], prune: bool = False) -> None:
     from deploy.train.registry_sync import resync
+    from sftrl.checkpoint import ROOTS_ENV
 
     report = resync(registry, roots, prune)
     console.print(
@@ -63,8 +64,15 @@ def resync_command(console: Console, registry: Registry, roots: list[Path], prun
     for line in report.dropped:
         console.print(f"  dropped {line}", highlight=False)
     if report.unseen:
-        console.print(f"kept {len(report.unseen)} run(s) whose folder is not visible here (--prune drops them):")
+        console.print(
+            f"kept {len(report.unseen)} run(s) whose folder is not visible here (--prune drops them):"
+        )
     for line in report.unseen:
+        console.print(f"  kept {line}", highlight=False, soft_wrap=True)
+    if report.outside:
+        console.print(f"kept {len(report.outside)} run(s) unread: their folder lies outside the folders named and "
+                      f"the checkpoint roots ({ROOTS_ENV}); name the folder to re-read it:")  # fmt: skip
+    for line in report.outside:
         console.print(f"  kept {line}", highlight=False, soft_wrap=True)
     for line in report.skipped:
         console.print(f"  [yellow]skipped[/] {line}", highlight=False, soft_wrap=True)

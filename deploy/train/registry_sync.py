@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from sftrl.checkpoint import CheckpointManager, VerifiedCache, read_trainer_state
+from services.envs.files import read_bounded
+from sftrl.checkpoint import CheckpointManager, VerifiedCache, checkpoint_roots, read_trainer_state
 from sftrl.config import RESOLVED_CONFIG_NAME
 from sftrl.registry.records import CheckpointRecord, RunRecord, checkpoint_id
 from sftrl.registry.store import REGISTRY_ERRORS, Registry, RegistryError
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30.0  # how often a training driver renews its run's lease
 LEASE_BEATS = 3  # the lease lasts this many heartbeats: a run is lost only after several missed ones
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a resolved config is kilobytes
 
 
 def eval_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -38,17 +40,18 @@ def eval_metrics_by_step(run_dir: Path) -> dict[int, dict[str, float]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn last line after a crash
-        if isinstance(record, dict) and record.get("kind") == "eval":
-            out[int(record.get("global_step", 0))] = {
-                k: float(v)
-                for k, v in record.items()
-                if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+    with path.open(encoding="utf-8", errors="replace") as lines:  # line by line: it grows with the run
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a crash
+            if isinstance(record, dict) and record.get("kind") == "eval":
+                out[int(record.get("global_step", 0))] = {
+                    k: float(v)
+                    for k, v in record.items()
+                    if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
     return out
 
 
@@ -77,7 +80,10 @@ def read_run(
     run_dir: Path, cache: VerifiedCache | None = None
 ) -> tuple[RunRecord, list[tuple[Path, CheckpointRecord]], list[str]]:
     """A run folder's record, its verified checkpoints (folder, record), and why any was skipped."""
-    config = yaml.safe_load((run_dir / RESOLVED_CONFIG_NAME).read_text(encoding="utf-8")) or {}
+    text = read_bounded(run_dir / RESOLVED_CONFIG_NAME, "run config", MAX_CONFIG_BYTES).decode(
+        "utf-8", "replace"
+    )
+    config = yaml.safe_load(text) or {}
     run_id = str(config.get("run_name") or run_dir.name)
     evals = eval_metrics_by_step(run_dir)
     checkpoints, skipped = [], []
@@ -108,6 +114,9 @@ class SyncReport:
     dropped: list[str] = field(default_factory=list)  # registry records whose folder is gone
     skipped: list[str] = field(default_factory=list)  # folders that are not valid checkpoints / runs
     unseen: list[str] = field(default_factory=list)  # registered runs whose folder is not visible here (kept)
+    outside: list[str] = field(
+        default_factory=list
+    )  # registered runs whose folder no root allows (kept, unread)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -151,17 +160,23 @@ def resync_run(
 
 
 def resync(registry: Registry, roots: list[Path], prune: bool = False) -> SyncReport:
-    """Resync every run under ``roots`` plus every run the registry already knows. A registered run
-    whose folder cannot be seen here (another machine's disk, an unmounted volume) keeps its records
-    unless ``prune``: the index is never wiped for what this machine cannot see."""
+    """Resync every run under ``roots`` plus every run the registry already knows whose folder lies
+    under ``roots`` or the checkpoint roots. A registered run whose folder cannot be seen here
+    (another machine's disk, an unmounted volume) keeps its records unless ``prune``: the index is
+    never wiped for what this machine cannot see."""
     report = SyncReport()
     dirs: dict[Path, None] = {}
     for root in roots:
         dirs.update(dict.fromkeys(p.resolve() for p in find_run_dirs(Path(root))))
+    # a record names its folder, and whoever can write Redis could name any: only folders under the
+    # roots given or the checkpoint roots are opened
+    allowed = [Path(root).resolve() for root in roots] + checkpoint_roots()
     for run in registry.list_runs():
-        folder = Path(run.run_dir)
-        if (folder / RESOLVED_CONFIG_NAME).is_file():
-            dirs.setdefault(folder.resolve(), None)
+        folder = Path(run.run_dir).expanduser().resolve()
+        if not any(folder.is_relative_to(root) for root in allowed):
+            report.outside.append(f"{run.run_id} ({run.run_dir})")
+        elif (folder / RESOLVED_CONFIG_NAME).is_file():
+            dirs.setdefault(folder, None)
         elif prune:  # the whole run folder is gone, and the caller says so
             registry.delete_run(run.run_id)
             report.dropped.append(run.run_id)
