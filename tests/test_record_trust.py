@@ -177,23 +177,28 @@ def test_sampling_from_a_runs_record_is_bounded_as_a_clients(endpoint: str, regi
 def test_an_evaluation_record_changed_in_redis_is_checked_again_before_it_runs(
     reg: Registry, planted: dict[str, Path]
 ) -> None:
-    """Between its creation and its run an evaluation's record lies in Redis: a server checks its suite
-    and sampling again, before any engine starts."""
+    """Between its creation and its run an evaluation's record lies in Redis: a server checks its suite,
+    sampling and counts again, before any engine starts."""
     from deploy.evaluate.checkpoint import execute_evaluation
 
     def no_engine(*_: Any) -> Any:
         raise AssertionError("an engine was started for a record that should have been refused")
 
     cases = {
-        "eval-00000000000000a1": ({"mode": "text", "dataset": str(planted["secret"])}, {"max_tokens": 8}),
-        "eval-00000000000000a2": ({"mode": "text", "dataset": "bench.jsonl"}, {"max_tokens": 10**9, "n": 50}),
+        "eval-00000000000000a1": ({"mode": "text", "dataset": str(planted["secret"])}, {"max_tokens": 8}, 2),
+        "eval-00000000000000a2": (
+            {"mode": "text", "dataset": "bench.jsonl"},
+            {"max_tokens": 10**9, "n": 50},
+            2,
+        ),
+        "eval-00000000000000a3": ({"mode": "text", "dataset": "bench.jsonl"}, {"max_tokens": 8}, 10**9),
     }
-    for eval_id, (options, sampling) in cases.items():
+    for eval_id, (options, sampling, episodes) in cases.items():
         reg.save_evaluation(EvaluationRecord(
             eval_id=eval_id, checkpoint_id="gp@20", suite=SuiteSpec(env="sftrl/VisualQA-v0", options=options),
-            episodes=2, seed=0, sampling=sampling, lease_until=time.time() + 60))  # fmt: skip
+            episodes=episodes, seed=0, sampling=sampling, lease_until=time.time() + 60))  # fmt: skip
         done = execute_evaluation(reg, eval_id, no_engine, data_dir=planted["data_dir"],
-                                  detailed_errors=False, lease_s=5, client=True)  # fmt: skip
+                                  detailed_errors=False, lease_s=5, client=True, max_episodes=1024)  # fmt: skip
         assert done.status == "failed" and done.error is not None
         assert done.error.startswith("EvalInputError (error ") and str(planted["base"]) not in done.error
 

@@ -204,6 +204,19 @@ def run_evaluation(
 # -- evaluations recorded in the registry (shared by `sftrl evaluate` and the Serve replicas) ----------
 
 
+def check_counts(episodes: int, samples: int, max_episodes: int | None) -> None:
+    """EvalInputError unless ``episodes`` and ``samples`` keep a request's bounds and their product
+    ``max_episodes``."""
+    bounds = {name: EvalRequest.model_fields[name].metadata for name in ("episodes", "samples")}
+    for name, value in (("episodes", episodes), ("samples", samples)):
+        low = next(m.ge for m in bounds[name] if hasattr(m, "ge"))
+        high = next(m.le for m in bounds[name] if hasattr(m, "le"))
+        if not low <= value <= high:
+            raise EvalInputError(f"{name} must be {low} to {high} (got {value})")
+    if max_episodes is not None and episodes * samples > max_episodes:
+        raise EvalInputError(f"episodes x samples must be at most {max_episodes} (got {episodes * samples})")
+
+
 def create_evaluation(
     registry: Registry,
     request: EvalRequest,
@@ -218,10 +231,7 @@ def create_evaluation(
     own suite may name files only as datasets of ``data_dir`` (:func:`client_suite`).
 
     Raises UnknownCheckpoint (404) or EvalInputError (400) with a message for the caller."""
-    if max_episodes is not None and request.episodes * request.samples > max_episodes:
-        raise EvalInputError(
-            f"episodes x samples must be at most {max_episodes} (got {request.episodes * request.samples})"
-        )
+    check_counts(request.episodes, request.samples, max_episodes)
     ckpt, note = usable_checkpoint(registry, request.checkpoint, roots)
     run = registry.get_run(ckpt.run_id)
     run_config = run.config if run is not None else {}
@@ -352,13 +362,15 @@ def execute_evaluation(
     detailed_errors: bool = True,
     lease_s: float = LEASE_S,
     client: bool = False,
+    max_episodes: int | None = None,
 ) -> EvaluationRecord:
     """Run a queued evaluation, holding its lease; its status, progress and metrics (or error) land
     in the registry. One cancelled or marked lost meanwhile stops at the next chunk of episodes and
     keeps that status. Without ``detailed_errors`` (a server) the record says what failed and an
     error id; the message, which may hold server paths, goes to this process's log under that id.
-    For a ``client`` (a server), the record's suite is checked again as a client's (:func:`client_suite`):
-    the record lay in Redis between its creation and now."""
+    For a ``client`` (a server), the record's suite and counts are checked again as a client's
+    (:func:`client_suite`, :func:`check_counts` with ``max_episodes``): the record lay in Redis
+    between its creation and now."""
     ev = registry.get_evaluation(eval_id)
     if ev is None:
         raise RegistryError(f"unknown evaluation {eval_id!r}")
@@ -366,7 +378,9 @@ def execute_evaluation(
         return ev
     registry.finish_evaluation(eval_id, status="running")
     with held_lease(registry, eval_id, lease_s):
-        return _run_recorded(registry, ev, get_rollout, on_progress, data_dir, detailed_errors, client)
+        return _run_recorded(
+            registry, ev, get_rollout, on_progress, data_dir, detailed_errors, client, max_episodes
+        )
 
 
 def _run_recorded(
@@ -377,6 +391,7 @@ def _run_recorded(
     data_dir: Path | None,
     detailed_errors: bool,
     client: bool = False,
+    max_episodes: int | None = None,
 ) -> EvaluationRecord:
     eval_id = ev.eval_id
 
@@ -387,7 +402,9 @@ def _run_recorded(
             on_progress(done)
 
     try:
-        # the record's suite and sampling are checked before an engine starts on it
+        # the record's counts, suite and sampling are checked before an engine starts on it
+        if client:
+            check_counts(ev.episodes, ev.samples, max_episodes)
         sampling = SamplingConfig.model_validate(ev.sampling)
         sampling = client_sampling(sampling) if client else sampling
         suite = with_dataset_files(client_suite(ev.suite, data_dir) if client else ev.suite, data_dir)

@@ -136,7 +136,8 @@ class EvalReplica:
         try:  # chats waiting meanwhile are answered between its chunks of episodes
             return execute_evaluation(self.registry, eval_id, holding, data_dir=self.settings.resolved_data_dir(),
                                       on_progress=lambda _: self.engine_thread.answer_waiting(),
-                                      detailed_errors=False, lease_s=self.settings.lease_s, client=True).status  # fmt: skip
+                                      detailed_errors=False, lease_s=self.settings.lease_s, client=True,
+                                      max_episodes=self.settings.max_episodes).status  # fmt: skip
         finally:
             self.in_use.clear()
 
