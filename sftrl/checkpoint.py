@@ -43,6 +43,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sftrl.files import fsync_path
+
 log = logging.getLogger(__name__)
 
 COMPLETE_NAME = "COMPLETE"
@@ -102,15 +104,6 @@ def _fsync_tree(folder: Path) -> None:
                 os.close(fd)
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [folder]:
         fsync_path(sub)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush one file's data, or one folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from sftrl.files import write_atomic
+
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
 
 
@@ -151,10 +153,7 @@ def write_resolved_config(
     target = out_dir / name
     payload = config.model_dump(mode="json")
     head = "".join(f"# {key}: {' '.join(str(value).split())}\n" for key, value in (notes or {}).items())
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(head + yaml.safe_dump(payload, sort_keys=False), encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return write_atomic(target, head + yaml.safe_dump(payload, sort_keys=False))
 
 
 # -- run configs shared across commands ---------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sftrl.files import atomic_file
+
 SCHEMA_VERSION = 1
 
 
@@ -117,12 +119,9 @@ class Trajectory(BaseModel):
 def write_jsonl(trajectories: Iterable[Trajectory], path: str | Path) -> Path:
     """Write one trajectory per line (atomically: the file appears complete or not at all)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_file(path) as fh:
         for traj in trajectories:
             fh.write(traj.model_dump_json() + "\n")
-    tmp.replace(path)
     return path
 
 
@@ -155,10 +154,8 @@ def write_parquet(trajectories: Iterable[Trajectory], path: str | Path) -> Path:
             "policy_versions": t.policy_versions, "json": json.dumps(data),
         })  # fmt: skip
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as fh:
+        pq.write_table(pa.Table.from_pylist(rows), fh)
     return path
 
 

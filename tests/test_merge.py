@@ -69,8 +69,11 @@ def test_linear_is_the_weighted_mean(small_llama: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(merged(out)[NORM], torch.full((8,), 2.5))
     spec = MergeSpec(method="linear", models=[str(a), str(b)], weights=[1, 1], normalize=False)
     torch.testing.assert_close(merged(merge_models(spec, tmp_path / "m3"))[NORM], torch.full((8,), 4.0))
+    # overwritten: the old merge is moved aside and deleted only once the new one is in place
+    torch.testing.assert_close(merged(merge_models(spec, out, overwrite=True))[NORM], torch.full((8,), 4.0))
+    assert not list(tmp_path.glob(".m2.old-*"))
     # untouched tensors are equal in both inputs and stay so
-    torch.testing.assert_close(merged(out)[Q], load_file(a / "model.safetensors")[Q])
+    torch.testing.assert_close(merged(tmp_path / "m")[Q], load_file(a / "model.safetensors")[Q])
 
 
 def test_slerp_follows_the_great_circle(small_llama: Path, tmp_path: Path) -> None:

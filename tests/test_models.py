@@ -214,6 +214,18 @@ def test_leftover_build_folders_are_not_models(models):
         prepare_model("tiny-vl")
 
 
+def test_a_model_moved_aside_by_a_crashed_force_is_put_back(models):
+    prepare_model("tiny")
+    record = (models / "tiny" / "sftrl_model.json").read_text()
+    # --force crashed between its two renames: the old model aside, nothing in its place
+    (models / "tiny").rename(models / f".tiny.tmp-old-{os.getpid() + 1}")
+    (models / f".tiny.tmp-{os.getpid() + 1}-x").mkdir()  # and its build folder, unfinished
+    assert find_prepared("tiny") is None
+    assert prepare_model("tiny").built is False  # put back, not rebuilt
+    assert (models / "tiny" / "sftrl_model.json").read_text() == record
+    assert [p.name for p in models.iterdir() if not p.name.endswith(".lock")] == ["tiny"]
+
+
 # -- chat template and tokenizer -----------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from services.rollout.config import SamplingConfig
 from services.rollout.env_pool import EpisodeSpec
 from services.rollout.group import episode_specs
 from sftrl.config import ConfigError, StrictModel
+from sftrl.files import write_atomic
 
 if TYPE_CHECKING:
     from services.rollout.protocol import Rollout
@@ -183,11 +184,7 @@ def accuracy_by_level(
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, text)
 
 
 def write_tagged(items: Sequence[TaggedItem], path: str | Path) -> Path:

@@ -20,6 +20,7 @@ from deploy.evaluate.metrics import episode_outcomes
 from deploy.evaluate.suites import evaluate
 from services.rollout.config import EngineConfig, SamplingConfig
 from sftrl.config import EnvSpec, StrictModel, write_resolved_config
+from sftrl.files import write_atomic
 from sftrl.models.merge import MergeSpec, merge_models
 from sftrl.provenance import provenance
 
@@ -110,7 +111,7 @@ def run_sweep(
         if worker is not None:
             worker.shutdown()
     result = {"config": config.model_dump(mode="json"), "rows": rows}
-    (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    write_atomic(out / "sweep.json", json.dumps(result, indent=1))
     result["plot"] = str(plot_sweep(rows, list(config.suites), config, out / "sweep.png"))
     return result
 

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from sftrl.config import StrictModel
+from sftrl.files import write_atomic
 
 PICKED_FILE = "picked.json"
 
@@ -61,6 +62,4 @@ def best(candidates: list[Candidate]) -> Candidate:
 def write_picked(folder: Path, choice: Candidate, candidates: list[Candidate], suite: str) -> None:
     record = {"picked": choice.describe(), "arm": choice.arm, "ratio": choice.ratio, "value": choice.value,
               "suite": suite, "candidates": [{"name": c.describe(), "value": c.value} for c in candidates]}  # fmt: skip
-    tmp = folder / f"{PICKED_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    tmp.replace(folder / PICKED_FILE)
+    write_atomic(folder / PICKED_FILE, json.dumps(record, indent=1))

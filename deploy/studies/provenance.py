@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sftrl.config import ConfigError
+from sftrl.files import write_atomic
 
 MODELS_FILE = "models.json"  # in the study folder
 _MAX_BYTES = 1 << 20
@@ -50,11 +51,7 @@ def record_models(study_dir: Path, found: dict[str, Any]) -> None:
                 "models folder it started with ($SFTRL_MODELS_DIR), or give it another --output-dir"
             )
     merged = {**recorded, **{name: model_identity(r) for name, r in found.items()}}
-    path = Path(study_dir) / MODELS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(Path(study_dir) / MODELS_FILE, json.dumps(merged, indent=1) + "\n")
 
 
 def _seed(identity: dict[str, Any]) -> Any:

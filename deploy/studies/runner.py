@@ -21,6 +21,7 @@ from deploy.studies.pick import Candidate
 from deploy.studies.provenance import record_models
 from deploy.studies.recipe import ARM_REF, Study, StudyArm, arm_config
 from sftrl.config import ConfigError, write_resolved_config
+from sftrl.files import write_atomic
 
 if TYPE_CHECKING:
     from services.rollout.protocol import Rollout
@@ -105,7 +106,7 @@ class StudyRunner:
         self.outputs[arm.name] = output
         # wall time of the attempt that finished the arm (one resumed after a stop: its last attempt)
         seconds = round(time.perf_counter() - started, 1)
-        done.write_text(json.dumps({"output": output, "seconds": seconds, **self.done_extra}))
+        write_atomic(done, json.dumps({"output": output, "seconds": seconds, **self.done_extra}))
 
     def _seeded(self, config: Any) -> Any:
         """The arm's config for this seed: training seeds moved by it, evaluation tasks untouched."""
@@ -202,7 +203,7 @@ class StudyRunner:
         )
         write_resolved_config(config, arm_dir)
         counts = mix_datasets(config, on_progress=lambda text: self.console.print(text, highlight=False))
-        (arm_dir / "counts.json").write_text(json.dumps(counts, indent=1))
+        write_atomic(arm_dir / "counts.json", json.dumps(counts, indent=1))
         return counts["path"]
 
     def _run_merge_sweep(self, arm: StudyArm, arm_dir: Path) -> str:
@@ -296,7 +297,7 @@ class StudyRunner:
         tagged = read_tagged(self._tagged_items(arm, rollout))
         sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens or spec.max_tokens, seed=spec.seed)
         metrics = accuracy_by_level(rollout, tagged, sampling, options=options)
-        (arm_dir / "levels.json").write_text(json.dumps(metrics, indent=1))
+        write_atomic(arm_dir / "levels.json", json.dumps(metrics, indent=1))
 
     def _tagged_items(self, arm: StudyArm, rollout: Rollout) -> Path:
         """This seed's tagged items; tagged now if missing, by ``rollout`` when ``arm`` is the model
@@ -334,7 +335,7 @@ class StudyRunner:
         finally:
             if not own:
                 tagger.shutdown()
-        made_by.write_text(json.dumps(wanted), encoding="utf-8")
+        write_atomic(made_by, json.dumps(wanted))
         return write_tagged(tagged, path)
 
     def _fill_levels(self, tagger: Rollout, env_id: str, options: dict[str, Any], sampling: Any,

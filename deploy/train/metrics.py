@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sftrl.checkpoint import fsync_path
+from sftrl.files import fsync_path
 
 
 class MetricsLog:

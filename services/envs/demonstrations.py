@@ -20,6 +20,7 @@ from PIL import Image
 
 import services.envs  # noqa: F401  (registers the environments)
 from services.envs.base import SftrlEnv
+from sftrl.files import write_atomic
 
 MAX_TURNS = 256
 
@@ -163,6 +164,4 @@ class DemonstrationWriter:
             self._chat_file.close()
             self._chat_tmp.replace(self.chat_path)
         if self.llava_path is not None:
-            tmp = self.llava_path.with_suffix(self.llava_path.suffix + ".tmp")
-            tmp.write_text(json.dumps(self._llava, indent=1), encoding="utf-8")
-            tmp.replace(self.llava_path)
+            write_atomic(self.llava_path, json.dumps(self._llava, indent=1))

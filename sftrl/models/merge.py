@@ -183,9 +183,13 @@ def merge_models(spec: MergeSpec, out: str | Path, overwrite: bool = False) -> P
             "seconds": round(time.perf_counter() - started, 3),
         }
         (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists():  # moved aside, deleted only once the new merge is in its place
+            aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(aside)
+            os.replace(tmp, out)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -30,12 +30,14 @@ from sftrl.models.store import (
     PreparedModel,
     find_prepared,
     models_dir,
+    read_record,
     utc_now,
     weights_sha256,
     write_record,
 )
 
 Report = Callable[[str], None]
+OLD_MARK = "old-"  # a model moved aside by --force until its replacement is in place
 
 
 class PrepareOptions(StrictModel):
@@ -118,6 +120,12 @@ def _name_lock(directory: Path, name: str) -> Iterator[None]:
 
 
 def _remove_leftovers(directory: Path, name: str) -> None:
+    """Remove what a crashed prepare left, but first put back a model a ``--force`` had moved aside
+    when the crash came between its two renames (nothing replaced it)."""
+    target = directory / name
+    for aside in sorted(directory.glob(f".{name}{TMP_MARK}{OLD_MARK}*")):
+        if not target.exists() and read_record(aside) is not None:
+            aside.rename(target)
     for stale in directory.glob(f".{name}{TMP_MARK}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -207,7 +215,7 @@ def prepare_model(
             write_record(build_dir, record)  # last: its presence is what marks a complete folder
             _usual_permissions(build_dir)
             if target.exists():
-                old = directory / f".{name}{TMP_MARK}old-{os.getpid()}"
+                old = directory / f".{name}{TMP_MARK}{OLD_MARK}{os.getpid()}"
                 target.rename(old)
                 build_dir.rename(target)
                 shutil.rmtree(old, ignore_errors=True)

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import redis
 
+from sftrl.files import write_atomic
 from sftrl.home import secret_file, sftrl_home
 from sftrl.ports import free_loopback_port
 from sftrl.processes import pid_alive
@@ -131,7 +132,6 @@ class LocalRedis:
                     self.process.kill()
                     raise RuntimeError(f"redis-server did not start on port {port}:\n{tail}")
                 time.sleep(0.05)
-            tmp = self.state_file.with_suffix(".tmp")
             # the URL without its password: the state file is not the secret's place
             public = {
                 "url": f"redis://127.0.0.1:{port}/0",
@@ -139,8 +139,7 @@ class LocalRedis:
                 "port": port,
                 "auth": True,
             }
-            tmp.write_text(json.dumps(public))
-            tmp.replace(self.state_file)
+            write_atomic(self.state_file, json.dumps(public))
             self.url = url
             return url
 

@@ -1,0 +1,34 @@
+"""Files written whole or not at all (``sftrl/files.py``): what studies, configs and trajectories use."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sftrl.files import atomic_file, write_atomic
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "DONE"
+    write_atomic(target, '{"output": "a"}')
+    write_atomic(target, '{"output": "b"}')
+    assert target.read_text() == '{"output": "b"}'
+    assert [p.name for p in target.parent.iterdir()] == ["DONE"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # as any file, not a private temp's 0600
+
+
+def test_a_write_cut_short_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "counts.json"
+    write_atomic(target, "old")
+    with pytest.raises(RuntimeError), atomic_file(target) as fh:
+        fh.write("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["counts.json"]
+    with atomic_file(tmp_path / "rows.bin", "wb") as fh:
+        fh.write(b"\x00\x01")
+    assert (tmp_path / "rows.bin").read_bytes() == b"\x00\x01"
