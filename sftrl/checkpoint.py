@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sftrl.files import fsync_path
+from sftrl.files import fsync_path, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ DEEPSPEED_DIR = "deepspeed"
 VALUE_HEAD_DIR = "value_head"
 FORMAT = 1  # trainer_state.json
 MARKER_FORMAT = 2  # COMPLETE: every file with its size (format 1 listed the weights only)
+MAX_JSON_BYTES = 16 * 1024 * 1024  # COMPLETE and trainer_state.json are kilobytes: read no more
 _STEP_RE = re.compile(r"step-(\d+)")
 # temporaries: ``<token>`` of :func:`writer_token`, or a bare pid (what earlier versions wrote)
 _TMP_RE = re.compile(r"\.step-\d+\.tmp-[A-Za-z0-9._-]+")
@@ -180,7 +181,7 @@ def verify(folder: str | Path, deep: bool = True) -> Path:
     if not folder.is_dir():
         raise bad("no such folder")
     try:
-        marker = json.loads((folder / COMPLETE_NAME).read_text(encoding="utf-8"))
+        marker = json.loads(read_bounded(folder / COMPLETE_NAME, COMPLETE_NAME, MAX_JSON_BYTES))
         hashes = marker["sha256"]
         if not isinstance(hashes, dict) or not hashes:
             raise ValueError("no hashes")
@@ -286,7 +287,7 @@ def read_trainer_state(folder: str | Path, cache: VerifiedCache | None = None) -
     """``trainer_state.json`` of a verified checkpoint (``cache``: verified once per process)."""
     folder = cache.verify(folder) if cache is not None else verify(folder)
     try:
-        state = json.loads((folder / STATE_NAME).read_text(encoding="utf-8"))
+        state = json.loads(read_bounded(folder / STATE_NAME, STATE_NAME, MAX_JSON_BYTES))
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"checkpoint {folder} is incomplete/corrupt: unreadable {STATE_NAME} ({exc})"

@@ -14,13 +14,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from sftrl.errors import ConfigError as ConfigError  # here for every caller; sftrl.files raises it too
 from sftrl.files import write_atomic
 
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and why."""
 
 
 class StrictModel(BaseModel):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from services.envs.files import MAX_FILE_BYTES, read_bounded
 from services.envs.virl import VIRLEnv
 from services.envs.virl.published import load_published_routes
 from services.envs.visual_qa import VisualQAEnv, load_benchmark
 from sftrl.config import ConfigError
+from sftrl.files import MAX_FILE_BYTES, read_bounded
 
 pytestmark = pytest.mark.hostile
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from sftrl.checkpoint import (
     COMPLETE_NAME,
+    MAX_JSON_BYTES,
     CheckpointManager,
     atomic_checkpoint,
     read_trainer_state,
@@ -285,3 +287,19 @@ def test_deepspeed_state_is_read_without_unpickling_code(tmp_path, capsys):
     with pytest.raises(pickle.UnpicklingError):
         load_state(str(planted))
     assert "unpickled" not in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_a_marker_is_read_within_bounds(tmp_path):
+    """A checkpoint folder on a shared volume is anyone's: its marker is read only if it is a regular
+    file of at most MAX_JSON_BYTES (the endpoint verifies a checkpoint before loading it)."""
+    folder = tmp_path / "step-000001"
+    folder.mkdir()
+    os.mkfifo(folder / COMPLETE_NAME)  # would block a plain read until someone writes to it
+    with pytest.raises(ValueError, match="unreadable COMPLETE marker .*not a regular file"):
+        verify(folder)
+    (folder / COMPLETE_NAME).unlink()
+    with (folder / COMPLETE_NAME).open("wb") as fh:
+        fh.truncate(MAX_JSON_BYTES + 1)  # sparse: nothing is written, the size alone is refused
+    with pytest.raises(ValueError, match="unreadable COMPLETE marker .*larger than"):
+        verify(folder)

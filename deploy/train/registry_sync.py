@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from services.envs.files import read_bounded
 from sftrl.checkpoint import CheckpointManager, VerifiedCache, checkpoint_roots, read_trainer_state
 from sftrl.config import RESOLVED_CONFIG_NAME
+from sftrl.files import read_bounded
 from sftrl.registry.records import CheckpointRecord, RunRecord, checkpoint_id
 from sftrl.registry.store import REGISTRY_ERRORS, Registry, RegistryError
 

@@ -32,10 +32,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from services.envs.files import read_bounded
 from services.envs.virl.headings import bearing, side_of
 from services.envs.virl.routes import LegPlan, PointPlan, Route, build_route
 from sftrl.config import ConfigError, format_validation_error
+from sftrl.files import read_bounded
 
 INTERPOLATED_POINTS = 2
 _M_PER_DEG_LAT = 110_540.0

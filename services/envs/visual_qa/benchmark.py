@@ -30,9 +30,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from services.envs.files import read_bounded
 from services.verifier.visual_qa import DEFAULT_TOLERANCE, LETTERS, AnswerType, QATask, parse_number
 from sftrl.config import ConfigError
+from sftrl.files import read_bounded
 
 MAX_IMAGE_PIXELS = 40_000_000  # far above any benchmark figure, far below a decompression bomb
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
