@@ -4,6 +4,7 @@ or a folder is refused at once with a clear ConfigError, never waited on or read
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -103,6 +104,16 @@ def test_an_image_file_a_dataset_row_names_is_bounded_too(tmp_path: Path) -> Non
     bench.write_text('{"question": "how many?", "answer": "3", "image": "picture.png"}\n')
     message = _refused_at_once(lambda: load_benchmark(bench), unblock=tmp_path / "picture.png")
     assert "row 0" in message and "picture.png is not a regular file (a FIFO)" in message
+
+
+def test_an_image_a_dataset_row_names_outside_its_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret.png").write_bytes(b"not for clients")
+    (tmp_path / "data").mkdir()
+    bench = tmp_path / "data" / "bench.jsonl"
+    for name in ("../secret.png", str(tmp_path / "secret.png")):
+        bench.write_text(json.dumps({"question": "how many?", "answer": "3", "image": name}) + "\n")
+        with pytest.raises(ConfigError, match="lies outside the dataset's folder"):
+            load_benchmark(bench)
 
 
 # -- the checks hold against a file changed between the check and the read -----------------------------

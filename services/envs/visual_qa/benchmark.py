@@ -136,8 +136,11 @@ def _image_source(value: Any, base_dir: Path, where: str) -> ImageSource:
     if text.startswith("data:"):
         text = text.partition(",")[2]
     elif len(text) < 1024 and ("." in text or (base_dir / text).exists()):  # base64 never holds "."
-        path = Path(text)
-        return path if path.is_absolute() else base_dir / path
+        path = Path(text) if Path(text).is_absolute() else base_dir / text
+        # a dataset on a shared volume names its own images: nothing outside its folder is opened
+        if not path.resolve().is_relative_to(base_dir.resolve()):
+            raise ConfigError(f"{where}: image {text!r} lies outside the dataset's folder")
+        return path
     if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:
         raise ConfigError(f"{where}: image text is larger than {MAX_IMAGE_BYTES} bytes")
     try:
