@@ -80,10 +80,8 @@ def read_run(
     run_dir: Path, cache: VerifiedCache | None = None
 ) -> tuple[RunRecord, list[tuple[Path, CheckpointRecord]], list[str]]:
     """A run folder's record, its verified checkpoints (folder, record), and why any was skipped."""
-    text = read_bounded(run_dir / RESOLVED_CONFIG_NAME, "run config", MAX_CONFIG_BYTES).decode(
-        "utf-8", "replace"
-    )
-    config = yaml.safe_load(text) or {}
+    raw = read_bounded(run_dir / RESOLVED_CONFIG_NAME, "run config", MAX_CONFIG_BYTES)
+    config = yaml.safe_load(raw.decode("utf-8", "replace")) or {}
     run_id = str(config.get("run_name") or run_dir.name)
     evals = eval_metrics_by_step(run_dir)
     checkpoints, skipped = [], []
@@ -114,9 +112,8 @@ class SyncReport:
     dropped: list[str] = field(default_factory=list)  # registry records whose folder is gone
     skipped: list[str] = field(default_factory=list)  # folders that are not valid checkpoints / runs
     unseen: list[str] = field(default_factory=list)  # registered runs whose folder is not visible here (kept)
-    outside: list[str] = field(
-        default_factory=list
-    )  # registered runs whose folder no root allows (kept, unread)
+    # registered runs whose folder lies under no root: kept, never opened
+    outside: list[str] = field(default_factory=list)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
