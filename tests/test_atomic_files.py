@@ -32,3 +32,21 @@ def test_a_write_cut_short_leaves_the_old_file(tmp_path: Path) -> None:
     with atomic_file(tmp_path / "rows.bin", "wb") as fh:
         fh.write(b"\x00\x01")
     assert (tmp_path / "rows.bin").read_bytes() == b"\x00\x01"
+
+
+def test_demonstration_files_appear_only_when_their_writer_ends_without_error(tmp_path: Path) -> None:
+    """A demonstration file streams into a temporary: a run killed halfway leaves no file a later
+    SFT run would read as complete."""
+    from services.envs.demonstrations import DemonstrationWriter, generate_demonstrations
+
+    demos = list(generate_demonstrations("sftrl/GeneralPoints-v0", {"prompt_style": "compact"}, 3))
+    llava, chat = tmp_path / "gp.json", tmp_path / "gp.jsonl"
+    with pytest.raises(RuntimeError), DemonstrationWriter(llava, chat, tmp_path / "images") as writer:
+        writer.add(demos[0])
+        raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+    with DemonstrationWriter(llava, chat, tmp_path / "images") as writer:
+        for demo in demos:
+            writer.add(demo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gp.json", "gp.jsonl"]
+    assert len(chat.read_text().splitlines()) == 3

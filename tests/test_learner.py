@@ -38,12 +38,11 @@ GP = "sftrl/GeneralPoints-v0"
 def write_demos(folder: Path, episodes: int, **options) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     llava, chat = folder / "gp.json", folder / "gp.jsonl"
-    writer = DemonstrationWriter(llava, chat, folder / "images")
-    for demo in generate_demonstrations(
-        GP, {"prompt_style": "compact", "verify_iter": 2, **options}, episodes
-    ):
-        writer.add(demo)
-    writer.close()
+    with DemonstrationWriter(llava, chat, folder / "images") as writer:
+        for demo in generate_demonstrations(
+            GP, {"prompt_style": "compact", "verify_iter": 2, **options}, episodes
+        ):
+            writer.add(demo)
     return llava, chat
 
 

@@ -23,7 +23,7 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_the_run_resumes(tmp_path
         resumed = MetricsLog(tmp_path, tensorboard=False, truncate_after_step=2)
     resumed.log({"kind": "train", "global_step": 3, "loss": 0.3})
     assert [r["global_step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
-    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary left
 
 
 def test_a_bad_line_in_the_middle_is_an_error(tmp_path):

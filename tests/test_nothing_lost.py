@@ -191,7 +191,8 @@ def test_the_metrics_are_on_disk_before_the_checkpoint_they_led_to(
     # a resume's rewrite of the records is on disk before it replaces the file
     order.events.clear()
     MetricsLog(tmp_path / "r", tensorboard=False, truncate_after_step=1)
-    rewrite = metrics.with_suffix(".jsonl.tmp")
+    rewrite = next(Path(a) for k, a, b in order.events if k == "replace" and Path(b).resolve() == metrics)
+    assert rewrite.name.startswith(".metrics.jsonl.") and rewrite.parent == metrics.parent
     assert order.first("fsync", rewrite) < order.first("replace", metrics, into=True)
     assert order.first("fsync", metrics.parent) > order.first("replace", metrics, into=True)
 

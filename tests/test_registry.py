@@ -13,7 +13,13 @@ import redis
 from click.testing import CliRunner
 
 from deploy.cli import main
-from deploy.evaluate.checkpoint import EvalInputError, EvalRequest, UnknownCheckpoint, create_evaluation
+from deploy.evaluate.checkpoint import (
+    EvalInputError,
+    EvalRequest,
+    UnknownCheckpoint,
+    check_counts,
+    create_evaluation,
+)
 from deploy.train.registry_sync import RunRegistrar, read_run, resync
 from sftrl.registry import (
     LocalRedis,
@@ -262,6 +268,14 @@ def test_evaluation_requests_are_checked(registry: Registry, run_dir: Path) -> N
         registry, EvalRequest(checkpoint="gp-sft", suite="id", episodes=2, samples=4, sampling=hot)
     )
     assert sampled.samples == 4 and sampled.sampling["temperature"] == 1.0
+    # a record read back from Redis is held to the request's bounds again
+    for episodes, samples, message in (
+        (0, 1, "episodes must be 1 to 100000"),
+        (1, 65, "samples must be 1 to 64"),
+    ):
+        with pytest.raises(EvalInputError, match=message):
+            check_counts(episodes, samples, None)
+    check_counts(100_000, 64, None)
     assert registry.update_evaluation(sampled.eval_id, episodes_done=4).progress == 0.5
 
 

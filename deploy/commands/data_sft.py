@@ -27,19 +27,20 @@ def write_sft_data(config: SFTDataConfig, console: Console) -> tuple[Path | None
     llava, chat, images = output_paths(config)
     stem = Path(config.out).with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    writer = DemonstrationWriter(llava, chat, images)
     demos = generate_demonstrations(
         config.env.id, config.env.options, config.episodes, config.seed, config.revision_fraction
     )
     columns = (TextColumn("demonstrations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     revisions = 0
-    with Progress(*columns, console=console, transient=True) as progress:
+    with (
+        DemonstrationWriter(llava, chat, images) as writer,
+        Progress(*columns, console=console, transient=True) as progress,
+    ):
         task = progress.add_task("demos", total=config.episodes)
         for demo in demos:
             writer.add(demo)
             revisions += int(demo.meta["revision"])
             progress.advance(task)
-    writer.close()
     cfg_path = write_resolved_config(config, stem.parent, f"{stem.name}.resolved_config.yaml")
     console.print(f"wrote {writer.count} episodes ({revisions} with revision) from {config.env.id}")
     for label, path in (("LLaVA JSON", llava), ("chat JSONL", chat)):

@@ -60,12 +60,17 @@ class EvalSampling(StrictModel):
     max_tokens: int = Field(256, ge=1, le=4096)
 
 
+# A request's bounds; a record read back from the registry is held to them again (:func:`check_counts`).
+MAX_EPISODES = 100_000
+MAX_SAMPLES = 64
+
+
 class EvalRequest(StrictModel):
     checkpoint: str = Field(min_length=1, max_length=200, description="RUN@STEP, RUN@latest or RUN")
     suite: str | SuiteSpec = Field(description="a suite name of the checkpoint's run, or {env, options}")
-    episodes: int = Field(32, ge=1, le=100_000)
+    episodes: int = Field(32, ge=1, le=MAX_EPISODES)
     samples: int = Field(
-        1, ge=1, le=64, description="samples of each task; > 1 adds pass@k (needs temperature > 0)"
+        1, ge=1, le=MAX_SAMPLES, description="samples of each task; > 1 adds pass@k (needs temperature > 0)"
     )
     seed: int = Field(10_000, ge=0, le=2**31 - 1)
     sampling: EvalSampling | None = Field(None, description="default: the run's evaluation sampling")
@@ -207,12 +212,9 @@ def run_evaluation(
 def check_counts(episodes: int, samples: int, max_episodes: int | None) -> None:
     """EvalInputError unless ``episodes`` and ``samples`` keep a request's bounds and their product
     ``max_episodes``."""
-    bounds = {name: EvalRequest.model_fields[name].metadata for name in ("episodes", "samples")}
-    for name, value in (("episodes", episodes), ("samples", samples)):
-        low = next(m.ge for m in bounds[name] if hasattr(m, "ge"))
-        high = next(m.le for m in bounds[name] if hasattr(m, "le"))
-        if not low <= value <= high:
-            raise EvalInputError(f"{name} must be {low} to {high} (got {value})")
+    for name, value, high in (("episodes", episodes, MAX_EPISODES), ("samples", samples, MAX_SAMPLES)):
+        if not 1 <= value <= high:
+            raise EvalInputError(f"{name} must be 1 to {high} (got {value})")
     if max_episodes is not None and episodes * samples > max_episodes:
         raise EvalInputError(f"episodes x samples must be at most {max_episodes} (got {episodes * samples})")
 

@@ -190,10 +190,9 @@ def episode_rows(demos: list[Any], folder: Path) -> list[Any]:
     from services.learner.sft_data import load_demonstrations
 
     path = folder / "episodes.jsonl"
-    writer = DemonstrationWriter(None, path, folder / "images")
-    for demo in demos:
-        writer.add(demo)
-    writer.close()
+    with DemonstrationWriter(None, path, folder / "images") as writer:
+        for demo in demos:
+            writer.add(demo)
     return load_demonstrations(path)
 
 

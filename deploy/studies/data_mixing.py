@@ -100,13 +100,12 @@ def mix_datasets(
         on_progress(f"SFT model {config.sft_model} on the {len(failed)} tasks the RL model failed")
     from_sft = play(config.sft_model, failed) if failed else {}
     out = Path(config.out)
-    writer = DemonstrationWriter(None, out, out.parent / f"{out.stem}_images")
-    for seed in seeds:
-        if seed in from_rl:
-            writer.add(demonstration_from(from_rl[seed], "rl"))
-        elif seed in from_sft:
-            writer.add(demonstration_from(from_sft[seed], "sft"))
-    writer.close()
+    with DemonstrationWriter(None, out, out.parent / f"{out.stem}_images") as writer:
+        for seed in seeds:
+            if seed in from_rl:
+                writer.add(demonstration_from(from_rl[seed], "rl"))
+            elif seed in from_sft:
+                writer.add(demonstration_from(from_sft[seed], "sft"))
     return {"path": str(out), "tasks": len(seeds), "from_rl": len(from_rl), "from_sft": len(from_sft),
             "skipped": len(seeds) - len(from_rl) - len(from_sft), "own": config.rl_model == config.sft_model}  # fmt: skip
 

@@ -79,10 +79,9 @@ def write_demonstrations(path: Path, demos: Iterable[Demonstration]) -> None:
     """Demonstrations as chat JSONL at ``path`` (images as PNG files in a folder beside it)."""
     from services.envs.demonstrations import DemonstrationWriter
 
-    writer = DemonstrationWriter(None, path, path.parent / f"{path.stem}_images")
-    for demo in demos:
-        writer.add(demo)
-    writer.close()
+    with DemonstrationWriter(None, path, path.parent / f"{path.stem}_images") as writer:
+        for demo in demos:
+            writer.add(demo)
 
 
 def rows_for_step(pool: Sequence[SFTExample], count: int, seed: int, step: int) -> list[SFTExample]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from sftrl.files import fsync_path
+from sftrl.files import fsync_path, write_atomic
 
 
 class MetricsLog:
@@ -21,13 +20,7 @@ class MetricsLog:
         if truncate_after_step is not None and self.path.exists():
             # Resuming: records written after the checkpoint belong to a future that is replayed.
             kept = [r for r in read_metrics(self.path) if r.get("global_step", 0) <= truncate_after_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            with tmp.open("w", encoding="utf-8") as fh:
-                fh.write("".join(json.dumps(r) + "\n" for r in kept))
-                fh.flush()
-                os.fsync(fh.fileno())  # durable before the rename: a crash leaves one whole file
-            tmp.replace(self.path)  # a crash here leaves the old file, never half of it
-            fsync_path(run_dir)
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))  # old or new, whole
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

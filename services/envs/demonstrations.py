@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from PIL import Image
 
 import services.envs  # noqa: F401  (registers the environments)
 from services.envs.base import SftrlEnv
-from sftrl.files import write_atomic
+from sftrl.files import atomic_file, write_atomic
 
 MAX_TURNS = 256
 
@@ -104,7 +105,8 @@ def generate_demonstrations(
 
 
 class DemonstrationWriter:
-    """Streams demonstrations to LLaVA JSON and/or chat JSONL, saving images as PNG files."""
+    """Streams demonstrations to LLaVA JSON and/or chat JSONL, saving images as PNG files. Use it as a
+    context manager: each file appears under its final name only when the block ends without error."""
 
     def __init__(self, llava_path: Path | None, chat_path: Path | None, image_dir: Path):
         self.llava_path, self.chat_path, self.image_dir = llava_path, chat_path, image_dir
@@ -112,9 +114,18 @@ class DemonstrationWriter:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
         self._llava: list[dict[str, Any]] = []
-        self._chat_tmp = chat_path.with_suffix(chat_path.suffix + ".tmp") if chat_path else None
-        self._chat_file = self._chat_tmp.open("w", encoding="utf-8") if self._chat_tmp else None
+        self._files = ExitStack()  # the chat file streams into a temporary that the stack commits
+        self._chat_file = self._files.enter_context(atomic_file(chat_path)) if chat_path else None
         self.count = 0
+
+    def __enter__(self) -> DemonstrationWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if kind is None:
+            self.close()
+        else:  # the temporary is removed; nothing appears under the final names
+            self._files.__exit__(kind, error, tb)
 
     def _save_images(self, demo: Demonstration) -> list[str | None]:
         paths: list[str | None] = []
@@ -160,8 +171,6 @@ class DemonstrationWriter:
 
     def close(self) -> None:
         """Finish both files; each appears under its final name only when complete."""
-        if self._chat_file is not None and self._chat_tmp is not None and self.chat_path is not None:
-            self._chat_file.close()
-            self._chat_tmp.replace(self.chat_path)
+        self._files.close()
         if self.llava_path is not None:
             write_atomic(self.llava_path, json.dumps(self._llava, indent=1))
