@@ -8,8 +8,9 @@ install:
 	bash scripts/install.sh
 
 # Every test, the slow end-to-end ones included (CI runs exactly this).
+# -X faulthandler: a crash, even in the interpreter's teardown after the last test, prints every thread's stack.
 test:
-	$(PY) -m pytest
+	$(PY) -X faulthandler -m pytest
 
 # Skip the slow end-to-end tests while iterating.
 test-fast:

@@ -78,3 +78,16 @@ def ray_stopped_after_each_module():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_group_destroyed_at_the_end():
+    """Learners built in this process share one gloo process group, as a rank's process does; it is
+    destroyed when the session ends rather than left to the interpreter's teardown, which runs
+    destructors in no set order (a test process once crashed at exit after every test had passed)."""
+    yield
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
