@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,10 @@ def _finished(cluster: str, job_id: str, timeout: float = 900) -> tuple[Any, str
     return status, client.get_job_logs(job_id)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> str:
-    """A one-node Ray cluster started the way a user starts one; yields the job-submission address."""
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A one-node Ray cluster started the way a user starts one; yields the job-submission address.
+    Shared by the module's jobs, as a user's cluster is: its start and its stop take a minute."""
     temp_dir = Path("/tmp") / f"sftrl-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     dash = free_loopback_port()
     # the token of conftest's use_local_token; `ray job stop` waits for a final checkpoint, as documented
