@@ -128,6 +128,11 @@ def run_sftrl(
     }  # fmt: skip
 
 
+def probe_reason(probe: dict[str, float]) -> str:
+    """Why a side runs at its dtype, from its probe's tokens/s by dtype (both sides say it alike)."""
+    return "the faster in a probe here: " + ", ".join(f"{v:.1f} tokens/s in {k}" for k, v in probe.items())
+
+
 # -- transformers side ------------------------------------------------------------------------------
 
 
@@ -184,7 +189,7 @@ def run_hf(model_name: str, batches: list[int], max_tokens: int, turns: int, sty
     probe = {}
     # Pick transformers' faster dtype on this machine. Where bf16 is only emulated, PyTorch's bf16
     # matmuls run ~0.3 GFLOP/s (AVX2-only EPYC), so a probe of SmolLM2's prompts would take hours.
-    native, reason = bf16_support("cpu")
+    native, emulated = bf16_support("cpu")
     for dtype in (torch.bfloat16, torch.float32) if native else (torch.float32,):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
         _hf_play(model, tok, _specs(2, 1, style, seed=WARMUP_SEED), 8)
@@ -194,10 +199,7 @@ def run_hf(model_name: str, batches: list[int], max_tokens: int, turns: int, sty
         )
         probe[str(dtype).removeprefix("torch.")] = n / (time.perf_counter() - t0)
     best = max(probe, key=probe.get)
-    if native:
-        reason = "the faster in a probe here: " + ", ".join(
-            f"{v:.1f} tokens/s in {k}" for k, v in probe.items()
-        )
+    reason = probe_reason(probe) if native else emulated
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, best)).eval()
     rows = []
     for batch in batches:
@@ -246,9 +248,7 @@ def _compare(
         )
         probe[dtype] = run["runs"][0]["tokens_per_s"]
     best = max(probe, key=probe.get)
-    reason = (
-        f"the faster in a probe here: {probe['bfloat16']} tokens/s in bfloat16, {probe['float32']} in float32"
-    )
+    reason = probe_reason(probe)
     print(f"{model}: {describe_precision(best, reason)}", file=sys.stderr, flush=True)
     sftrl = _child("sftrl", args, model, batches, turns, style, dtype=best) | {
         "dtype_probe_tokens_per_s": probe,
